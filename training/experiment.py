@@ -33,7 +33,9 @@ import os
 import shlex
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -74,7 +76,12 @@ class Preset:
         ("add-dense-10x", "dense", 10),
     )
     ablation_seeds: tuple[int, ...] = (0,)  # the ablations are read against the main comparison's seed spread
-    threads: int | None = None  # torch threads per stage (CPU)
+    threads: int | None = None  # torch threads per stage; None: the machine's cores shared by the parallel runs
+    eval_batch: int = 32
+    # SFT+evaluation runs that go at once after stage 0 and alignment. A small model leaves a GPU mostly idle, so
+    # several runs share it; each gets an equal share of the CPU cores for its threads and DataLoader workers.
+    parallel_runs: int = 1
+    dataloader_workers: int = 0  # per training stage; >0 moves decoding and processing off the training loop
     extra_train_args: tuple[str, ...] = field(default=())
 
 
@@ -98,24 +105,29 @@ PRESETS = {
         lora_r=32,
         threads=1,
     ),
-    # GPU: the calibration model of shared/FACTS.md (~10 M parameters) at 224 px; each stage fits 10 minutes.
+    # GPU (one H100, one 10-minute command): the calibration model of shared/FACTS.md (~13 M parameters) at 224 px
+    # (64 image tokens). Four runs share the GPU at a time. The main comparison (`--no-ablations`: 3 seeds x 4 arms)
+    # and the ablations (`--arms add --seeds 0`) are one 10-minute command each.
     "small": Preset(
         base_size="small",
         image_size=224,
-        train_scenes=20000,
-        val_scenes=200,
-        pair_scenes=10000,
+        train_scenes=6000,
+        val_scenes=100,
+        pair_scenes=3000,
         test_questions=None,
-        stage0_steps=3000,
+        stage0_steps=800,
         stage0_lr=1e-3,
-        align_steps=2000,
+        align_steps=300,
         align_lr=5e-4,
         align_batch=128,
-        sft_steps=4000,
+        sft_steps=600,
         sft_lr=1e-3,
         batch=128,
         lora_r=64,
-        extra_train_args=("--bf16", "true", "--dataloader_num_workers", "8"),
+        eval_batch=200,
+        parallel_runs=4,
+        dataloader_workers=3,
+        extra_train_args=("--bf16", "true"),
     ),
 }
 # The README's demo: `tiny` at smoke scale, one seed, RGB-only against depth `add`, no ablations (part of a 10-minute
@@ -133,6 +145,18 @@ PRESETS["demo"] = replace(
     arms=("none", "add"),
     alignment_ablations=(),
 )
+# `small` at smoke scale: checks the GPU pipeline (bf16, DataLoader workers, parallel runs) in about a minute.
+PRESETS["small-smoke"] = replace(
+    PRESETS["small"],
+    train_scenes=300,
+    val_scenes=20,
+    pair_scenes=150,
+    test_questions=200,
+    stage0_steps=20,
+    align_steps=10,
+    sft_steps=20,
+    seeds=(0,),
+)
 
 
 class Experiment:
@@ -146,10 +170,13 @@ class Experiment:
         self.timings: dict[str, float] = {}
 
     # ---- plumbing -----------------------------------------------------------------------------------------------
-    def run(self, name: str, module: str, args: list[str], done: Path | None, launch: bool = False) -> None:
+    def run(
+        self, name: str, module: str, args: list[str], done: Path | None, launch: bool = False, shared: bool = False
+    ) -> None:
         """`python -m module args` (under the launcher for training stages) unless `done` exists.
 
         `done=None`: the stage resumes by itself (data generation skips its finished shards), so it always runs.
+        `shared`: the stage runs beside `parallel_runs - 1` others and gets that share of the CPU cores.
         """
         if done is not None and done.exists():
             print(f"[experiment] {name}: done already ({done})")
@@ -157,8 +184,7 @@ class Experiment:
         interpreter = self.launcher if launch and self.launcher else [sys.executable]
         command = [*interpreter, "-m", module, *args]
         environment = dict(os.environ)
-        if self.preset.threads:
-            environment["OMP_NUM_THREADS"] = str(self.preset.threads)
+        environment["OMP_NUM_THREADS"] = str(self.threads(shared))
         print(f"[experiment] {name}: {shlex.join(command)}", flush=True)
         start = time.perf_counter()
         log = self.out / "logs" / f"{name}.log"
@@ -173,13 +199,22 @@ class Experiment:
             raise RuntimeError(f"Stage {name} finished without writing {done}; log {log}.")
         print(f"[experiment] {name}: {self.timings[name]:.0f} s", flush=True)
 
-    def training_args(self, steps: int, lr: float, seed: int) -> list[str]:
+    def threads(self, shared: bool) -> int:
+        if self.preset.threads:
+            return self.preset.threads
+        return max(1, (os.cpu_count() or 1) // (self.preset.parallel_runs if shared else 1))
+
+    def dataloader_workers(self, shared: bool) -> int:
+        """Workers of one training stage: the preset's per-run number, times the runs it does not share with."""
+        return self.preset.dataloader_workers * (1 if shared else self.preset.parallel_runs)
+
+    def training_args(self, steps: int, lr: float, seed: int, shared: bool = False) -> list[str]:
         return [
             "--max_steps", str(steps), "--learning_rate", str(lr), "--seed", str(seed), "--data_seed", str(seed),
             "--lr_scheduler_type", "cosine", "--warmup_steps", str(max(1, steps // 20)),
             "--per_device_train_batch_size", str(self.preset.batch), "--per_device_eval_batch_size", str(self.preset.batch),
             "--logging_steps", str(max(1, steps // 20)), "--save_strategy", "no", "--report_to", "none",
-            *self.preset.extra_train_args,
+            "--dataloader_num_workers", str(self.dataloader_workers(shared)), *self.preset.extra_train_args,
         ]  # fmt: skip
 
     # ---- data ---------------------------------------------------------------------------------------------------
@@ -214,7 +249,7 @@ class Experiment:
         """The base: every weight trained from scratch on RGB-only questions."""
         raw_base = self.out / "stage0" / "init"
         if not (raw_base / "config.json").exists():
-            save_tiny_base(raw_base, seed=0, size=self.preset.base_size)
+            save_tiny_base(raw_base, seed=0, size=self.preset.base_size, max_pixels=self.preset.image_size**2)
         folder = self.out / "stage0"
         args = [
             "--model_name_or_path", str(raw_base), "--depth_fusion", "none", "--use_peft", "false",
@@ -229,7 +264,7 @@ class Experiment:
             save_as_plain_qwen2_5_vl(folder / "model", base)
         return base
 
-    def align(self, base: Path, pairs: Path, val: Path, level: str, name: str) -> Path:
+    def align(self, base: Path, pairs: Path, val: Path, level: str, name: str, shared: bool = False) -> Path:
         folder = self.out / "align" / name
         args = [
             "--base", str(base), "--data", str(pairs), "--eval_data", str(val), "--out", str(folder),
@@ -237,9 +272,12 @@ class Experiment:
             "--per_device_train_batch_size", str(self.preset.align_batch), "--learning_rate", str(self.preset.align_lr),
             "--max_steps", str(self.preset.align_steps), "--warmup_steps", str(max(1, self.preset.align_steps // 20)),
             "--lr_scheduler_type", "cosine", "--logging_steps", str(max(1, self.preset.align_steps // 10)),
-            "--save_strategy", "no", "--report_to", "none", "--dataloader_num_workers", "0", "--seed", "0",
+            "--save_strategy", "no", "--report_to", "none", "--seed", "0",
+            "--dataloader_num_workers", str(self.dataloader_workers(shared)), *self.preset.extra_train_args,
         ]  # fmt: skip
-        self.run(f"align-{name}", "training.align", args, folder / "alignment_metrics.json", launch=True)
+        self.run(
+            f"align-{name}", "training.align", args, folder / "alignment_metrics.json", launch=True, shared=shared
+        )
         return folder
 
     def sft(self, arm: str, seed: int, base: Path, aligned: Path | None, train: Path, val: Path, name: str) -> Path:
@@ -250,20 +288,21 @@ class Experiment:
             "--output_dir", str(folder / "trainer"), "--export_dir", str(folder / "model"),
             "--loss_curve", str(folder / "loss_curve.png"), "--eval_strategy", "no",
             "--lora_r", str(self.preset.lora_r), "--lora_alpha", str(2 * self.preset.lora_r),
-            *self.training_args(self.preset.sft_steps, self.preset.sft_lr, seed),
+            *self.training_args(self.preset.sft_steps, self.preset.sft_lr, seed, shared=True),
         ]  # fmt: skip
-        self.run(f"sft-{name}-seed{seed}", "training.sft", args, folder / "trainer" / "sft_summary.json", launch=True)
+        summary = folder / "trainer" / "sft_summary.json"
+        self.run(f"sft-{name}-seed{seed}", "training.sft", args, summary, launch=True, shared=True)
         return folder / "model"
 
     def evaluate(self, model: Path, test: Path, label: str) -> dict:
         folder = self.out / "eval" / label
         args = [
             "run", "--model", str(model), "--data", str(test), "--out", str(folder), "--instruction", "",
-            "--batch-size", "32", "--max-new-tokens", "16", "--label", label, "--no-progress",
+            "--batch-size", str(self.preset.eval_batch), "--max-new-tokens", "16", "--label", label, "--no-progress",
         ]  # fmt: skip
         if self.preset.test_questions:
             args += ["--limit", str(self.preset.test_questions)]
-        self.run(f"eval-{label}", "training.evaluate", args, folder / "results.json")
+        self.run(f"eval-{label}", "training.evaluate", args, folder / "results.json", shared=True)
         return json.loads((folder / "results.json").read_text())
 
     # ---- the whole experiment ------------------------------------------------------------------------------------
@@ -294,15 +333,34 @@ class Experiment:
             for seed in preset.ablation_seeds
         ]
         results = {"preset": asdict(preset), "runs": [], "alignment": {}}
-        for name, arm, start, seed in plan:
+        report_lock = threading.Lock()
+
+        def run_arm(name: str, arm: str, start, seed: int) -> None:
             if isinstance(start, tuple):  # an ablation's own alignment, or none
                 level, multiplier = start
-                start = self.align(base, pairs[multiplier], val, level, name.removeprefix("add-")) if level else None
+                start = (
+                    self.align(base, pairs[multiplier], val, level, name.removeprefix("add-"), shared=True)
+                    if level
+                    else None
+                )
             model = self.sft(arm, seed, base, start, train, val, name)
             result = self.evaluate(model, test, f"{name}-seed{seed}")
-            results["runs"].append({"arm": name, "seed": seed, "model": str(model), **summary_of(result)})
-            # Written after every run, so an interrupted experiment still leaves what it has measured.
-            self.report(results)
+            with report_lock:
+                results["runs"].append({"arm": name, "seed": seed, "model": str(model), **summary_of(result)})
+                order = {(name, seed): index for index, (name, _, _, seed) in enumerate(plan)}
+                results["runs"].sort(key=lambda run: order[(run["arm"], run["seed"])])
+                # Written after every run, so an interrupted experiment still leaves what it has measured.
+                self.report(results)
+
+        # Runs are independent once stage 0 and alignment are done; in plan order, `parallel_runs` at a time.
+        with ThreadPoolExecutor(max_workers=preset.parallel_runs) as pool:
+            futures = [pool.submit(run_arm, *step) for step in plan]
+            try:
+                for future in futures:
+                    future.result()
+            except BaseException:
+                pool.shutdown(cancel_futures=True)  # runs not yet started never start; those running finish
+                raise
         return results
 
     def report_existing(self) -> dict:
@@ -451,6 +509,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the preset's seeds")
     parser.add_argument("--arms", nargs="+", default=None, choices=["none", "concat", "add", "image"])
     parser.add_argument("--no-ablations", action="store_true")
+    parser.add_argument("--parallel-runs", type=int, default=None, help="override the preset's parallel_runs")
     parser.add_argument("--launcher", default="", help='e.g. "accelerate launch --num_processes 8"')
     parser.add_argument("--report-only", action="store_true", help="rebuild the report from finished evaluations")
     args = parser.parse_args(argv)
@@ -462,6 +521,8 @@ def main(argv: list[str] | None = None) -> dict:
         overrides["arms"] = tuple(args.arms)
     if args.no_ablations:
         overrides["alignment_ablations"] = ()
+    if args.parallel_runs:
+        overrides["parallel_runs"] = args.parallel_runs
     preset = replace(preset, **overrides)
     out = args.out or Path("runs") / f"experiment_{args.preset}"
     experiment = Experiment(preset, out, args.launcher)

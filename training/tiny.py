@@ -132,8 +132,10 @@ def tiny_image_processor(max_pixels: int = 112 * 112) -> Qwen2VLImageProcessorPi
     return Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=max_pixels)
 
 
-def save_tiny_base(folder: str | Path, seed: int = 0, size: str = "tiny") -> Path:
-    """Write a plain, small Qwen2.5-VL folder (random weights) with its tokenizer, image processor and template."""
+def save_tiny_base(folder: str | Path, seed: int = 0, size: str = "tiny", max_pixels: int = 112 * 112) -> Path:
+    """Write a plain, small Qwen2.5-VL folder (random weights) with its tokenizer, image processor and template.
+
+    `max_pixels` caps the image processor (112² = 64 patches, 16 tokens; 224² = 256 patches, 64 tokens)."""
     import torch
 
     folder = Path(folder)
@@ -142,7 +144,7 @@ def save_tiny_base(folder: str | Path, seed: int = 0, size: str = "tiny") -> Pat
     model = Qwen2_5_VLForConditionalGeneration(tiny_base_config(tokenizer, size))
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    tiny_image_processor().save_pretrained(folder)
+    tiny_image_processor(max_pixels).save_pretrained(folder)
     return folder
 
 

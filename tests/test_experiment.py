@@ -1,0 +1,63 @@
+"""The experiment's bookkeeping: per-arm aggregation over seeds, the report files, and resource sharing."""
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from training.experiment import PRESETS, Experiment, aggregate, summary_of, write_report
+
+
+def evaluation(delta1: float, accuracy: float, answers: list[str]) -> dict:
+    """A `training.evaluate` results.json with one metric and one choice question type."""
+    per_type = {
+        "distance_to_camera": {"num_samples": 4, "num_parseable": 4, "num_unparseable": 0, "delta1": delta1},
+        "closer": {"num_samples": 4, "num_parseable": 4, "num_unparseable": 0, "accuracy": accuracy},
+    }
+    predictions = [{"question_type": "distance_to_camera", "prediction": answer} for answer in answers]
+    return {"metrics": {"per_type": per_type, "overall": {"num_samples": 8}}, "predictions": predictions}
+
+
+def run(arm: str, seed: int, delta1: float, accuracy: float, answers: list[str]) -> dict:
+    return {"arm": arm, "seed": seed, **summary_of(evaluation(delta1, accuracy, answers))}
+
+
+def test_aggregate_gives_mean_and_population_std_over_seeds():
+    runs = [
+        run("none", 0, 0.50, 0.25, ["1 m"] * 4),
+        run("none", 1, 0.70, 0.75, ["1 m", "2 m", "2 m", "3 m"]),
+        run("add", 0, 0.90, 1.00, ["1 m", "2 m", "3 m", "4 m"]),
+    ]
+    summary = aggregate(runs)
+    delta1 = summary["none"]["distance_to_camera"]["delta1"]
+    assert delta1["mean"] == pytest.approx(0.60)
+    assert delta1["std"] == pytest.approx(0.10)
+    assert delta1["n"] == 2
+    assert summary["none"]["closer"]["accuracy"]["mean"] == pytest.approx(0.50)
+    assert summary["add"]["distance_to_camera"]["delta1"] == {"mean": 0.9, "std": 0.0, "n": 1}
+    # The prior-collapse diagnostic: how many different answers a run gave per type.
+    assert [r["per_type"]["distance_to_camera"]["distinct_answers"] for r in runs] == [1, 3, 4]
+
+
+def test_report_files_hold_the_table_and_the_plot(tmp_path):
+    runs = [run("none", 0, 0.50, 0.25, ["1 m"]), run("add", 0, 0.90, 1.00, ["2 m"])]
+    results = {"runs": runs, "aggregate": aggregate(runs)}
+    write_report(results, tmp_path)
+    table = (tmp_path / "results.md").read_text()
+    assert "| distance_to_camera | delta1 | 0.500 ± 0.000 | 0.900 ± 0.000 |" in table
+    assert "| closer | accuracy | 0.250 ± 0.000 | 1.000 ± 0.000 |" in table
+    assert json.loads((tmp_path / "results.json").read_text())["runs"][1]["arm"] == "add"
+    assert (tmp_path / "results.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_parallel_runs_share_the_cores_and_dataloader_workers(tmp_path, monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    preset = replace(PRESETS["small"], parallel_runs=4, dataloader_workers=3)
+    experiment = Experiment(preset, tmp_path)
+    assert experiment.threads(shared=True) == 4
+    assert experiment.threads(shared=False) == 16
+    assert experiment.dataloader_workers(shared=True) == 3
+    assert experiment.dataloader_workers(shared=False) == 12  # a stage that runs alone gets every run's workers
+    args = experiment.training_args(steps=100, lr=1e-3, seed=2, shared=True)
+    assert args[args.index("--dataloader_num_workers") + 1] == "3"
+    assert args[args.index("--seed") + 1] == "2"
