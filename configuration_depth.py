@@ -25,6 +25,12 @@ AUTO_MAP = {
 # every prefill, so the default is a quarter of the RGB tower's 32 blocks (same width, so it can start from them).
 DEFAULT_DEPTH_ENCODER_LAYERS = 8
 
+# The RGB-derived encoder's MLP width is rounded up to a multiple of this. Qwen2.5-VL's vision MLP is 3420 wide: a bf16
+# row of 3420 values (6840 bytes) is not 16-byte aligned, and cuBLAS then runs the down projection about 3.5x slower on
+# an H100 than at 3456. `Qwen2_5_VLDepthEncoder.init_from_rgb` zero-fills the extra units, so the padded encoder computes
+# exactly what the unpadded RGB blocks compute.
+MLP_WIDTH_MULTIPLE = 64
+
 
 @strict
 class Qwen2_5_VLDepthEncoderConfig(Qwen2_5_VLVisionConfig):
@@ -75,8 +81,11 @@ class Qwen2_5_VLDepthConfig(Qwen2_5_VLConfig):
 
     Args:
         depth_config (`dict` or `Qwen2_5_VLDepthEncoderConfig`, *optional*):
-            The depth encoder's size. When omitted it is derived from the RGB tower: same width, heads, MLP width,
-            patch and merge size, `DEFAULT_DEPTH_ENCODER_LAYERS` blocks, and output width equal to the LLM width.
+            The depth encoder's size. When omitted it is derived from the RGB tower: same width, heads, patch and merge
+            size, `DEFAULT_DEPTH_ENCODER_LAYERS` blocks, output width equal to the LLM width, and the RGB MLP width
+            rounded up to a multiple of `MLP_WIDTH_MULTIPLE` (3420 -> 3456; the extra units start at zero and compute
+            nothing, see `Qwen2_5_VLDepthEncoder.init_from_rgb`). Fields given here are kept as they are, so a saved
+            config (which lists every field) reloads with the width it was saved with.
         depth_fusion (`str`, *optional*, defaults to `"add"`):
             How depth reaches the language model.
             - `"add"`: the depth encoder's merged tokens are added onto the RGB image tokens through a zero-initialised
@@ -138,13 +147,17 @@ class Qwen2_5_VLDepthConfig(Qwen2_5_VLConfig):
         self.auto_map = {**AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
 
     def default_depth_config(self, **overrides) -> Qwen2_5_VLDepthEncoderConfig:
-        """The default depth encoder (the RGB tower's family and width, fewer blocks, LLM-width output) + overrides."""
+        """The default depth encoder (the RGB tower's family and width, fewer blocks, LLM-width output) + overrides.
+
+        The MLP width is the RGB tower's rounded up to a multiple of `MLP_WIDTH_MULTIPLE`, unless `intermediate_size`
+        is among the overrides (then it is used as given).
+        """
         vision = self.vision_config
         fields = {
             "depth": min(DEFAULT_DEPTH_ENCODER_LAYERS, vision.depth),
             "hidden_size": vision.hidden_size,
             "hidden_act": vision.hidden_act,
-            "intermediate_size": vision.intermediate_size,
+            "intermediate_size": -(-vision.intermediate_size // MLP_WIDTH_MULTIPLE) * MLP_WIDTH_MULTIPLE,
             "num_heads": vision.num_heads,
             "patch_size": vision.patch_size,
             "spatial_merge_size": vision.spatial_merge_size,
@@ -161,4 +174,4 @@ class Qwen2_5_VLDepthConfig(Qwen2_5_VLConfig):
 
 Qwen2_5_VLDepthConfig.register_for_auto_class()
 
-__all__ = ["Qwen2_5_VLDepthConfig", "Qwen2_5_VLDepthEncoderConfig", "DEPTH_FUSION_MODES"]
+__all__ = ["Qwen2_5_VLDepthConfig", "Qwen2_5_VLDepthEncoderConfig", "DEPTH_FUSION_MODES", "MLP_WIDTH_MULTIPLE"]

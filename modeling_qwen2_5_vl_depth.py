@@ -83,12 +83,15 @@ class Qwen2_5_VLDepthCausalLMOutputWithPast(MultimodalCausalLMOutputWithPast):
         return tuple(getattr(self, k).to_tuple() if k.endswith("_outputs") else self[k] for k in self.keys())
 
 
-class Qwen2_5_VLDepthAttention(Qwen2_5_VLVisionAttention):
-    """Vision attention that runs all equal-length images of a batch through one SDPA call.
+class Qwen2_5_VLBatchedVisionAttention(Qwen2_5_VLVisionAttention):
+    """Vision attention that runs all equal-length segments (windows or images) through one SDPA call.
 
-    The stock attention loops over `cu_seqlens` segments in Python (one call per window or image). The depth encoder
-    has no windows, and a batch of same-size images reshapes into the batch dimension of a single call. Ragged
-    batches, eager attention (needed for attention weights) and flash attention take the stock path.
+    The stock attention loops over `cu_seqlens` segments in Python: one SDPA call per window or image, up to hundreds
+    per block, so the tower is bound by kernel launches. When every segment has the same length (all windows of
+    images whose sides are multiples of the window, or a batch of same-size images under full attention), the
+    segments reshape into SDPA's batch dimension instead: the same arithmetic in one call. Both towers use it: the
+    RGB tower (weights and outputs unchanged, so base checkpoints behave as before) and the depth encoder. Ragged
+    segments, eager attention (needed for attention weights) and flash attention take the stock path.
     """
 
     def forward(
@@ -100,8 +103,14 @@ class Qwen2_5_VLDepthAttention(Qwen2_5_VLVisionAttention):
         uniform_seq_len: int | None = None,
         **kwargs,
     ) -> torch.Tensor:
-        if uniform_seq_len is None or self.config._attn_implementation != "sdpa":
+        if self.config._attn_implementation != "sdpa":
             return super().forward(hidden_states, cu_seqlens, position_embeddings, max_seqlen=max_seqlen, **kwargs)
+        if uniform_seq_len is None:
+            # One host sync per call, as the stock path's `lengths.tolist()` has.
+            lengths = set((cu_seqlens[1:] - cu_seqlens[:-1]).tolist())
+            if len(lengths) != 1:
+                return super().forward(hidden_states, cu_seqlens, position_embeddings, max_seqlen=max_seqlen, **kwargs)
+            uniform_seq_len = lengths.pop()
 
         seq_length = hidden_states.shape[0]
         query, key, value = (
@@ -109,9 +118,9 @@ class Qwen2_5_VLDepthAttention(Qwen2_5_VLVisionAttention):
         )
         cos, sin = position_embeddings
         query, key = apply_rotary_pos_emb_vision(query, key, cos, sin)
-        num_images = seq_length // uniform_seq_len
+        num_segments = seq_length // uniform_seq_len
         query, key, value = (
-            tensor.reshape(num_images, uniform_seq_len, self.num_heads, -1).transpose(1, 2)
+            tensor.reshape(num_segments, uniform_seq_len, self.num_heads, -1).transpose(1, 2)
             for tensor in (query, key, value)
         )
         attn_output = F.scaled_dot_product_attention(
@@ -130,7 +139,7 @@ class Qwen2_5_VLDepthBlock(Qwen2_5_VLVisionBlock):
 
     def __init__(self, config: Qwen2_5_VLDepthEncoderConfig) -> None:
         super().__init__(config)
-        self.attn = Qwen2_5_VLDepthAttention(config=config)
+        self.attn = Qwen2_5_VLBatchedVisionAttention(config=config)
 
 
 class Qwen2_5_VLDepthGate(nn.Module):
@@ -216,22 +225,51 @@ class Qwen2_5_VLDepthEncoder(Qwen2_5_VLDepthPreTrainedModel):
 
         A depth map replicated over the RGB tower's 3 colour channels and 2 frames would give
         `sum_{c,t} W[:, c, t] * d`, so the 1-channel, 1-frame kernel is the RGB kernel summed over colour and time.
+
+        The encoder's MLP may be wider than the RGB tower's (the derived default pads 3420 to 3456, see
+        `configuration_depth.MLP_WIDTH_MULTIPLE`): the RGB MLP weights fill the leading units and the extra ones are
+        zero (their `gate_proj`/`up_proj` rows and biases, their `down_proj` columns). An extra unit then computes
+        `silu(0) * 0 = 0` and adds nothing, so the encoder's output is exactly the unpadded one; and every gradient
+        reaching those weights is exactly zero (each is a product with the zero `up`/`down` weights or the zero
+        activation), so no optimizer step (AdamW's decoupled weight decay included) moves them: the padding stays a
+        fixed point of training and only makes the matrix shapes friendlier to the GPU.
         """
         rgb_config = rgb_tower.config
-        for field in ("hidden_size", "num_heads", "intermediate_size", "patch_size", "spatial_merge_size"):
+        for field in ("hidden_size", "num_heads", "patch_size", "spatial_merge_size"):
             if getattr(rgb_config, field) != getattr(self.config, field):
                 raise ValueError(
                     f"Cannot initialise the depth encoder from the RGB tower: {field} differs "
                     f"({getattr(self.config, field)} vs {getattr(rgb_config, field)}). Set depth_init_from_rgb=False."
                 )
+        if self.config.intermediate_size < rgb_config.intermediate_size:
+            raise ValueError(
+                "Cannot initialise the depth encoder from the RGB tower: its MLP is narrower "
+                f"({self.config.intermediate_size} vs {rgb_config.intermediate_size}). Set depth_init_from_rgb=False."
+            )
         if self.config.depth > len(rgb_tower.blocks):
             raise ValueError(
                 f"The depth encoder has {self.config.depth} blocks but the RGB tower only {len(rgb_tower.blocks)}."
             )
         rgb_kernel = rgb_tower.patch_embed.proj.weight
         self.patch_embed.proj.weight.copy_(rgb_kernel.sum(dim=(1, 2), keepdim=True))
+        width = rgb_config.intermediate_size
         for depth_block, rgb_block in zip(self.blocks, rgb_tower.blocks):
-            depth_block.load_state_dict(rgb_block.state_dict())
+            rgb_state = rgb_block.state_dict()
+            if rgb_state.keys() != depth_block.state_dict().keys():
+                raise ValueError("The RGB tower's blocks do not have the depth encoder's weights.")
+            for name, parameter in depth_block.state_dict(keep_vars=True).items():
+                source = rgb_state[name]
+                if parameter.shape == source.shape:
+                    parameter.copy_(source)
+                    continue
+                # A padded MLP weight: the RGB values in the leading units, zero in the rest.
+                parameter.zero_()
+                if name.startswith(("mlp.gate_proj.", "mlp.up_proj.")):
+                    parameter[:width].copy_(source)
+                elif name == "mlp.down_proj.weight":
+                    parameter[:, :width].copy_(source)
+                else:
+                    raise ValueError(f"Unexpected shape mismatch for {name}: {parameter.shape} vs {source.shape}.")
         if rgb_tower.merger.mlp[-1].out_features == self.merger.mlp[-1].out_features:
             self.merger.load_state_dict(rgb_tower.merger.state_dict())
 
@@ -255,6 +293,9 @@ class Qwen2_5_VLDepthModel(Qwen2_5_VLDepthPreTrainedModel, Qwen2_5_VLModel):
 
     def __init__(self, config: Qwen2_5_VLDepthConfig):
         super().__init__(config)
+        # The RGB tower keeps its classes and weights; only its attention's per-window loop becomes one batched call.
+        for block in self.visual.blocks:
+            block.attn = Qwen2_5_VLBatchedVisionAttention(config=config.vision_config)
         if config.has_depth:
             self.depth_encoder = Qwen2_5_VLDepthEncoder._from_config(config.depth_config)
         if config.depth_fusion == "add":

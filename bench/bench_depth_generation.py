@@ -1,6 +1,8 @@
 """Depth-pair generation throughput: a naive per-image `pipeline("depth-estimation")` loop vs make_rgbd_pairs.
 
     python -m bench.bench_depth_generation --images photos/ --num-images 512 --out bench/results/depth_gen_h100.json
+    python -m bench.bench_depth_generation --random-real-size --synthetic-images --num-images 128 \
+        --out bench/results/depth_generation_da_v2_small_h100.json   # offline, real-size model and photo sizes
     python -m bench.bench_depth_generation --tiny --out bench/results/depth_gen_tiny_cpu.json   # CI smoke, CPU
 
 Both methods do the same job on the same images (the first `--num-images` of the folder, sorted): decode, downscale
@@ -14,7 +16,9 @@ to `--max-side`, predict depth at the image's resolution, encode it as a 16-bit 
 
 Times are end to end, model loading included (what a user waits for); a warm-up run before both takes CUDA and
 import start-up out of the comparison. `--tiny` builds a tiny random DepthAnything and 16 small images offline: it
-checks that the benchmark runs, its numbers say nothing about real throughput. Nothing here asserts timings.
+checks that the benchmark runs, its numbers say nothing about real throughput. `--synthetic-images` writes
+`--num-images` photo-sized JPEGs (1024x768 to 1280x960, several aspect ratios) instead of reading `--images`: with
+`--random-real-size` the whole benchmark runs offline at real cost. Nothing here asserts timings.
 """
 
 from __future__ import annotations
@@ -42,6 +46,7 @@ from training.tiny import save_tiny_depth_anything
 
 TINY_NUM_IMAGES = 16
 TINY_SIZES = [(120, 160), (160, 120), (96, 96), (150, 200)]  # (height, width): several aspect ratios
+PHOTO_SIZES = [(768, 1024), (1024, 768), (960, 1280), (720, 1280)]  # (height, width): common camera/phone shapes
 
 
 def make_tiny_inputs(folder: Path) -> tuple[str, Path]:
@@ -57,6 +62,19 @@ def make_tiny_inputs(folder: Path) -> tuple[str, Path]:
         extension = "jpg" if index % 2 else "png"
         Image.fromarray(rgb.astype(np.uint8)).save(images / f"image_{index:03d}.{extension}")
     return str(estimator), images
+
+
+def make_synthetic_photos(folder: Path, num_images: int) -> Path:
+    """`num_images` photo-sized JPEGs (smooth gradients plus noise, so they decode and compress like photos)."""
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for index in range(num_images):
+        height, width = PHOTO_SIZES[index % len(PHOTO_SIZES)]
+        y, x = np.mgrid[0:height, 0:width]
+        base = np.stack([x * 255 // width, y * 255 // height, (x + y) * 255 // (width + height)], -1)
+        rgb = np.clip(base + rng.normal(0, 12, (height, width, 3)), 0, 255).astype(np.uint8)
+        Image.fromarray(rgb).save(folder / f"photo_{index:04d}.jpg", quality=90)
+    return folder
 
 
 def run_naive(image_paths: list[Path], estimator: str, device: str, max_side: int, out_file: Path) -> float:
@@ -112,6 +130,11 @@ def main(argv=None) -> dict:
     parser.add_argument("--max-side", type=int, default=1024)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--tiny", action="store_true", help="smoke mode: tiny random model, 16 generated images")
+    parser.add_argument(
+        "--synthetic-images",
+        action="store_true",
+        help="generate --num-images photo-sized JPEGs instead of reading --images (offline runs)",
+    )
     parser.add_argument("--out", default=None, help="JSON file for the results")
     args = parser.parse_args(argv)
     if args.num_workers is None:
@@ -127,8 +150,10 @@ def main(argv=None) -> dict:
             estimator, images = make_tiny_inputs(work_dir)
             num_images = TINY_NUM_IMAGES
         else:
+            if args.synthetic_images:
+                args.images = make_synthetic_photos(work_dir / "photos", args.num_images)
             if args.images is None:
-                parser.error("--images is required (or use --tiny)")
+                parser.error("--images is required (or use --tiny or --synthetic-images)")
             estimator, images, num_images = args.estimator, args.images, args.num_images
             if args.random_real_size:
                 estimator = save_random_depth_anything(work_dir / "depth_anything_v2_small_random")
@@ -177,6 +202,7 @@ def main(argv=None) -> dict:
         else ("Depth-Anything-V2-Small config, random weights" if args.random_real_size else args.estimator),
         "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else f"cpu x{os.cpu_count()}",
         "num_images": num_images,
+        "synthetic_images": bool(args.synthetic_images and not args.tiny),
         "batch_size": args.batch_size,
         "num_workers": args.num_workers,
         "max_side": args.max_side,

@@ -32,6 +32,22 @@ def depth_config_for(size: str, **overrides) -> Qwen2_5_VLDepthConfig:
     return Qwen2_5_VLDepthConfig.from_pretrained(REAL_CONFIGS[size], **overrides)
 
 
+def compile_depth_blocks(encoder: torch.nn.Module) -> torch.nn.Module:
+    """`torch.compile` every block of a depth encoder in place (static shapes: one kernel set per image size).
+
+    The blocks are nearly all of the encoder's time; compiling them alone keeps the encoder's Python (grid
+    bookkeeping, `.tolist()`) out of the graph. Blocks share their code, so one compilation per input shape serves all
+    of them and every encoder of the same width; the recompile limit is raised so that a benchmark's several shapes and
+    models never fall back to eager silently. The first call per shape compiles (benchmarks warm up first).
+    """
+    dynamo_config = torch._dynamo.config
+    limit = "recompile_limit" if hasattr(dynamo_config, "recompile_limit") else "cache_size_limit"  # torch < 2.7
+    setattr(dynamo_config, limit, max(getattr(dynamo_config, limit), 64))
+    for block in encoder.blocks:
+        block.compile(dynamic=False)
+    return encoder
+
+
 def environment() -> dict:
     device = (
         torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({platform.processor() or 'unknown'})"

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from bench import bench_depth_tower, bench_inference
 
 
@@ -9,13 +11,16 @@ def test_inference_benchmark_runs_tiny(tmp_path):
     out = tmp_path / "inference.json"
     payload = bench_inference.main(["--size", "tiny", "--image-sides", "56", "--batches", "1", "--out", str(out)])
     rows = json.loads(out.read_text())["rows"]
-    assert [row["variant"] for row in rows] == ["base", "add", "add-full", "concat", "concat-full"]
+    expected = ["base", "rgb-only (ours)", "add", "add-full", "concat", "concat-full"]
+    assert [row["variant"] for row in rows] == expected
     by_variant = {row["variant"]: row for row in rows}
     # 56x56 px = 4x4 patches = 4 merged tokens; concat doubles the visual tokens, add does not.
     assert by_variant["base"]["visual_tokens"] == by_variant["add"]["visual_tokens"] == 4
     assert by_variant["concat"]["visual_tokens"] == 8
     assert by_variant["concat"]["sequence_length"] == by_variant["add"]["sequence_length"] + 6
     assert all(row["prefill_ms"] > 0 for row in rows) and payload["environment"]["torch"]
+    # Each ratio is against its own reference row of the same run.
+    assert by_variant["base"]["prefill_vs_base"] == by_variant["rgb-only (ours)"]["prefill_vs_ours_rgb_only"] == 1
 
 
 def test_depth_tower_benchmark_flops(tmp_path):
@@ -30,6 +35,26 @@ def test_depth_tower_benchmark_flops(tmp_path):
     expected = 2 * tokens * 196 * width + 2 * block + 2 * 4 * (4 * width) ** 2 + 2 * 4 * 4 * width * 64
     row = next(r for r in payload["rows"] if r["tower"].startswith("depth") and r["image"] == "56x56")
     assert abs(row["tflop"] * 1e12 - expected) < 1
+    assert all(r["ms_vs_stock_rgb_tower"] > 0 for r in payload["rows"])
+
+
+def test_depth_tower_ratio_uses_the_stock_row_of_the_same_image_and_batch():
+    rows = [
+        {"tower": "rgb tower (stock)", "image": "448x448", "batch": 1, "ms": 10.0},
+        {"tower": "rgb tower (stock)", "image": "448x448", "batch": 8, "ms": 80.0},
+        {"tower": "depth tower (8 blocks)", "image": "448x448", "batch": 1, "ms": 5.0},
+        {"tower": "depth tower (8 blocks)", "image": "448x448", "batch": 8, "ms": 20.0},
+    ]
+    bench_depth_tower.add_ratios_vs_stock(rows)
+    assert [row["ms_vs_stock_rgb_tower"] for row in rows] == [1.0, 1.0, 0.5, 0.25]
+
+
+@pytest.mark.slow  # torch.compile on CPU builds C++ with gcc: tens of seconds
+def test_depth_tower_benchmark_compile_rows(tmp_path):
+    payload = bench_depth_tower.main(["--size", "tiny", "--compile", "--out", str(tmp_path / "tower.json")])
+    towers = {row["tower"] for row in payload["rows"]}
+    assert towers == {"rgb tower (stock)", "depth tower (2 blocks)", "depth tower (2 blocks, compiled)"}
+    assert payload["compile"] is True
 
 
 def test_training_benchmark_runs_tiny(tmp_path):

@@ -38,10 +38,20 @@ def test_flat_base_config_loads_with_own_model_type_and_rgb_derived_depth_encode
     assert config.to_dict()["model_type"] == "qwen2_5_vl_depth"
     assert config.text_config.hidden_size == 2048 and config.vision_config.depth == 32
     encoder = config.depth_config
-    assert (encoder.hidden_size, encoder.num_heads, encoder.intermediate_size) == (1280, 16, 3420)
+    # The RGB MLP width 3420 rounded up to a multiple of 64 (an aligned width for GPU matmuls; see MLP_WIDTH_MULTIPLE).
+    assert config.vision_config.intermediate_size == 3420
+    assert (encoder.hidden_size, encoder.num_heads, encoder.intermediate_size) == (1280, 16, 3456)
     assert (encoder.depth, encoder.in_channels, encoder.temporal_patch_size) == (8, 1, 1)
     assert encoder.out_hidden_size == 2048 and encoder.fullatt_block_indexes == list(range(8))
     assert config.depth_fusion == "add" and config.depth_token_id == 151665
+
+
+def test_explicit_depth_mlp_width_is_kept_unpadded():
+    config = Qwen2_5_VLDepthConfig.from_pretrained(
+        CONFIGS / "qwen2_5_vl_3b_instruct", depth_config={"intermediate_size": 3420}
+    )
+    assert config.depth_config.intermediate_size == 3420 and config.depth_config.depth == 8
+    assert config.default_depth_config(intermediate_size=1000).intermediate_size == 1000
 
 
 def test_partial_depth_override_and_round_trip(tmp_path):
@@ -49,6 +59,7 @@ def test_partial_depth_override_and_round_trip(tmp_path):
         CONFIGS / "qwen2_5_vl_7b_instruct", depth_config={"depth": 4}, depth_fusion="concat"
     )
     assert config.depth_config.depth == 4 and config.depth_config.out_hidden_size == 3584
+    assert config.depth_config.intermediate_size == 3456  # a partial override still gets the padded default width
     config.save_pretrained(tmp_path)
     reloaded = Qwen2_5_VLDepthConfig.from_pretrained(tmp_path)
     assert reloaded.to_dict() == config.to_dict()
@@ -56,10 +67,10 @@ def test_partial_depth_override_and_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name, total_billions, vision_millions",
-    [("qwen2_5_vl_3b_instruct", 3.755, 668.7), ("qwen2_5_vl_7b_instruct", 8.292, 676.6)],
+    "name, total_billions, vision_millions, depth_millions",
+    [("qwen2_5_vl_3b_instruct", 3.755, 668.7, 195.7), ("qwen2_5_vl_7b_instruct", 8.292, 676.6, 203.5)],
 )
-def test_real_size_parameter_counts_on_meta_device(name, total_billions, vision_millions):
+def test_real_size_parameter_counts_on_meta_device(name, total_billions, vision_millions, depth_millions):
     config = Qwen2_5_VLDepthConfig.from_pretrained(CONFIGS / name)
     with torch.device("meta"):
         model = Qwen2_5_VLDepthForConditionalGeneration(config)
@@ -67,13 +78,16 @@ def test_real_size_parameter_counts_on_meta_device(name, total_billions, vision_
     base = count(model) - depth
     assert base / 1e9 == pytest.approx(total_billions, abs=0.001)
     assert count(model.model.visual) / 1e6 == pytest.approx(vision_millions, abs=0.1)
-    # 8 full-width blocks (~19.7 M each) and a merger: about a quarter of the RGB tower.
+    assert depth / 1e6 == pytest.approx(depth_millions, abs=0.1)
+    # 8 full-width blocks (~19.8 M each) and a merger: about 30% of the RGB tower. A depth block is an RGB block with
+    # its MLP padded from 3420 to 3456 units: 36 more gate/up rows (weights and biases) and down_proj columns.
     block = count(model.model.depth_encoder.blocks[0])
-    assert block == count(model.model.visual.blocks[0])  # same block family and width
+    width = config.vision_config.hidden_size
+    assert block == count(model.model.visual.blocks[0]) + 36 * (2 * (width + 1) + width)
     assert (
         depth == count(model.model.depth_encoder.patch_embed) + 8 * block + count(model.model.depth_encoder.merger) + 1
     )
-    assert 0.2 < depth / count(model.model.visual) < 0.35
+    assert 0.25 < depth / count(model.model.visual) < 0.35
 
 
 def test_depth_anything_v2_small_parameter_count():

@@ -6,8 +6,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import Qwen2_5_VLForConditionalGeneration
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
 
-from modeling_qwen2_5_vl_depth import DEPTH_TOKEN_TYPE, Qwen2_5_VLDepthForConditionalGeneration
+from configuration_depth import Qwen2_5_VLDepthConfig
+from modeling_qwen2_5_vl_depth import (
+    DEPTH_TOKEN_TYPE,
+    Qwen2_5_VLDepthEncoder,
+    Qwen2_5_VLDepthForConditionalGeneration,
+)
 from tests.conftest import make_inputs, random_depth, random_image
 
 
@@ -215,7 +221,46 @@ class TestRopePositions:
         assert all(torch.equal(a, b) for a, b in zip(ours, stock))
 
 
-class TestDepthEncoder:
+class TestBatchedVisionAttention:
+    """The RGB tower's windows (and the depth encoder's images) go through one SDPA call when they are equal-length;
+    the result must be the stock per-window loop's, and ragged inputs must still take that loop."""
+
+    @pytest.mark.parametrize(
+        "sides, batched",
+        [
+            ([(112, 112), (112, 112)], True),  # 56-px windows: every window 16 patches, the full block 64 per image
+            ([(56, 112), (56, 112)], True),
+            ([(100, 140)], False),  # 3x4 merged tokens: edge windows are smaller, so the stock loop runs
+            ([(112, 112), (56, 56)], False),  # windows all equal, the full-attention block ragged
+        ],
+    )
+    def test_rgb_tower_equals_stock_per_window_loop(self, depth_models, sides, batched, monkeypatch):
+        model, processor = depth_models["none"]
+        model = sharpen(model)
+        images = [[random_image(height, width, seed)] for seed, (height, width) in enumerate(sides)]
+        inputs = make_inputs(processor, images)
+        ours = model.model.visual
+        stock = Qwen2_5_VisionTransformerPretrainedModel._from_config(model.config.vision_config)
+        stock.load_state_dict(ours.state_dict())
+        stock.eval()
+        assert type(stock.blocks[0].attn).__name__ == "Qwen2_5_VLVisionAttention"
+        assert type(ours.blocks[0].attn).__name__ == "Qwen2_5_VLBatchedVisionAttention"
+
+        calls = []
+        stock_forward = type(stock.blocks[0].attn).forward
+
+        def counting_forward(self, *args, **kwargs):
+            calls.append(type(self).__name__)
+            return stock_forward(self, *args, **kwargs)
+
+        with torch.no_grad():
+            expected = stock(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).pooler_output
+            monkeypatch.setattr(type(stock.blocks[0].attn), "forward", counting_forward)
+            actual = ours(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"]).pooler_output
+        assert torch.equal(actual, expected)  # the same SDPA arithmetic, batched: bit-identical on CPU
+        # The stock loop runs only when some block's segments are ragged.
+        assert (len(calls) == 0) is batched
+
     def test_batched_sdpa_equals_per_image_attention(self, depth_models):
         model, processor = depth_models["concat"]
         model = sharpen(model)
@@ -292,3 +337,116 @@ class TestBaseCheckpointLoading:
             for key, value in state.items():
                 assert torch.equal(loaded[modern_key(key)], value), key
             assert len(loaded) == len(state) + len(depth_keys) + 1  # + lm_head, tied to the embeddings
+
+
+def rgb_tower_with_mlp_width_100(seed: int = 0):
+    """A depth-model config whose RGB tower's MLP width (100) is not a multiple of 64, and that tower (random)."""
+    config = Qwen2_5_VLDepthConfig(
+        text_config={"hidden_size": 48, "num_hidden_layers": 1, "num_attention_heads": 2, "num_key_value_heads": 1},
+        vision_config={
+            "depth": 2,
+            "hidden_size": 32,
+            "intermediate_size": 100,
+            "num_heads": 2,
+            "out_hidden_size": 48,
+            "window_size": 56,
+            "fullatt_block_indexes": [1],
+        },
+    )
+    config.vision_config._attn_implementation = "sdpa"
+    torch.manual_seed(seed)
+    rgb_tower = Qwen2_5_VisionTransformerPretrainedModel(config.vision_config)
+    with torch.no_grad():  # visible weights everywhere (biases, norms), not the init's zeros and ones
+        for parameter in rgb_tower.parameters():
+            parameter.normal_(0, 0.3)
+    return config, rgb_tower
+
+
+def padded_and_unpadded_encoders(seed: int = 0):
+    """Two depth encoders initialised from `rgb_tower_with_mlp_width_100`: the RGB-derived default (MLP padded to 128)
+    and one with the RGB width given explicitly (100, unpadded)."""
+    config, rgb_tower = rgb_tower_with_mlp_width_100(seed)
+    encoders = []
+    for encoder_config in (config.depth_config, config.default_depth_config(intermediate_size=100)):
+        encoder_config._attn_implementation = "sdpa"
+        encoder = Qwen2_5_VLDepthEncoder(encoder_config)
+        encoder.init_from_rgb(rgb_tower)
+        encoders.append(encoder)
+    return encoders
+
+
+def depth_encoder_inputs(grids=((1, 6, 8), (1, 6, 8)), seed: int = 0):
+    grid_thw = torch.tensor(grids)
+    generator = torch.Generator().manual_seed(seed)
+    hidden = torch.rand(int(grid_thw.prod(-1).sum()), 14 * 14, generator=generator) * 2 - 1
+    return hidden, grid_thw
+
+
+class TestMlpPadding:
+    def test_padded_encoder_equals_unpadded(self):
+        padded, unpadded = padded_and_unpadded_encoders()
+        assert (padded.config.intermediate_size, unpadded.config.intermediate_size) == (128, 100)
+        mlp = padded.blocks[0].mlp
+        assert mlp.gate_proj.weight[100:].abs().sum() == 0 and mlp.up_proj.bias[100:].abs().sum() == 0
+        assert mlp.down_proj.weight[:, 100:].abs().sum() == 0
+        # Same-size images (batched SDPA) and two sizes (the stock per-image path).
+        for grids in (((1, 6, 8), (1, 6, 8)), ((1, 6, 8), (1, 4, 4))):
+            hidden, grid_thw = depth_encoder_inputs(grids)
+            with torch.no_grad():
+                a, b = padded(hidden, grid_thw=grid_thw), unpadded(hidden, grid_thw=grid_thw)
+            # The extra units add exact zeros (bitwise equal on this CPU); only a BLAS that orders its sum over 128
+            # units differently from 100 could differ, in the last bits.
+            torch.testing.assert_close(a.last_hidden_state, b.last_hidden_state, rtol=1e-6, atol=1e-6)
+            torch.testing.assert_close(a.pooler_output, b.pooler_output, rtol=1e-6, atol=1e-6)
+
+    def test_padding_gets_exactly_zero_gradients_and_stays_zero(self):
+        padded, unpadded = padded_and_unpadded_encoders()
+        hidden, grid_thw = depth_encoder_inputs()
+        optimizers = [torch.optim.AdamW(m.parameters(), lr=1e-2, weight_decay=0.1) for m in (padded, unpadded)]
+        for _ in range(2):
+            for model, optimizer in zip((padded, unpadded), optimizers):
+                optimizer.zero_grad()
+                model(hidden, grid_thw=grid_thw).pooler_output.square().mean().backward()
+                optimizer.step()
+        for block in padded.blocks:
+            mlp = block.mlp
+            weights = [mlp.gate_proj.weight, mlp.gate_proj.bias, mlp.up_proj.weight, mlp.up_proj.bias]
+            padding = [(w, w.grad, slice(100, None)) for w in weights]
+            padding.append((mlp.down_proj.weight, mlp.down_proj.weight.grad, (slice(None), slice(100, None))))
+            for weight, gradient, pad in padding:
+                assert torch.count_nonzero(gradient[pad]) == 0  # exactly zero, not small
+                assert torch.count_nonzero(weight[pad]) == 0  # still zero after two AdamW steps with weight decay
+            assert (
+                mlp.gate_proj.weight.grad[:100].abs().sum() > 0 and mlp.down_proj.weight.grad[:, :100].abs().sum() > 0
+            )
+        # ... and the padded encoder trained exactly as the unpadded one.
+        with torch.no_grad():
+            torch.testing.assert_close(
+                padded(hidden, grid_thw=grid_thw).pooler_output,
+                unpadded(hidden, grid_thw=grid_thw).pooler_output,
+                rtol=1e-5,
+                atol=1e-6,
+            )
+
+    def test_narrower_mlp_than_rgb_is_refused(self):
+        config, rgb_tower = rgb_tower_with_mlp_width_100()
+        encoder = Qwen2_5_VLDepthEncoder(config.default_depth_config(intermediate_size=64))
+        with pytest.raises(ValueError, match="MLP is narrower"):
+            encoder.init_from_rgb(rgb_tower)
+
+
+class TestCompile:
+    # torch.compile on CPU generates and builds C++ (gcc): about 20 s cold, so it is not in the quick run.
+    @pytest.mark.slow
+    def test_compiled_blocks_equal_plain_encoder(self):
+        """What `--compile` in the benchmarks does: each block compiled alone (static shapes), same outputs."""
+        encoder, _ = padded_and_unpadded_encoders()
+        encoder.eval()
+        compiled = copy.deepcopy(encoder)
+        for block in compiled.blocks:
+            block.compile(dynamic=False)
+        hidden, grid_thw = depth_encoder_inputs()
+        with torch.no_grad():
+            expected = encoder(hidden, grid_thw=grid_thw).pooler_output
+            actual = compiled(hidden, grid_thw=grid_thw).pooler_output
+        torch.testing.assert_close(actual, expected, rtol=1e-4, atol=1e-5)
