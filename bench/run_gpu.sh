@@ -5,14 +5,9 @@
 #     bash bench/run_gpu.sh                  # -> bench/results/*_h100.json, bench/results/run_gpu_h100.log
 #     bash bench/run_gpu.sh /tmp/results
 #
-# Sized to finish in about 5 minutes on one H100. Estimates from reading the code, not measured (no GPU where this was
-# written); each step prints its wall time, so the first run checks them:
-#   depth tower            ~1.5 min  6 3B towers at 4 shapes (448/896 px, batch 1/8), 7 calls each; most of it is
-#                                    torch.compile (one compile per shape, shared by all blocks and towers)
-#   inference              ~2.5 min  6 variants x 4 shapes (448/896 px, batch 1/4): 7 prefills + 4 generate calls of
-#                                    16 tokens each, one 3B model built per variant
-#   training               ~45 s     alignment (batch 64) and LoRA SFT (batch 8) at 448 px, 5 timed steps each
-#   depth-pair generation  ~35 s     DA-V2-Small (random weights), 64 synthetic photo-sized JPEGs, naive vs batched
+# Measured on one H100 (2026-11-25, 64 images for the last step): depth tower 56 s, inference 141 s, training 44 s,
+# depth-pair generation 61 s; 313 s in all. With 256 images and the raw-model row the last step takes about 2.5 min
+# (the naive loop runs ~2.7 images/s), so the whole script about 7 minutes: inside one 10-minute device command.
 # The "_h100" suffix names the card this was sized for; `environment.device` in each JSON says what really ran.
 set -euo pipefail
 export PYTHONUNBUFFERED=1
@@ -52,7 +47,7 @@ step() {
         --decode-tokens 16 --out "$OUT/inference_3b_h100.json"
     step "training" bench.bench_training --size 3b --steps 5 --out "$OUT/training_3b_h100.json"
     step "depth-pair generation" bench.bench_depth_generation --random-real-size --synthetic-images \
-        --num-images 64 --batch-size 32 --out "$OUT/depth_generation_da_v2_small_h100.json"
+        --num-images 256 --batch-size 32 --out "$OUT/depth_generation_da_v2_small_h100.json"
     echo
     echo "all benchmarks done in $SECONDS s; results in $OUT"
 } 2>&1 | tee "$LOG"

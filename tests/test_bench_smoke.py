@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from bench import bench_depth_tower, bench_inference
+from bench import bench_depth_generation, bench_depth_tower, bench_inference
 
 
 def test_inference_benchmark_runs_tiny(tmp_path):
@@ -26,7 +26,9 @@ def test_inference_benchmark_runs_tiny(tmp_path):
 def test_depth_tower_benchmark_flops(tmp_path):
     payload = bench_depth_tower.main(["--size", "tiny", "--out", str(tmp_path / "tower.json")])
     towers = {row["tower"] for row in payload["rows"]}
-    assert towers == {"rgb tower (stock)", "depth tower (2 blocks)"}
+    assert towers == {"rgb tower (stock)", "rgb tower (ours: batched windows)", "depth tower (2 blocks)"}
+    rgb_flops = {row["tflop"] for row in payload["rows"] if row["tower"].startswith("rgb") and row["batch"] == 1}
+    assert len(rgb_flops) == 1  # the batched RGB tower does the stock tower's arithmetic
     # Hand count for the tiny depth tower at 56x56 (16 patches, width 32, MLP 64, 2 blocks, merged to width 64):
     tokens, width, mlp = 16, 32, 64
     block = (
@@ -66,3 +68,14 @@ def test_training_benchmark_runs_tiny(tmp_path):
     assert alignment["samples_per_s"] > 0 and sft["samples_per_s"] > 0
     # MFU = 3 x forward FLOPs / step time / peak: consistent with the reported throughput.
     assert abs(alignment["depth_tower_mfu_vs_h100_bf16"] * 989.0 - alignment["depth_tower_tflop_per_s"]) < 1e-9
+
+
+def test_depth_generation_benchmark_runs_tiny(tmp_path):
+    out = tmp_path / "generation.json"
+    bench_depth_generation.main(["--tiny", "--out", str(out)])
+    report = json.loads(out.read_text())
+    methods = [row["method"] for row in report["results"]]
+    assert methods == ["naive pipeline loop", "make_rgbd_pairs", "raw model forward 56x56"]
+    assert report["results"][1]["skipped"] == 0
+    generation = report["results"][1]["generation_images_per_s"]
+    assert report["generation_share_of_raw_model"] == generation / report["results"][2]["images_per_s"]
