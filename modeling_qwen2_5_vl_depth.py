@@ -12,6 +12,7 @@ three ways, chosen by `config.depth_fusion`:
 This file is remote code: it imports only `torch`, `transformers` and the project's own remote-code files.
 """
 
+import functools
 import itertools
 import math
 from dataclasses import dataclass
@@ -40,7 +41,7 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
     apply_rotary_pos_emb_vision,
 )
 from transformers.utils import can_return_tuple, logging
-from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids
+from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids, get_vision_window_index
 
 
 try:  # loaded as remote code: a module of a package built from the model folder
@@ -81,6 +82,94 @@ class Qwen2_5_VLDepthCausalLMOutputWithPast(MultimodalCausalLMOutputWithPast):
 
     def to_tuple(self) -> tuple:
         return tuple(getattr(self, k).to_tuple() if k.endswith("_outputs") else self[k] for k in self.keys())
+
+
+@functools.lru_cache(maxsize=256)
+def _grid_position_ids(t: int, h: int, w: int, merge: int) -> torch.Tensor:
+    return get_vision_position_ids(torch.tensor([[t, h, w]]), merge)
+
+
+@functools.lru_cache(maxsize=256)
+def _grid_window_index(
+    t: int, h: int, w: int, merge: int, window: int, patch: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    window_index, cu_window_seqlens = get_vision_window_index(torch.tensor([[t, h, w]]), merge, window, patch)
+    return window_index, cu_window_seqlens.diff()  # the image's window lengths (empty windows already dropped)
+
+
+def vision_position_ids(grid_thw: torch.Tensor, merge: int) -> torch.Tensor:
+    """`transformers.vision_utils.get_vision_position_ids`, from a per-grid cache.
+
+    The stock function builds each image's ids with a dozen small tensor ops on the grid's device; for a batch of
+    128 images that is ~2,000 kernel launches per tower per step, more than the transformer blocks issue. The ids only
+    depend on the grid, so each distinct grid is computed once (by the stock function, on the CPU) and the batch is
+    one concatenation and one copy.
+    """
+    grids = [tuple(grid) for grid in grid_thw.tolist()]
+    return torch.cat([_grid_position_ids(*grid, merge) for grid in grids]).to(grid_thw.device)
+
+
+def vision_window_index(
+    grid_thw: torch.Tensor, merge: int, window: int, patch: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`transformers.vision_utils.get_vision_window_index`, from a per-grid cache (same values; see
+    `vision_position_ids`): each image's window permutation shifted by the merged tokens before it, and the windows'
+    cumulative lengths."""
+    indices, lengths, offset = [], [], 0
+    for t, h, w in grid_thw.tolist():
+        window_index, window_lengths = _grid_window_index(t, h, w, merge, window, patch)
+        indices.append(window_index + offset)
+        lengths.append(window_lengths)
+        offset += t * (h // merge) * (w // merge)
+    cu_window_seqlens = F.pad(torch.cat(lengths).cumsum(0), (1, 0))
+    return torch.cat(indices).to(grid_thw.device), cu_window_seqlens.to(grid_thw.device, torch.int32)
+
+
+def image_text_rope_index(
+    mm_token_type_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    image_grid_thw: torch.Tensor | None,
+    spatial_merge_size: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stock Qwen2.5-VL M-RoPE positions and deltas for text-and-image sequences, computed on the host.
+
+    Same values as `Qwen2_5_VLModel.get_rope_index` (which also handles video): text runs count up by one, an image
+    run takes its grid's (t, h, w) positions offset by the position before it and advances by max(h, w). The stock
+    loop builds every run with small tensor ops on the model's device, ~55 kernel launches and host syncs per sample,
+    ~7,000 for a batch of 128: on a GPU that outweighs a small model's whole forward. Here the token types come to the
+    host once, each sample is a few CPU ops, and the positions go back in one copy.
+    """
+    token_types = mm_token_type_ids.cpu()
+    in_sequence = (
+        attention_mask.bool().cpu() if attention_mask is not None else torch.ones_like(token_types, dtype=torch.bool)
+    )
+    grids = iter(image_grid_thw.tolist() if image_grid_thw is not None else [])
+    batch_size, length = token_types.shape
+    position_ids = torch.zeros(3, batch_size, length, dtype=torch.long)
+    deltas = []
+    for batch_index in range(batch_size):
+        runs, position = [], 0
+        for token_type, run in itertools.groupby(token_types[batch_index][in_sequence[batch_index]].tolist()):
+            run_length = len(list(run))
+            if token_type == 0:
+                runs.append(torch.arange(position, position + run_length).expand(3, -1))
+                position += run_length
+            else:
+                t, h, w = next(grids)
+                runs.append(_grid_rope_positions(t, h, w, spatial_merge_size) + position)
+                position += max(h, w) // spatial_merge_size
+        positions = torch.cat(runs, dim=1)
+        position_ids[:, batch_index, in_sequence[batch_index]] = positions
+        deltas.append(int(positions.max()) + 1 - positions.shape[1])
+    device = mm_token_type_ids.device
+    return position_ids.to(device), torch.tensor(deltas, device=device).unsqueeze(1)
+
+
+@functools.lru_cache(maxsize=256)
+def _grid_rope_positions(t: int, h: int, w: int, merge: int) -> torch.Tensor:
+    """An image's (3, tokens) M-RoPE positions from 0, as `Qwen2_5_VLModel.get_vision_position_ids` lays them out."""
+    grid = torch.meshgrid(torch.arange(t), torch.arange(h // merge), torch.arange(w // merge), indexing="ij")
+    return torch.stack(grid, dim=0).reshape(3, -1)
 
 
 class Qwen2_5_VLBatchedVisionAttention(Qwen2_5_VLVisionAttention):
@@ -202,7 +291,7 @@ class Qwen2_5_VLDepthEncoder(Qwen2_5_VLDepthPreTrainedModel):
             grid_thw (`torch.LongTensor` of shape `(num_images, 3)`):
                 The RGB images' patch grids, which the depth maps share.
         """
-        position_ids = get_vision_position_ids(grid_thw, self.spatial_merge_size)
+        position_ids = vision_position_ids(grid_thw, self.spatial_merge_size)
         cu_seqlens = get_vision_cu_seqlens(grid_thw)
         seq_lens = (grid_thw[:, 0] * grid_thw[:, 1] * grid_thw[:, 2]).tolist()
         uniform_seq_len = seq_lens[0] if len(set(seq_lens)) == 1 else None
@@ -303,6 +392,22 @@ class Qwen2_5_VLDepthModel(Qwen2_5_VLDepthPreTrainedModel, Qwen2_5_VLModel):
         # The parent's post_init ran before the depth modules existed; this one initialises only those.
         self.post_init()
 
+    def get_image_features(self, pixel_values: torch.Tensor, image_grid_thw: torch.LongTensor | None = None, **kwargs):
+        """The stock RGB features, with the tower's index bookkeeping (rotary position ids, window permutation and
+        window lengths) taken from a per-grid cache instead of being rebuilt image by image: same values, a few ops
+        instead of thousands per batch (see `vision_position_ids`). Precomputed `image_*` kwargs still win."""
+        if image_grid_thw is not None:
+            vision = self.config.vision_config
+            if "image_position_ids" not in kwargs:
+                kwargs["image_position_ids"] = vision_position_ids(image_grid_thw, vision.spatial_merge_size)
+            if "image_window_index" not in kwargs and "image_cu_window_seqlens" not in kwargs:
+                window_index, cu_window_seqlens = vision_window_index(
+                    image_grid_thw, vision.spatial_merge_size, vision.window_size, vision.patch_size
+                )
+                kwargs["image_window_index"] = window_index
+                kwargs["image_cu_window_seqlens"] = cu_window_seqlens
+        return super().get_image_features(pixel_values, image_grid_thw, **kwargs)
+
     def encode_depth(self, depth_meters: torch.Tensor) -> torch.Tensor:
         """Metric depth (metres) to depth-encoder input; see `encode_metric_depth`."""
         return encode_metric_depth(depth_meters, self.config)
@@ -355,6 +460,25 @@ class Qwen2_5_VLDepthModel(Qwen2_5_VLDepthPreTrainedModel, Qwen2_5_VLModel):
             )
         return depth_mask.unsqueeze(-1).expand_as(inputs_embeds).to(inputs_embeds.device)
 
+    def rgb_rope_index(
+        self,
+        input_ids: torch.LongTensor,
+        mm_token_type_ids: torch.IntTensor,
+        image_grid_thw: torch.LongTensor | None = None,
+        video_grid_thw: torch.LongTensor | None = None,
+        second_per_grid_ts: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The stock positions of a sequence without depth tokens: on the host for text and images
+        (`image_text_rope_index`, same values), through the stock method when there is video."""
+        if video_grid_thw is None and bool((mm_token_type_ids <= 1).all()):
+            return image_text_rope_index(
+                mm_token_type_ids, attention_mask, image_grid_thw, self.config.vision_config.spatial_merge_size
+            )
+        return super().get_rope_index(
+            input_ids, mm_token_type_ids, image_grid_thw, video_grid_thw, second_per_grid_ts, attention_mask
+        )
+
     def get_rope_index(
         self,
         input_ids: torch.LongTensor,
@@ -374,11 +498,11 @@ class Qwen2_5_VLDepthModel(Qwen2_5_VLDepthPreTrainedModel, Qwen2_5_VLModel):
         """
         is_depth = mm_token_type_ids == DEPTH_TOKEN_TYPE
         if not bool(is_depth.any()):
-            return super().get_rope_index(
+            return self.rgb_rope_index(
                 input_ids, mm_token_type_ids, image_grid_thw, video_grid_thw, second_per_grid_ts, attention_mask
             )
         in_sequence = attention_mask.bool() if attention_mask is not None else torch.ones_like(is_depth)
-        position_ids, rope_deltas = super().get_rope_index(
+        position_ids, rope_deltas = self.rgb_rope_index(
             input_ids,
             mm_token_type_ids.masked_fill(is_depth, 0),
             image_grid_thw,

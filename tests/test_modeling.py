@@ -221,6 +221,44 @@ class TestRopePositions:
         assert all(torch.equal(a, b) for a, b in zip(ours, stock))
 
 
+class TestHostIndexBookkeeping:
+    """Positions and window indices computed once per grid / on the host equal the stock per-image loops exactly."""
+
+    GRIDS = torch.tensor([[1, 8, 8], [1, 6, 10], [1, 8, 8], [1, 4, 4], [1, 14, 6]])
+
+    def test_vision_position_ids_and_window_index_equal_stock(self):
+        from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
+
+        from modeling_qwen2_5_vl_depth import vision_position_ids, vision_window_index
+
+        assert torch.equal(vision_position_ids(self.GRIDS, 2), get_vision_position_ids(self.GRIDS, 2))
+        for window, patch in [(56, 14), (112, 14)]:
+            ours = vision_window_index(self.GRIDS, 2, window, patch)
+            stock = get_vision_window_index(self.GRIDS, 2, window, patch)
+            assert torch.equal(ours[0], stock[0])
+            assert torch.equal(ours[1], stock[1]) and ours[1].dtype == stock[1].dtype
+
+    @pytest.mark.parametrize("padding_side", ["left", "right"])
+    def test_rope_index_equals_stock_with_padding_and_several_images(self, depth_models, base_model, padding_side):
+        model, processor = depth_models["add"]
+        processor.tokenizer.padding_side = padding_side
+        try:
+            samples = [IMAGES[0], IMAGES[1] + IMAGES[0], [random_image(56, 112, 3)]]
+            inputs = make_inputs(processor, samples)
+        finally:
+            processor.tokenizer.padding_side = "left"
+        args = (inputs["input_ids"], inputs["mm_token_type_ids"], inputs["image_grid_thw"])
+        ours = model.model.get_rope_index(*args, attention_mask=inputs["attention_mask"])
+        stock = base_model.model.get_rope_index(*args, attention_mask=inputs["attention_mask"])
+        assert torch.equal(ours[0], stock[0]) and torch.equal(ours[1], stock[1])
+        # Text only (no image in the batch) too.
+        text = processor.tokenizer(["how far", "how far is it"], return_tensors="pt", padding=True)
+        types = torch.zeros_like(text["input_ids"])
+        ours = model.model.get_rope_index(text["input_ids"], types, None, attention_mask=text["attention_mask"])
+        stock = base_model.model.get_rope_index(text["input_ids"], types, None, attention_mask=text["attention_mask"])
+        assert torch.equal(ours[0], stock[0]) and torch.equal(ours[1], stock[1])
+
+
 class TestBatchedVisionAttention:
     """The RGB tower's windows (and the depth encoder's images) go through one SDPA call when they are equal-length;
     the result must be the stock per-window loop's, and ragged inputs must still take that loop."""
