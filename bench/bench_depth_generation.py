@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.common import save_random_depth_anything
+from bench.common import print_table, save_random_depth_anything
 from processing_depth import DEFAULT_DEPTH_ESTIMATOR
 from training import make_rgbd_pairs
 from training.depth_png import encode_depth_png
@@ -216,14 +216,8 @@ def main(argv=None) -> dict:
     # The goal's ratio: end-to-end generation (model loading excluded) over the model's own throughput.
     share_of_raw = results[1]["generation_images_per_s"] / raw_images_per_s
     speed_up = naive_s / batched_s
-    header = f"{'method':<26} | {'dtype':<8} | {'images':>6} | {'seconds':>8} | {'images/s':>9}"
-    print(header)
-    print("-" * len(header))
-    for row in results:
-        print(
-            f"{row['method']:<26} | {row['dtype']:<8} | {num_images:>6} | {row['seconds']:>8.2f} | "
-            f"{row['images_per_s']:>9.1f}"
-        )
+    print(f"{num_images} images")
+    print_table(results, ["method", "dtype", "seconds", "images_per_s"])
     print(f"speed-up of make_rgbd_pairs over the naive loop: {speed_up:.2f}x")
     print(f"make_rgbd_pairs (model loading excluded) runs at {share_of_raw:.0%} of the raw model's throughput")
 

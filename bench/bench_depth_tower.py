@@ -20,10 +20,8 @@ from bench.common import (
     H100_BF16_DENSE_PEAK_TFLOPS,
     compile_depth_blocks,
     depth_config_for,
-    environment,
-    print_table,
+    report,
     time_ms,
-    write_json,
 )
 from modeling_qwen2_5_vl_depth import Qwen2_5_VLBatchedVisionAttention, Qwen2_5_VLDepthEncoder
 
@@ -128,12 +126,7 @@ def main(argv: list[str] | None = None) -> dict:
             )
     add_ratios_vs_stock(rows)
     columns = ["tower", "image", "batch", "ms", "ms_vs_stock_rgb_tower", "tflop", "tflop_per_s", "mfu_vs_h100_bf16"]
-    print_table(rows, columns)
-    payload = {"benchmark": "depth_tower", "size": args.size, "dtype": str(dtype), "environment": environment()}
-    payload["compile"] = args.compile
-    payload["rows"] = rows
-    write_json(args.out, payload)
-    return payload
+    return report("depth_tower", rows, columns, args.out, size=args.size, dtype=str(dtype), compile=args.compile)
 
 
 if __name__ == "__main__":

@@ -19,12 +19,10 @@ from transformers import Qwen2_5_VLForConditionalGeneration
 from bench.common import (
     compile_depth_blocks,
     depth_config_for,
-    environment,
     peak_memory_gib,
-    print_table,
+    report,
     reset_peak_memory,
     time_ms,
-    write_json,
 )
 from modeling_qwen2_5_vl_depth import DEPTH_TOKEN_TYPE, Qwen2_5_VLDepthForConditionalGeneration
 
@@ -162,12 +160,7 @@ def main(argv: list[str] | None = None) -> dict:
     columns = ["variant", "image", "batch", "depth_layers", "visual_tokens", "prefill_ms", "prefill_vs_base"]
     columns += ["prefill_vs_ours_rgb_only"]
     columns += ["decode_tokens_per_s", "decode_vs_base", "peak_memory_gib"]
-    print_table(rows, columns)
-    payload = {"benchmark": "inference", "size": args.size, "dtype": str(dtype), "environment": environment()}
-    payload["compile"] = args.compile
-    payload["rows"] = rows
-    write_json(args.out, payload)
-    return payload
+    return report("inference", rows, columns, args.out, size=args.size, dtype=str(dtype), compile=args.compile)
 
 
 if __name__ == "__main__":

@@ -20,12 +20,11 @@ from bench.bench_depth_tower import tower_flops
 from bench.bench_inference import build, synthetic_inputs
 from bench.common import (
     H100_BF16_DENSE_PEAK_TFLOPS,
-    environment,
     peak_memory_gib,
     print_table,
+    report,
     reset_peak_memory,
     synchronize,
-    write_json,
 )
 from training.align import DepthAlignmentModel
 from training.sft import DEPTH_MERGER, LLM_LORA_TARGET_MODULES
@@ -120,12 +119,9 @@ def main(argv: list[str] | None = None) -> dict:
         bench_alignment(args.size, 112 if tiny else 448, 4 if tiny else 64, device, dtype, steps),
         bench_sft(args.size, 112 if tiny else 448, 2 if tiny else 8, device, dtype, steps),
     ]
-    print_table(rows, ["stage", "image", "batch", "step_ms", "samples_per_s", "peak_memory_gib"])
     print_table(rows[:1], ["stage", "depth_tower_tflop_per_s", "depth_tower_mfu_vs_h100_bf16"])
-    payload = {"benchmark": "training", "size": args.size, "dtype": str(dtype), "environment": environment()}
-    payload["rows"] = rows
-    write_json(args.out, payload)
-    return payload
+    columns = ["stage", "image", "batch", "step_ms", "samples_per_s", "peak_memory_gib"]
+    return report("training", rows, columns, args.out, size=args.size, dtype=str(dtype))
 
 
 if __name__ == "__main__":

@@ -106,6 +106,14 @@ def format_cell(value) -> str:
     return str(value)
 
 
+def report(benchmark: str, rows: list[dict], columns: list[str], out: str | Path | None, **fields) -> dict:
+    """Print the rows as a table and write them, with `fields` and the environment, as JSON to `out`."""
+    print_table(rows, columns)
+    payload = {"benchmark": benchmark, **fields, "environment": environment(), "rows": rows}
+    write_json(out, payload)
+    return payload
+
+
 def write_json(path: str | Path | None, payload: dict) -> None:
     if path is None:
         return
