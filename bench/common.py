@@ -15,7 +15,7 @@ import torch
 import transformers
 
 from configuration_depth import Qwen2_5_VLDepthConfig
-from training.tiny import build_tiny_tokenizer, tiny_base_config
+from training.tiny import BASE_SIZES, build_tiny_tokenizer, tiny_base_config
 
 
 CONFIGS = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "configs"
@@ -24,9 +24,10 @@ H100_BF16_DENSE_PEAK_TFLOPS = 989.0
 
 
 def depth_config_for(size: str, **overrides) -> Qwen2_5_VLDepthConfig:
-    """A depth-model config: `tiny` (the offline test model) or a real size (`3b`, `7b`) from its public config."""
-    if size == "tiny":
-        base = tiny_base_config(build_tiny_tokenizer()).to_dict()
+    """A depth-model config: a small offline one (`training.tiny.BASE_SIZES`: tiny, mini, small) or a real size
+    (`3b`, `7b`) from its public config."""
+    if size in BASE_SIZES:
+        base = tiny_base_config(build_tiny_tokenizer(), size).to_dict()
         base.pop("model_type", None)
         return Qwen2_5_VLDepthConfig(**base, **overrides)
     return Qwen2_5_VLDepthConfig.from_pretrained(REAL_CONFIGS[size], **overrides)

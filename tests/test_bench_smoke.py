@@ -80,3 +80,19 @@ def test_depth_generation_benchmark_runs_tiny(tmp_path):
     assert report["results"][1]["skipped"] == 0
     generation = report["results"][1]["generation_images_per_s"]
     assert report["generation_share_of_raw_model"] == generation / report["results"][2]["images_per_s"]
+
+
+def test_host_ops_benchmark_counts_by_region(tmp_path):
+    from bench import bench_host_ops
+
+    payload = bench_host_ops.main(
+        ["--size", "tiny", "--batch", "4", "--image-side", "112", "--out", str(tmp_path / "o")]
+    )
+    rows = {row["variant"]: row for row in payload["rows"]}
+    stock, ours = rows["stock Qwen2.5-VL"], rows["ours, rgb-only"]
+    # The same language model dispatches the same ops; the bookkeeping and the window loop are what differ.
+    assert stock["language model layers"] == ours["language model layers"] > 0
+    assert ours["rope index"] < stock["rope index"]
+    assert ours["vision blocks"] < stock["vision blocks"]
+    assert ours["total"] < stock["total"] == sum(stock[region] for region in bench_host_ops.REGIONS)
+    assert rows["ours, add"]["depth blocks"] > 0 == stock["depth blocks"]
