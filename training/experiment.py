@@ -338,6 +338,7 @@ class Experiment:
         ]
         results = {"preset": asdict(preset), "runs": [], "alignment": {}}
         report_lock = threading.Lock()
+        order = {(name, seed): index for index, (name, _, _, seed) in enumerate(plan)}  # runs finish out of order
 
         def run_arm(name: str, arm: str, start, seed: int) -> None:
             if isinstance(start, tuple):  # an ablation's own alignment, or none
@@ -351,7 +352,6 @@ class Experiment:
             result = self.evaluate(model, test, f"{name}-seed{seed}")
             with report_lock:
                 results["runs"].append({"arm": name, "seed": seed, "model": str(model), **summary_of(result)})
-                order = {(name, seed): index for index, (name, _, _, seed) in enumerate(plan)}
                 results["runs"].sort(key=lambda run: order[(run["arm"], run["seed"])])
                 # Written after every run, so an interrupted experiment still leaves what it has measured.
                 self.report(results)
