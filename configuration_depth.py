@@ -89,7 +89,7 @@ class Qwen2_5_VLDepthConfig(Qwen2_5_VLConfig):
         depth_fusion (`str`, *optional*, defaults to `"add"`):
             How depth reaches the language model.
             - `"add"`: the depth encoder's merged tokens are added onto the RGB image tokens through a zero-initialised
-              gate (`tanh(gate) * depth`, as Flamingo gates). No extra tokens; a fresh model is exactly the base model.
+              gate per channel (`tanh(gate) * depth`, the gates a vector of LLM width). No extra tokens; a fresh model is exactly the base model.
             - `"concat"`: depth tokens join the sequence right after their image, as
               `<|vision_start|><|depth_pad|>...<|vision_end|>`, and each one gets the M-RoPE (t, h, w) position of the
               RGB patch it covers.

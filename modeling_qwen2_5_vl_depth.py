@@ -232,11 +232,17 @@ class Qwen2_5_VLDepthBlock(Qwen2_5_VLVisionBlock):
 
 
 class Qwen2_5_VLDepthGate(nn.Module):
-    """`tanh(gate) * x` with the gate at zero: the depth path starts as an exact no-op and opens as it learns."""
+    """`tanh(gate) * x` with one gate per channel, all at zero: the depth path starts as an exact no-op and opens as
+    it learns.
 
-    def __init__(self) -> None:
+    Per channel (like LayerScale) rather than one scalar (like Flamingo's): each channel opens along its own gradient,
+    where a single scalar follows the sum of all channels' gradients, which largely cancel while the model is still
+    learning what depth is for.
+    """
+
+    def __init__(self, width: int) -> None:
         super().__init__()
-        self.gate = nn.Parameter(torch.zeros(1))
+        self.gate = nn.Parameter(torch.zeros(width))
 
     def forward(self, depth_embeds: torch.Tensor) -> torch.Tensor:
         return torch.tanh(self.gate).to(depth_embeds.dtype) * depth_embeds
@@ -388,7 +394,7 @@ class Qwen2_5_VLDepthModel(Qwen2_5_VLDepthPreTrainedModel, Qwen2_5_VLModel):
         if config.has_depth:
             self.depth_encoder = Qwen2_5_VLDepthEncoder._from_config(config.depth_config)
         if config.depth_fusion == "add":
-            self.depth_gate = Qwen2_5_VLDepthGate()
+            self.depth_gate = Qwen2_5_VLDepthGate(config.depth_config.out_hidden_size)
         # The parent's post_init ran before the depth modules existed; this one initialises only those.
         self.post_init()
 

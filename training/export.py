@@ -63,8 +63,8 @@ FUSION_DESCRIPTIONS = {
 }
 FUSION_DETAILS = {
     "add": (
-        "With `add` fusion they are added onto the image tokens as `image + tanh(g) · depth`; the gate `g` starts at "
-        "0, so an untrained depth model is exactly the base model."
+        "With `add` fusion they are added onto the image tokens as `image + tanh(g) · depth`; the per-channel gate "
+        "`g` starts at 0, so an untrained depth model is exactly the base model."
     ),
     "concat": (
         "With `concat` fusion they follow the image as `<|vision_end|><|vision_start|><|depth_pad|>…`, each depth "
