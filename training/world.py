@@ -889,6 +889,16 @@ IMAGE_MIN_GAP = 0.05  # fraction of the image width/height
 REPEAT_PENALTY = 2
 
 
+# Stage 0's dense caption: every object's colour and shape, in image order (a grounding signal on every object, where a
+# question supervises one word about one object).
+DESCRIBE_QUESTION = "Describe the scene: list the objects from left to right."
+
+
+def describe_objects(objects: list[dict]) -> str:
+    """The objects of `scene_metadata` as "green cone, orange cube, cyan cube", left to right in the image."""
+    return ", ".join(obj["description"] for obj in sorted(objects, key=lambda obj: obj["center_pixel"][0]))
+
+
 def format_metres(value: float) -> str:
     return f"{value:.2f} m"
 
