@@ -61,3 +61,46 @@ def test_parallel_runs_share_the_cores_and_dataloader_workers(tmp_path, monkeypa
     args = experiment.training_args(steps=100, lr=1e-3, seed=2, shared=True)
     assert args[args.index("--dataloader_num_workers") + 1] == "3"
     assert args[args.index("--seed") + 1] == "2"
+
+
+def world_row(scene_id: str, question_type: str, objects: list[tuple[str, float]], marker=()) -> dict:
+    """A world row whose scene holds `objects` as (description, image column of the centre)."""
+    scene = {"objects": [{"description": name, "center_pixel": [u, 10.0]} for name, u in objects]}
+    question = [{"type": "image", "text": None}, {"type": "text", "text": f"a {question_type} question"}]
+    return {
+        "messages": [{"role": "user", "content": question}, {"role": "assistant", "content": [{"type": "text", "text": "x"}]}],
+        "images": [f"{scene_id}.png"], "question_type": question_type, "question": "q", "answer": "x",
+        "answer_value": None, "choices": [], "unit": "", "object_ids": [0], "marker": list(marker),
+        "scene_id": scene_id, "scene": json.dumps(scene),
+    }  # fmt: skip
+
+
+def test_scene_descriptions_list_each_scene_once_left_to_right():
+    from datasets import Dataset
+
+    from training.experiment import scene_descriptions
+    from training.world import DESCRIBE_QUESTION
+
+    first = [("red cube", 80.0), ("blue sphere", 12.0), ("green cone", 40.0)]
+    second = [("cyan cylinder", 5.0), ("red cube", 100.0)]
+    rows = Dataset.from_list(
+        [world_row("a", "color", first), world_row("a", "shape", first), world_row("b", "count", second)]
+    )
+    described = scene_descriptions(rows)
+    assert described["scene_id"] == ["a", "b"]
+    assert described["answer"] == ["blue sphere, green cone, red cube", "cyan cylinder, red cube"]
+    assert set(described["question_type"]) == {"describe"}
+    assert described["images"] == [["a.png"], ["b.png"]]  # the scene's own (first) image
+    messages = described[0]["messages"]
+    assert messages[0]["content"][1]["text"] == DESCRIBE_QUESTION
+    assert messages[1]["content"][0]["text"] == "blue sphere, green cone, red cube"
+
+
+def test_scene_descriptions_refuse_marked_images():
+    from datasets import Dataset
+
+    from training.experiment import scene_descriptions
+
+    rows = Dataset.from_list([world_row("a", "point_depth", [("red cube", 5.0)], marker=(3, 4))])
+    with pytest.raises(ValueError, match="point marker"):
+        scene_descriptions(rows)
