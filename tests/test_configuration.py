@@ -86,7 +86,11 @@ def test_real_size_parameter_counts_on_meta_device(name, total_billions, vision_
     width_llm = config.text_config.hidden_size  # the `add` gate: one per LLM channel
     assert block == count(model.model.visual.blocks[0]) + 36 * (2 * (width + 1) + width)
     assert (
-        depth == count(model.model.depth_encoder.patch_embed) + 8 * block + count(model.model.depth_encoder.merger) + width_llm
+        depth
+        == count(model.model.depth_encoder.patch_embed)
+        + 8 * block
+        + count(model.model.depth_encoder.merger)
+        + width_llm
     )
     assert 0.25 < depth / count(model.model.visual) < 0.35
 

@@ -104,3 +104,15 @@ def test_scene_descriptions_refuse_marked_images():
     rows = Dataset.from_list([world_row("a", "point_depth", [("red cube", 5.0)], marker=(3, 4))])
     with pytest.raises(ValueError, match="point marker"):
         scene_descriptions(rows)
+
+
+def test_report_existing_puts_the_stage0_base_first(tmp_path):
+    for label, delta1 in (("add-seed0", 0.9), ("stage0-seed0", 0.1), ("none-seed0", 0.5)):
+        folder = tmp_path / "eval" / label
+        folder.mkdir(parents=True)
+        (folder / "results.json").write_text(json.dumps(evaluation(delta1, 0.5, ["1 m"])))
+    results = Experiment(PRESETS["tiny"], tmp_path).report_existing()
+    assert [run["arm"] for run in results["runs"]] == ["stage0", "none", "add"]
+    table = (tmp_path / "results.md").read_text()
+    assert "| question type | metric | stage0 | none | add |" in table
+    assert "| distance_to_camera | delta1 | 0.100 ± 0.000 | 0.500 ± 0.000 | 0.900 ± 0.000 |" in table

@@ -18,7 +18,8 @@ A small Qwen2.5-VL-architecture model, trained from scratch here, stands in for 
    - `image`: depth drawn as a second picture through the RGB tower, no separate encoder (SpatialBot's approach).
 3. **Evaluation** on the fixed rendered test set (`training.make_world --preset test`: 1,200 questions, 100 per type),
    greedy, with the question text exactly as trained (no extra instruction): δ₁, AbsRel and within-2x on metric
-   answers, accuracy on the others, per question type (`training.evaluate`).
+   answers, accuracy on the others, per question type (`training.evaluate`). The stage-0 base is evaluated too
+   (`stage0` in the report): where the RGB questions start, and the answer priors of the metric ones.
 
 Every stage is the project's own CLI, run as a subprocess (`--launcher "accelerate launch"` runs them under
 accelerate). Finished stages are skipped on a rerun (each writes its result last), so an interrupted experiment
@@ -46,6 +47,8 @@ from training.tiny import save_tiny_base
 
 
 RGB_ONLY_QUESTION_TYPES = ("color", "shape", "count", "left_right", "above_below")
+# The report's name for the stage-0 base, evaluated before any spatial fine-tuning.
+STAGE0_ARM = "stage0"
 METRIC_QUESTION_TYPES = ("distance_to_camera", "distance_between", "object_height", "object_width", "point_depth")
 
 
@@ -361,8 +364,13 @@ class Experiment:
             for seed in preset.ablation_seeds
         ]
         results = {"preset": asdict(preset), "runs": [], "alignment": {}}
+        # The stage-0 base before any spatial SFT: what the RGB questions start from, and the answer priors.
+        base_model = self.out / "stage0" / "model"
+        base_result = self.evaluate(base_model, test, f"{STAGE0_ARM}-seed0")
+        results["runs"].append({"arm": STAGE0_ARM, "seed": 0, "model": str(base_model), **summary_of(base_result)})
         report_lock = threading.Lock()
         order = {(name, seed): index for index, (name, _, _, seed) in enumerate(plan)}  # runs finish out of order
+        order[(STAGE0_ARM, 0)] = -1
 
         def run_arm(name: str, arm: str, start, seed: int) -> None:
             if isinstance(start, tuple):  # an ablation's own alignment, or none
@@ -398,7 +406,7 @@ class Experiment:
             arm, _, seed = result_file.parent.name.rpartition("-seed")
             result = json.loads(result_file.read_text())
             results["runs"].append({"arm": arm, "seed": int(seed), "model": result.get("model"), **summary_of(result)})
-        order = {arm: index for index, arm in enumerate(self.preset.arms)}
+        order = {arm: index for index, arm in enumerate((STAGE0_ARM, *self.preset.arms))}
         results["runs"].sort(key=lambda run: (order.get(run["arm"], len(order)), run["arm"], run["seed"]))
         self.report(results)
         return results
@@ -535,7 +543,10 @@ def write_report(results: dict, out: Path) -> None:
         lines.append(f"| {run['arm']}-seed{run['seed']} | " + " | ".join(counts) + " |")
     seeds = sorted({run["seed"] for run in results["runs"]})
     lines.append("")
-    lines.append(f"Mean ± standard deviation over seeds {seeds} (SFT seed; stage 0 and alignment are shared).")
+    lines.append(
+        f"Mean ± standard deviation over seeds {seeds} (SFT seed; stage 0 and alignment are shared). "
+        f"`{STAGE0_ARM}`: the shared base before spatial fine-tuning (one model)."
+    )
     (out / "results.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
