@@ -109,9 +109,9 @@ PRESETS = {
         lora_r=32,
         threads=1,
     ),
-    # CPU, about 75 minutes on 2 cores without the ablations: `tiny`'s model with 5x its stage 0 and 2.5x its SFT
-    # samples, on 8x the scenes. (At `tiny`'s budget the base never learns to look at the image.) Two runs at a time,
-    # one core each.
+    # CPU, about 2 hours on 2 cores without the ablations (stage 0 about 40 minutes, then six rounds of two SFT runs
+    # and their evaluations): `tiny`'s model with 10x its stage-0 samples and ~1.2x its SFT samples, on 8x the scenes.
+    # (At `tiny`'s budget the base never learns to look at the image.) Two runs at a time, one core each.
     "cpu": Preset(
         base_size="mini",
         image_size=112,
@@ -124,7 +124,7 @@ PRESETS = {
         align_steps=300,
         align_lr=2e-3,
         align_batch=32,
-        sft_steps=750,
+        sft_steps=350,
         sft_lr=2e-3,
         batch=32,
         lora_r=32,
