@@ -116,3 +116,34 @@ def test_report_existing_puts_the_stage0_base_first(tmp_path):
     table = (tmp_path / "results.md").read_text()
     assert "| question type | metric | stage0 | none | add |" in table
     assert "| distance_to_camera | delta1 | 0.100 ± 0.000 | 0.500 ± 0.000 | 0.900 ± 0.000 |" in table
+
+
+def test_stage0a_runs_first_and_stage0_starts_from_its_tower(tmp_path, monkeypatch):
+    """With `vision_pretrain_steps`, the tower is pre-trained on the training scenes and stage 0 loads that folder."""
+    calls = []
+
+    def record(self, name, module, args, done, launch=False, shared=False):
+        calls.append((name, module, dict(zip(args[::2], args[1::2]))))
+        done.parent.mkdir(parents=True, exist_ok=True)
+        done.write_text("{}")
+
+    monkeypatch.setattr(Experiment, "run", record)
+    monkeypatch.setattr("training.experiment.save_as_plain_qwen2_5_vl", lambda model, base: None)
+    rows, world = tmp_path / "rows", tmp_path / "world"
+    for steps, expected in ((0, ["stage0"]), (40, ["stage0-vision", "stage0"])):
+        calls.clear()
+        experiment = Experiment(replace(PRESETS["demo"], vision_pretrain_steps=steps), tmp_path / f"steps{steps}")
+        experiment.stage0(rows, rows, world, world)
+        assert [name for name, _, _ in calls] == expected
+        stage0_args = calls[-1][2]
+        assert stage0_args["--dataset_path"] == str(rows)
+        init = experiment.out / "stage0" / "init"
+        if steps:
+            vision_args = calls[0][2]
+            assert calls[0][1] == "training.pretrain_vision"
+            assert vision_args["--base"] == str(init)
+            assert vision_args["--data"] == str(world)
+            assert vision_args["--max_steps"] == "40"
+            assert stage0_args["--model_name_or_path"] == vision_args["--out"]
+        else:
+            assert stage0_args["--model_name_or_path"] == str(init)

@@ -1,14 +1,17 @@
 """The depth-vs-RGB experiment: does a depth encoder make Qwen2.5-VL better at space, and by how much?
 
     python -m training.experiment --preset tiny  --out runs/experiment_tiny      # CPU, tens of minutes
-    python -m training.experiment --preset cpu   --out runs/experiment_cpu       # CPU, about 75 minutes
+    python -m training.experiment --preset cpu   --out runs/experiment_cpu       # CPU, about 100 minutes
     python -m training.experiment --preset small --out runs/experiment_small     # GPU: each stage < 10 minutes
 
 A small Qwen2.5-VL-architecture model, trained from scratch here, stands in for the pretrained base:
 
 0. **Stage 0** trains it (every weight, vision tower included) on the rendered world's RGB-only questions (colour,
    shape, count, left/right, above/below) and one description per scene (its objects' colours and shapes, left to
-   right), so it has RGB priors to preserve. It is shared by all arms, like a pretrained checkpoint would be.
+   right), so it has RGB priors to preserve. It is shared by all arms, like a pretrained checkpoint would be. With
+   `vision_pretrain_steps`, **stage 0a** first trains its RGB tower alone to tell, token by token, the colour and
+   shape of the object it shows (`training.pretrain_vision`): on questions alone a from-scratch base of this size
+   keeps answering from the answer prior, i.e. never learns to look.
 1. **Stage 1** aligns a depth encoder to its frozen RGB tower (`training.align`): `dense` (default), `global`, or
    none (the encoder starts as a copy of the RGB tower), on a small or a 10x larger set of RGB-D pairs.
 2. **Stage 2** fine-tunes each arm with LoRA on all 12 question types (`training.sft`), same rows, same steps, same
@@ -101,6 +104,7 @@ PRESETS = {
         val_scenes=40,
         pair_scenes=300,
         test_questions=None,
+        vision_pretrain_steps=300,
         stage0_steps=600,
         stage0_lr=2e-3,
         align_steps=200,
@@ -146,6 +150,7 @@ PRESETS = {
         val_scenes=100,
         pair_scenes=3000,
         test_questions=None,
+        vision_pretrain_steps=300,
         stage0_steps=600,
         stage0_lr=1e-3,
         align_steps=200,
@@ -169,6 +174,7 @@ PRESETS["demo"] = replace(
     val_scenes=20,
     pair_scenes=150,
     test_questions=240,
+    vision_pretrain_steps=100,
     stage0_steps=250,
     align_steps=80,
     sft_steps=250,
@@ -183,6 +189,7 @@ PRESETS["small-smoke"] = replace(
     val_scenes=20,
     pair_scenes=150,
     test_questions=200,
+    vision_pretrain_steps=10,
     stage0_steps=20,
     align_steps=10,
     sft_steps=20,
@@ -273,7 +280,10 @@ class Experiment:
 
             files = sorted(str(file) for file in source.glob("*.parquet"))
             rows = load_dataset("parquet", data_files=files, split="train")
-            rows = rows.filter(lambda row: row["question_type"] in RGB_ONLY_QUESTION_TYPES)
+            # Reading only the type column: a row-wise filter would decode every image.
+            rows = rows.filter(
+                lambda question_type: question_type in RGB_ONLY_QUESTION_TYPES, input_columns="question_type"
+            )
             rows = concatenate_datasets([rows, scene_descriptions(rows)])
             target.mkdir(parents=True, exist_ok=True)
             rows.to_parquet(str(target / "rows.tmp.parquet"))
