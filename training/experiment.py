@@ -612,6 +612,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--arms", nargs="+", default=None, choices=["none", "concat", "add", "image"])
     parser.add_argument("--no-ablations", action="store_true")
     parser.add_argument("--parallel-runs", type=int, default=None, help="override the preset's parallel_runs")
+    parser.add_argument("--sft-steps", type=int, default=None, help="override the preset's sft_steps")
     parser.add_argument("--launcher", default="", help='e.g. "accelerate launch --num_processes 8"')
     parser.add_argument("--report-only", action="store_true", help="rebuild the report from finished evaluations")
     args = parser.parse_args(argv)
@@ -625,6 +626,8 @@ def main(argv: list[str] | None = None) -> dict:
         overrides["alignment_ablations"] = ()
     if args.parallel_runs:
         overrides["parallel_runs"] = args.parallel_runs
+    if args.sft_steps:
+        overrides["sft_steps"] = args.sft_steps
     preset = replace(preset, **overrides)
     out = args.out or Path("runs") / f"experiment_{args.preset}"
     experiment = Experiment(preset, out, args.launcher)
