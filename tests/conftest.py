@@ -1,10 +1,13 @@
-"""Shared fixtures: a tiny plain Qwen2.5-VL folder built offline, and depth models/processors made from it."""
+"""Shared fixtures: a tiny plain Qwen2.5-VL folder built offline, a small rendered world, and depth models made from it."""
+
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from training import make_world
 from training.build_depth_model import build_depth_model
 from training.tiny import save_tiny_base
 
@@ -13,6 +16,15 @@ from training.tiny import save_tiny_base
 def tiny_base(tmp_path_factory):
     """A plain Qwen2.5-VL folder (tiny, random weights) — what a user downloads, only small."""
     return save_tiny_base(tmp_path_factory.mktemp("tiny_base"))
+
+
+@pytest.fixture(scope="session")
+def world_dir(tmp_path_factory) -> Path:
+    """8 rendered scenes x 6 questions = 48 rows at 112x112, written exactly as `training.make_world` writes them."""
+    folder = tmp_path_factory.mktemp("world")
+    config = make_world.WorldConfig(split="train", num_scenes=8, seed=0, size=112, questions_per_scene=6, shard_size=8)
+    make_world.write_dataset(config, folder, progress=False)
+    return folder
 
 
 @pytest.fixture(scope="session")

@@ -9,17 +9,8 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers import AutoImageProcessor, Qwen2_5_VLForConditionalGeneration
 
-from training import make_world, pretrain_vision, world
+from training import pretrain_vision, world
 from training.sft import load_rows
-
-
-@pytest.fixture(scope="module")
-def world_folder(tmp_path_factory):
-    """6 rendered scenes x 3 questions at 112x112, as `training.make_world` writes them."""
-    folder = tmp_path_factory.mktemp("world")
-    config = make_world.WorldConfig(split="train", num_scenes=6, seed=0, size=112, questions_per_scene=3, shard_size=6)
-    make_world.write_dataset(config, folder, progress=False)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +41,8 @@ def brute_force_labels(instance: np.ndarray, objects: list[dict], token_side: in
     return np.array(colours), np.array(shapes)
 
 
-def test_token_labels_are_the_majority_object_of_each_token(world_folder, image_processor):
-    rows = load_rows(str(world_folder))
+def test_token_labels_are_the_majority_object_of_each_token(world_dir, image_processor):
+    rows = load_rows(str(world_dir))
     labelled_objects = 0
     for scene_json in sorted(set(rows["scene"])):
         scene = json.loads(scene_json)
@@ -66,9 +57,9 @@ def test_token_labels_are_the_majority_object_of_each_token(world_folder, image_
     assert labelled_objects > 0  # the scenes do show objects
 
 
-def test_rerendered_scene_is_the_stored_image(world_folder):
+def test_rerendered_scene_is_the_stored_image(world_dir):
     """Labels come from re-rendering each scene from its metadata: that must reproduce the stored picture exactly."""
-    rows = load_rows(str(world_folder))
+    rows = load_rows(str(world_dir))
     row = next(row for row in rows if not row["marker"])
     scene = json.loads(row["scene"])
     rendering = world.render(world.sample_scene(scene["split"], scene["index"], scene["seed"]), 112)
@@ -93,10 +84,10 @@ def test_collator_refuses_labels_for_another_grid(image_processor):
         pretrain_vision.DenseObjectCollator(image_processor)([row])
 
 
-def test_pretraining_changes_only_the_rgb_tower(tiny_base, world_folder, tmp_path):
+def test_pretraining_changes_only_the_rgb_tower(tiny_base, world_dir, tmp_path):
     out = tmp_path / "vision"
     args = [
-        "--base", str(tiny_base), "--data", str(world_folder), "--eval_data", str(world_folder), "--out", str(out),
+        "--base", str(tiny_base), "--data", str(world_dir), "--eval_data", str(world_dir), "--out", str(out),
         "--output_dir", str(tmp_path / "trainer"), "--max_steps", "3", "--per_device_train_batch_size", "4",
         "--learning_rate", "1e-2", "--save_strategy", "no", "--report_to", "none", "--use_cpu", "true",
     ]  # fmt: skip

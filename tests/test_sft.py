@@ -21,7 +21,6 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, Qwen2_5_VLForConditionalGeneration
 
-from training import make_world
 from training.collator import IGNORE_INDEX, DepthVLMCollator
 from training.sft import (
     build_trainer,
@@ -55,15 +54,6 @@ TRAINING_FLAGS = [
     "--lr_scheduler_type", "constant", "--lora_dropout", "0", "--per_device_train_batch_size", "4",
     "--logging_steps", "10", "--save_strategy", "no", "--report_to", "none", "--disable_tqdm", "true",
 ]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def world_dir(tmp_path_factory) -> Path:
-    """8 rendered scenes x 6 questions = 48 rows at 112x112, written exactly as `training.make_world` writes them."""
-    folder = tmp_path_factory.mktemp("world")
-    config = make_world.WorldConfig(split="train", num_scenes=8, seed=0, size=112, questions_per_scene=6, shard_size=8)
-    make_world.write_dataset(config, folder, progress=False)
-    return folder
 
 
 @pytest.fixture(scope="module")

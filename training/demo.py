@@ -3,7 +3,8 @@
     python -m training.demo --out runs/demo
 
 1. Renders a small RGB-D world with exact metric depth (train, val, and the fixed test set).
-2. Trains a mini Qwen2.5-VL from scratch on its RGB-only questions (the stand-in for a pretrained base).
+2. Trains a mini Qwen2.5-VL from scratch (the stand-in for a pretrained base): its RGB tower on which object each
+   image token shows, then the whole model on the RGB-only questions.
 3. Aligns a depth encoder to its frozen RGB tower (dense InfoNCE).
 4. Fine-tunes with LoRA, RGB-only and with depth (`add`), same rows, steps and seed.
 5. Evaluates both on the fixed test set and prints the comparison (δ₁, AbsRel, accuracy per question type).
@@ -12,7 +13,8 @@
    and answers a spatial question about a test scene with its depth map.
 
 It is the `demo` preset of `training.experiment` (one seed, two arms, small): a smoke-scale version of the real
-comparison, whose numbers come from `python -m training.experiment --preset tiny` (three seeds, four arms, ablations).
+comparison, whose numbers come from `python -m training.experiment --preset cpu` (four arms, three seeds) or
+`--preset small` on a GPU.
 """
 
 import argparse
