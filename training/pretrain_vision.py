@@ -153,9 +153,9 @@ def token_accuracies(model: DenseObjectModel, rows, collator: DenseObjectCollato
     model.eval()
     correct = {"colour_object": 0, "shape_object": 0, "colour_all": 0, "shape_all": 0}
     object_tokens = all_tokens = 0
+    device = next(model.parameters()).device
     for start in range(0, len(rows), batch_size):
         batch = collator([rows[i] for i in range(start, min(start + batch_size, len(rows)))])
-        device = next(model.parameters()).device
         outputs = model(batch["pixel_values"].to(device), batch["image_grid_thw"].to(device))
         colours, shapes = batch["colour_labels"], batch["shape_labels"]
         shows_object = colours < len(COLOUR_CLASSES)
