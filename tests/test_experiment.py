@@ -147,3 +147,32 @@ def test_stage0a_runs_first_and_stage0_starts_from_its_tower(tmp_path, monkeypat
             assert stage0_args["--model_name_or_path"] == vision_args["--out"]
         else:
             assert stage0_args["--model_name_or_path"] == str(init)
+
+
+@pytest.mark.parametrize("preset_name, full_finetune", [("cpu", False), ("cpu-full", True)])
+def test_stage2_is_lora_or_full_finetuning_as_the_preset_says(tmp_path, monkeypatch, preset_name, full_finetune):
+    calls = []
+
+    def record(self, name, module, args, done, launch=False, shared=False):
+        calls.append((module, args))
+
+    monkeypatch.setattr(Experiment, "run", record)
+    preset = PRESETS[preset_name]
+    assert preset.sft_full_finetune is full_finetune
+    experiment = Experiment(preset, tmp_path)
+    model = experiment.sft(
+        "add", 1, tmp_path / "base", tmp_path / "aligned", tmp_path / "train", tmp_path / "val", "add"
+    )
+    assert model == tmp_path / "sft" / "add-seed1" / "model"
+    module, args = calls[0]
+    assert module == "training.sft"
+    options = dict(zip(args[::2], args[1::2]))
+    assert options["--aligned_depth_model"] == str(tmp_path / "aligned")
+    assert options["--learning_rate"] == str(preset.sft_lr)
+    if full_finetune:
+        assert options["--use_peft"] == "false"
+        assert "--lora_r" not in args
+    else:
+        assert "--use_peft" not in args
+        assert options["--lora_r"] == str(preset.lora_r)
+        assert options["--lora_alpha"] == str(2 * preset.lora_r)

@@ -2,6 +2,7 @@
 
     python -m training.experiment --preset tiny  --out runs/experiment_tiny      # CPU, tens of minutes
     python -m training.experiment --preset cpu   --out runs/experiment_cpu       # CPU, about 100 minutes
+    python -m training.experiment --preset cpu-full --out runs/experiment_cpu_full  # the same, stage 2 full FT
     python -m training.experiment --preset small --out runs/experiment_small     # GPU: each stage < 10 minutes
 
 A small Qwen2.5-VL-architecture model, trained from scratch here, stands in for the pretrained base:
@@ -14,8 +15,8 @@ A small Qwen2.5-VL-architecture model, trained from scratch here, stands in for 
    keeps answering from the answer prior, i.e. never learns to look.
 1. **Stage 1** aligns a depth encoder to its frozen RGB tower (`training.align`): `dense` (default), `global`, or
    none (the encoder starts as a copy of the RGB tower), on a small or a 10x larger set of RGB-D pairs.
-2. **Stage 2** fine-tunes each arm with LoRA on all 12 question types (`training.sft`), same rows, same steps, same
-   seeds; arms differ in one switch:
+2. **Stage 2** fine-tunes each arm with LoRA (or, with `sft_full_finetune`, the whole language model) on all 12
+   question types (`training.sft`), same rows, same steps, same seeds; arms differ in one switch:
    - `none`: RGB only;
    - `concat` / `add`: the depth encoder's tokens appended / added (aligned encoder);
    - `image`: depth drawn as a second picture through the RGB tower, no separate encoder (SpatialBot's approach).
@@ -93,6 +94,10 @@ class Preset:
     # Stage 0a: steps of dense object pre-training of the from-scratch RGB tower before stage 0 (0: none). Without it
     # a base trained on questions alone at these scales answers from the prior (see training.pretrain_vision).
     vision_pretrain_steps: int = 0
+    # Stage 2 trains the whole language model (plus the depth merger and gate; the RGB tower and depth encoder blocks
+    # stay frozen) instead of a LoRA adapter on it. LoRA preserves a pretrained base; the from-scratch stand-in bases
+    # here have no such skills to preserve, and LoRA on them stays at the answer priors (results/experiment_cpu_long).
+    sft_full_finetune: bool = False
 
 
 PRESETS = {
@@ -166,10 +171,15 @@ PRESETS = {
         extra_train_args=("--bf16", "true"),
     ),
 }
+# `cpu` with stage 2 as full fine-tuning of the language model, at stage 0's rate, for every arm alike.
+# 900 steps at batch 32 is one pass over the 30,000 training rows.
+PRESETS["cpu-full"] = replace(PRESETS["cpu"], sft_full_finetune=True, sft_lr=1e-3, sft_steps=900)
 # The README's demo: `tiny` at smoke scale, one seed, RGB-only against depth `add`, no ablations (part of a 10-minute
-# CPU job).
+# CPU job). The sequential stages get every core; the two SFT runs and their evaluations go side by side, one core each.
 PRESETS["demo"] = replace(
     PRESETS["tiny"],
+    threads=None,
+    parallel_runs=2,
     train_scenes=250,
     val_scenes=20,
     pair_scenes=150,
@@ -351,9 +361,12 @@ class Experiment:
             *start, "--depth_fusion", arm, "--dataset_path", str(train), "--eval_dataset_path", str(val),
             "--output_dir", str(folder / "trainer"), "--export_dir", str(folder / "model"),
             "--loss_curve", str(folder / "loss_curve.png"), "--eval_strategy", "no",
-            "--lora_r", str(self.preset.lora_r), "--lora_alpha", str(2 * self.preset.lora_r),
             *self.training_args(self.preset.sft_steps, self.preset.sft_lr, seed, shared=True),
         ]  # fmt: skip
+        if self.preset.sft_full_finetune:
+            args += ["--use_peft", "false"]
+        else:
+            args += ["--lora_r", str(self.preset.lora_r), "--lora_alpha", str(2 * self.preset.lora_r)]
         summary = folder / "trainer" / "sft_summary.json"
         self.run(f"sft-{name}-seed{seed}", "training.sft", args, summary, launch=True, shared=True)
         return folder / "model"
