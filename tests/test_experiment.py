@@ -176,3 +176,25 @@ def test_stage2_is_lora_or_full_finetuning_as_the_preset_says(tmp_path, monkeypa
         assert "--use_peft" not in args
         assert options["--lora_r"] == str(preset.lora_r)
         assert options["--lora_alpha"] == str(2 * preset.lora_r)
+
+
+def test_sft_loss_curves_gather_every_run(tmp_path):
+    from training.experiment import write_sft_loss_curves
+
+    assert write_sft_loss_curves(tmp_path) is None  # no run finished yet
+    histories = {
+        "none-seed0": [{"step": 10, "loss": 2.0}, {"step": 10, "eval_loss": 1.9}, {"step": 20, "loss": 1.5}],
+        "add-seed0": [{"step": 10, "loss": 1.8}, {"step": 20, "loss": 1.1}],
+        "add-seed1": [{"step": 10, "loss": 1.7}],
+    }
+    for name, history in histories.items():
+        (tmp_path / "sft" / name).mkdir(parents=True)
+        (tmp_path / "sft" / name / "loss_curve.json").write_text(json.dumps(history))
+    picture = write_sft_loss_curves(tmp_path)
+    assert picture.read_bytes().startswith(b"\x89PNG")
+    curves = json.loads((tmp_path / "sft_loss_curves.json").read_text())
+    assert curves == {
+        "add-seed0": [[10, 1.8], [20, 1.1]],
+        "add-seed1": [[10, 1.7]],
+        "none-seed0": [[10, 2.0], [20, 1.5]],  # training loss only: the eval entry is left out
+    }

@@ -463,6 +463,7 @@ class Experiment:
         results["aggregate"] = aggregate(results["runs"])
         results["timings_s"] = self.timings
         write_report(results, self.out)
+        write_sft_loss_curves(self.out)
 
 
 def scene_descriptions(rows):
@@ -615,6 +616,41 @@ def write_report(results: dict, out: Path) -> None:
     figure.tight_layout()
     figure.savefig(out / "results.png")
     plt.close(figure)
+
+
+def write_sft_loss_curves(out: Path) -> Path | None:
+    """Every stage-2 run's training loss in one picture (`sft_loss_curves.png`, one colour per arm, one line per seed)
+    and the curves behind it (`sft_loss_curves.json`); None before any run has finished."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = {}
+    for history_file in sorted((out / "sft").glob("*-seed*/loss_curve.json")):
+        history = json.loads(history_file.read_text())
+        curves[history_file.parent.name] = [[entry["step"], entry["loss"]] for entry in history if "loss" in entry]
+    if not curves:
+        return None
+    (out / "sft_loss_curves.json").write_text(json.dumps(curves, indent=1) + "\n")
+    arms = sorted({name.rpartition("-seed")[0] for name in curves})
+    colours = dict(zip(arms, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4))
+    figure, axis = plt.subplots(figsize=(7, 4), dpi=120)
+    labelled = set()
+    for name, points in curves.items():
+        arm = name.rpartition("-seed")[0]
+        label = None if arm in labelled else arm
+        labelled.add(arm)
+        axis.plot(*zip(*points), color=colours[arm], alpha=0.8, linewidth=1.2, label=label)
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("train loss (nats per answer token)")
+    axis.set_title("Stage 2 spatial SFT, every arm and seed")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(out / "sft_loss_curves.png")
+    plt.close(figure)
+    return out / "sft_loss_curves.png"
 
 
 def main(argv: list[str] | None = None) -> dict:
