@@ -634,14 +634,12 @@ def write_sft_loss_curves(out: Path) -> Path | None:
         return None
     (out / "sft_loss_curves.json").write_text(json.dumps(curves, indent=1) + "\n")
     arms = sorted({name.rpartition("-seed")[0] for name in curves})
-    colours = dict(zip(arms, plt.rcParams["axes.prop_cycle"].by_key()["color"] * 4))
     figure, axis = plt.subplots(figsize=(7, 4), dpi=120)
-    labelled = set()
-    for name, points in curves.items():
-        arm = name.rpartition("-seed")[0]
-        label = None if arm in labelled else arm
-        labelled.add(arm)
-        axis.plot(*zip(*points), color=colours[arm], alpha=0.8, linewidth=1.2, label=label)
+    for index, arm in enumerate(arms):
+        seeds = [points for name, points in curves.items() if name.rpartition("-seed")[0] == arm]
+        for seed_index, points in enumerate(seeds):  # one legend entry per arm, whatever its number of seeds
+            label = arm if seed_index == 0 else None
+            axis.plot(*zip(*points), color=f"C{index % 10}", alpha=0.8, linewidth=1.2, label=label)
     axis.set_xlabel("optimizer step")
     axis.set_ylabel("train loss (nats per answer token)")
     axis.set_title("Stage 2 spatial SFT, every arm and seed")
