@@ -90,9 +90,9 @@ class Qwen2_5_VLDepthConfig(Qwen2_5_VLConfig):
             How depth reaches the language model.
             - `"add"`: the depth encoder's merged tokens are added onto the RGB image tokens through a zero-initialised
               gate per channel (`tanh(gate) * depth`, the gates a vector of LLM width). No extra tokens; a fresh model is exactly the base model.
-            - `"concat"`: depth tokens join the sequence right after their image, as
-              `<|vision_start|><|depth_pad|>...<|vision_end|>`, and each one gets the M-RoPE (t, h, w) position of the
-              RGB patch it covers.
+            - `"concat"`: each image's depth tokens follow its RGB tokens inside the image's own run of placeholders
+              (an image with depth has twice as many `<|image_pad|>`), and each depth token gets the M-RoPE (t, h, w)
+              position of the RGB patch it covers.
             - `"none"`: the RGB-only baseline. No depth modules are built and depth input is an error.
         depth_init_from_rgb (`bool`, *optional*, defaults to `True`):
             When the depth encoder is newly created from a base checkpoint, copy the RGB tower's first blocks, merger
@@ -104,9 +104,6 @@ class Qwen2_5_VLDepthConfig(Qwen2_5_VLConfig):
         depth_invalid_value (`float`, *optional*, defaults to -2.0):
             Encoder input for invalid pixels (depth that is 0, negative, NaN or inf: sensor holes, sky). It lies
             outside [-1, 1] so the encoder can tell "no measurement" from "near".
-        depth_token_id (`int`, *optional*, defaults to 151665):
-            Id of the `<|depth_pad|>` placeholder token used by `"concat"`. 151665 is the first free id after
-            Qwen2.5-VL's special tokens, which is what `Qwen2_5_VLDepthProcessor` assigns when it adds the token.
     """
 
     model_type = "qwen2_5_vl_depth"
@@ -122,7 +119,6 @@ class Qwen2_5_VLDepthConfig(Qwen2_5_VLConfig):
     depth_min_meters: float = 0.1
     depth_max_meters: float = 100.0
     depth_invalid_value: float = -2.0
-    depth_token_id: int = 151665
 
     def __post_init__(self, **kwargs):
         # A base Qwen2.5-VL config.json says `model_type: qwen2_5_vl`; keep this class's own type, never that one.
@@ -140,9 +136,15 @@ class Qwen2_5_VLDepthConfig(Qwen2_5_VLConfig):
         depth_overrides = self.depth_config if isinstance(self.depth_config, dict) else None
         if depth_overrides is not None:
             self.depth_config = None
+        # `depth_config` comes into being after the parent has handed `attn_implementation` to the sub-configs.
+        attn_implementation = kwargs.get("attn_implementation")
         super().__post_init__(**kwargs)
         if self.depth_config is None:
             self.depth_config = self.default_depth_config(**(depth_overrides or {}))
+        if isinstance(attn_implementation, dict):
+            attn_implementation = attn_implementation.get("depth_config", self._attn_implementation)
+        if attn_implementation is not None:
+            self.depth_config._attn_implementation = attn_implementation
         # Entries already present (e.g. `repo--module.Class` from the Hub) win over the local file names.
         self.auto_map = {**AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
 

@@ -1,13 +1,17 @@
 """Qwen2.5-VL-Depth: Qwen2.5-VL that also sees a depth map, built modular-style on the installed Qwen2.5-VL classes.
 
 A depth encoder (Qwen2.5-VL vision blocks over a 1-channel depth map, on the RGB image's patch grid and 2x2 merge)
-turns each image's depth map into exactly as many tokens as the image has. They reach the language model in one of
-three ways, chosen by `config.depth_fusion`:
+turns each image's depth map into exactly as many tokens as the image has. Depth is an input of the image features:
+`get_image_features(pixel_values, image_grid_thw, depth_values=..., image_has_depth=...)` returns each image's fused
+features, chosen by `config.depth_fusion`:
 
-- `"add"`: added onto the image tokens through a zero-initialised gate, so a fresh model is the base model;
-- `"concat"`: appended after the image as `<|vision_start|><|depth_pad|>...<|vision_end|>`, each depth token with
-  the M-RoPE position of the RGB patch it covers;
+- `"add"`: the RGB tokens plus the depth tokens through a zero-initialised gate, so a fresh model is the base model;
+- `"concat"`: the RGB tokens followed by the depth tokens (the image's placeholder run is twice as long), each depth
+  token with the M-RoPE position of the RGB patch it covers;
 - `"none"`: no depth at all (the RGB-only baseline).
+
+Everything after the image features is stock Qwen2.5-VL, so transformers' generation machinery (pre-encoding before
+prefill, beam expansion, chunked prefill) carries depth as it carries the images.
 
 This file is remote code: it imports only `torch`, `transformers` and the project's own remote-code files.
 """
@@ -15,20 +19,16 @@ This file is remote code: it imports only `torch`, `transformers` and the projec
 import functools
 import itertools
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from transformers import initialization as init
+from transformers.configuration_utils import PreTrainedConfig
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
 from transformers.core_model_loading import WeightRenaming
-from transformers.modeling_outputs import (
-    BaseModelOutputWithPooling,
-    MultimodalBaseModelOutputWithPast,
-    MultimodalCausalLMOutputWithPast,
-)
-from transformers.modeling_utils import slice_logits_to_keep
+from transformers.generation import GenerationMixin
+from transformers.modeling_outputs import BaseModelOutputWithPooling, MultimodalCausalLMOutputWithPast
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
     Qwen2_5_VisionPatchEmbed,
     Qwen2_5_VLForConditionalGeneration,
@@ -40,7 +40,9 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
     Qwen2_5_VLVisionRotaryEmbedding,
     apply_rotary_pos_emb_vision,
 )
-from transformers.utils import can_return_tuple, logging
+from transformers.processing_utils import Unpack
+from transformers.utils import TransformersKwargs, can_return_tuple, logging
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids, get_vision_window_index
 
 
@@ -52,36 +54,9 @@ except ImportError:  # imported from a checkout, where the three remote-code fil
 
 logger = logging.get_logger(__name__)
 
-# `mm_token_type_ids` value of `<|depth_pad|>` tokens. transformers uses 0 text, 1 image, 2 video, 3 audio.
-DEPTH_TOKEN_TYPE = 4
 # Parameter names of the modules a base Qwen2.5-VL checkpoint does not have.
-DEPTH_MODULE_PREFIXES = ("model.depth_encoder.", "model.depth_gate.")
-
-
-@dataclass
-class Qwen2_5_VLDepthModelOutputWithPast(MultimodalBaseModelOutputWithPast):
-    r"""
-    depth_outputs (`BaseModelOutputWithPooling`, *optional*):
-        The depth encoder's outputs: `pooler_output` holds one tensor of merged depth tokens per image.
-    """
-
-    depth_outputs: BaseModelOutputWithPooling | None = None
-
-    def to_tuple(self) -> tuple:
-        return tuple(getattr(self, k).to_tuple() if k.endswith("_outputs") else self[k] for k in self.keys())
-
-
-@dataclass
-class Qwen2_5_VLDepthCausalLMOutputWithPast(MultimodalCausalLMOutputWithPast):
-    r"""
-    depth_outputs (`BaseModelOutputWithPooling`, *optional*):
-        The depth encoder's outputs: `pooler_output` holds one tensor of merged depth tokens per image.
-    """
-
-    depth_outputs: BaseModelOutputWithPooling | None = None
-
-    def to_tuple(self) -> tuple:
-        return tuple(getattr(self, k).to_tuple() if k.endswith("_outputs") else self[k] for k in self.keys())
+DEPTH_ENCODER_PREFIX = "model.depth_encoder."
+DEPTH_GATE_PREFIX = "model.depth_gate."
 
 
 @functools.lru_cache(maxsize=256)
@@ -138,6 +113,10 @@ def image_text_rope_index(
     loop builds every run with small tensor ops on the model's device, ~55 kernel launches and host syncs per sample,
     ~7,000 for a batch of 128: on a GPU that outweighs a small model's whole forward. Here the token types come to the
     host once, each sample is a few CPU ops, and the positions go back in one copy.
+
+    An image run twice as long as its grid's tokens is an image followed by its depth tokens (`concat` fusion): the
+    depth half takes the positions of the RGB patches it covers, and the text after it continues as if it were absent,
+    so the rope delta counts the depth tokens as length that adds no position.
     """
     token_types = mm_token_type_ids.cpu()
     in_sequence = (
@@ -154,10 +133,18 @@ def image_text_rope_index(
             if token_type == 0:
                 runs.append(torch.arange(position, position + run_length).expand(3, -1))
                 position += run_length
-            else:
-                t, h, w = next(grids)
-                runs.append(_grid_rope_positions(t, h, w, spatial_merge_size) + position)
-                position += max(h, w) // spatial_merge_size
+                continue
+            t, h, w = next(grids)
+            image_positions = _grid_rope_positions(t, h, w, spatial_merge_size) + position
+            copies, remainder = divmod(run_length, image_positions.shape[1])
+            if remainder or copies not in (1, 2):
+                raise ValueError(
+                    f"Sample {batch_index} has a run of {run_length} image tokens for an image of "
+                    f"{image_positions.shape[1]} tokens (grid {[t, h, w]}): expected the image's tokens, or twice as "
+                    "many with its depth (concat fusion). Build inputs with the model's processor."
+                )
+            runs.append(image_positions.repeat(1, copies))
+            position += max(h, w) // spatial_merge_size
         positions = torch.cat(runs, dim=1)
         position_ids[:, batch_index, in_sequence[batch_index]] = positions
         deltas.append(int(positions.max()) + 1 - positions.shape[1])
@@ -398,10 +385,30 @@ class Qwen2_5_VLDepthModel(Qwen2_5_VLDepthPreTrainedModel, Qwen2_5_VLModel):
         # The parent's post_init ran before the depth modules existed; this one initialises only those.
         self.post_init()
 
-    def get_image_features(self, pixel_values: torch.Tensor, image_grid_thw: torch.LongTensor | None = None, **kwargs):
-        """The stock RGB features, with the tower's index bookkeeping (rotary position ids, window permutation and
-        window lengths) taken from a per-grid cache instead of being rebuilt image by image: same values, a few ops
-        instead of thousands per batch (see `vision_position_ids`). Precomputed `image_*` kwargs still win."""
+    @can_return_tuple
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        image_grid_thw: torch.LongTensor | None = None,
+        depth_values: torch.Tensor | None = None,
+        image_has_depth: torch.BoolTensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> BaseModelOutputWithPooling:
+        r"""
+        Each image's features, with its depth fused in per `config.depth_fusion`: `add` gives the RGB tokens plus the
+        gated depth tokens, `concat` the RGB tokens followed by the depth tokens. Images without depth get their stock
+        RGB features, so without `depth_values` this is exactly Qwen2.5-VL's `get_image_features`.
+
+        The tower's index bookkeeping (rotary position ids, window permutation and window lengths) comes from a
+        per-grid cache instead of being rebuilt image by image: same values, a few ops instead of thousands per batch
+        (see `vision_position_ids`). Precomputed `image_*` kwargs still win.
+
+        depth_values (`torch.Tensor` of shape `(num_depth_patches, patch_size * patch_size)`, *optional*):
+            Metric depth in metres of the images that have depth, each patchified on its image's grid by
+            `Qwen2_5_VLDepthProcessor`. Invalid pixels (holes, sky) are 0 or NaN.
+        image_has_depth (`torch.BoolTensor` of shape `(num_images,)`, *optional*):
+            Which images `depth_values` covers. Defaults to every image.
+        """
         if image_grid_thw is not None:
             vision = self.config.vision_config
             if "image_position_ids" not in kwargs:
@@ -412,7 +419,52 @@ class Qwen2_5_VLDepthModel(Qwen2_5_VLDepthPreTrainedModel, Qwen2_5_VLModel):
                 )
                 kwargs["image_window_index"] = window_index
                 kwargs["image_cu_window_seqlens"] = cu_window_seqlens
-        return super().get_image_features(pixel_values, image_grid_thw, **kwargs)
+        kwargs["return_dict"] = True
+        image_outputs = super().get_image_features(pixel_values, image_grid_thw, **kwargs)
+        has_depth = self.images_with_depth(depth_values, image_has_depth, image_grid_thw)
+        if has_depth is None:
+            return image_outputs
+
+        depth_tokens = iter(self.get_depth_features(depth_values, image_grid_thw[has_depth]).pooler_output)
+        fused = []
+        for rgb_tokens, with_depth in zip(image_outputs.pooler_output, has_depth.tolist()):
+            if not with_depth:
+                fused.append(rgb_tokens)
+                continue
+            depth = next(depth_tokens).to(rgb_tokens.dtype)
+            if self.config.depth_fusion == "add":
+                fused.append(rgb_tokens + self.depth_gate(depth))
+            else:
+                fused.append(torch.cat([rgb_tokens, depth]))
+        image_outputs.pooler_output = tuple(fused)
+        return image_outputs
+
+    def images_with_depth(
+        self,
+        depth_values: torch.Tensor | None,
+        image_has_depth: torch.Tensor | None,
+        image_grid_thw: torch.LongTensor | None,
+    ) -> torch.BoolTensor | None:
+        """Which images get depth (on `image_grid_thw`'s device), or None when none does; refuses inputs that do not
+        fit together."""
+        if depth_values is None:
+            if image_has_depth is not None and bool(image_has_depth.any()):
+                raise ValueError("image_has_depth marks images with depth, but no depth_values were given.")
+            return None
+        if not self.config.has_depth:
+            raise ValueError("This model has depth_fusion='none' (RGB only): it takes no depth_values.")
+        if image_grid_thw is None:
+            raise ValueError("depth_values were given without an image: depth needs image_grid_thw of its images.")
+        num_images = image_grid_thw.shape[0]
+        if image_has_depth is None:
+            return torch.ones(num_images, dtype=torch.bool, device=image_grid_thw.device)
+        if image_has_depth.shape != (num_images,) or image_has_depth.dtype != torch.bool:
+            raise ValueError(
+                f"image_has_depth must be a bool tensor of shape ({num_images},), one entry per image; got "
+                f"{image_has_depth.dtype} of shape {tuple(image_has_depth.shape)}."
+            )
+        has_depth = image_has_depth.to(image_grid_thw.device)
+        return has_depth if bool(has_depth.any()) else None
 
     def encode_depth(self, depth_meters: torch.Tensor) -> torch.Tensor:
         """Metric depth (metres) to depth-encoder input; see `encode_metric_depth`."""
@@ -428,62 +480,24 @@ class Qwen2_5_VLDepthModel(Qwen2_5_VLDepthPreTrainedModel, Qwen2_5_VLModel):
             depth_values (`torch.Tensor` of shape `(num_patches, patch_size * patch_size)`):
                 Metric depth in metres, patchified on the RGB grid by `Qwen2_5_VLDepthProcessor`.
             image_grid_thw (`torch.LongTensor` of shape `(num_images, 3)`):
-                The RGB images' patch grids: depth maps share them by construction.
+                The grids of the images the depth maps belong to: depth maps share them by construction.
         """
         if not self.config.has_depth:
             raise ValueError("This model has depth_fusion='none' (RGB only): it takes no depth_values.")
-        if image_grid_thw is None:
-            raise ValueError("depth_values were given without an image: depth needs image_grid_thw of its images.")
         encoder_config = self.depth_encoder.config
         patch_dim = encoder_config.in_channels * encoder_config.temporal_patch_size * encoder_config.patch_size**2
         num_patches = int(image_grid_thw.prod(-1).sum())
         if depth_values.ndim != 2 or tuple(depth_values.shape) != (num_patches, patch_dim):
             raise ValueError(
-                f"depth_values has shape {tuple(depth_values.shape)} but the images' grids "
-                f"{image_grid_thw.tolist()} need ({num_patches}, {patch_dim}): one row of {patch_dim} depth values per "
-                "patch. Depth must be patchified on its image's grid (use Qwen2_5_VLDepthProcessor)."
+                f"depth_values has shape {tuple(depth_values.shape)} but the grids {image_grid_thw.tolist()} of the "
+                f"images with depth need ({num_patches}, {patch_dim}): one row of {patch_dim} depth values per patch. "
+                "Depth must be patchified on its image's grid (use Qwen2_5_VLDepthProcessor)."
             )
         encoder_input = self.encode_depth(depth_values).to(self.depth_encoder.dtype)
         depth_outputs = self.depth_encoder(encoder_input, grid_thw=image_grid_thw)
         split_sizes = (image_grid_thw.prod(-1) // self.depth_encoder.spatial_merge_size**2).tolist()
         depth_outputs.pooler_output = torch.split(depth_outputs.pooler_output, split_sizes)
         return depth_outputs
-
-    def get_depth_placeholder_mask(
-        self, input_ids: torch.LongTensor | None, inputs_embeds: torch.Tensor, depth_features: torch.Tensor
-    ) -> torch.Tensor:
-        """Mask of `<|depth_pad|>` positions; a ValueError when their count differs from the depth features'."""
-        if input_ids is None:
-            raise ValueError("depth_fusion='concat' needs input_ids to find the <|depth_pad|> placeholder tokens.")
-        depth_mask = input_ids == self.config.depth_token_id
-        num_depth_tokens = int(depth_mask.sum())
-        if num_depth_tokens != depth_features.shape[0]:
-            raise ValueError(
-                f"Depth features and depth tokens do not match, tokens: {num_depth_tokens}, features: "
-                f"{depth_features.shape[0]}. With depth_fusion='concat' the prompt needs one <|depth_pad|> "
-                f"(id {self.config.depth_token_id}) per depth token: build inputs with Qwen2_5_VLDepthProcessor "
-                "configured for 'concat'."
-            )
-        return depth_mask.unsqueeze(-1).expand_as(inputs_embeds).to(inputs_embeds.device)
-
-    def rgb_rope_index(
-        self,
-        input_ids: torch.LongTensor,
-        mm_token_type_ids: torch.IntTensor,
-        image_grid_thw: torch.LongTensor | None = None,
-        video_grid_thw: torch.LongTensor | None = None,
-        second_per_grid_ts: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The stock positions of a sequence without depth tokens: on the host for text and images
-        (`image_text_rope_index`, same values), through the stock method when there is video."""
-        if video_grid_thw is None and bool((mm_token_type_ids <= 1).all()):
-            return image_text_rope_index(
-                mm_token_type_ids, attention_mask, image_grid_thw, self.config.vision_config.spatial_merge_size
-            )
-        return super().get_rope_index(
-            input_ids, mm_token_type_ids, image_grid_thw, video_grid_thw, second_per_grid_ts, attention_mask
-        )
 
     def get_rope_index(
         self,
@@ -495,49 +509,18 @@ class Qwen2_5_VLDepthModel(Qwen2_5_VLDepthPreTrainedModel, Qwen2_5_VLModel):
         attention_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """M-RoPE positions where each depth token takes the (t, h, w) position of the RGB patch it covers.
-
-        Depth tokens are placed as if they were absent: text and images are positioned by the stock rule over the
-        sequence without them, and each depth run then copies the positions of the image run before it. So the text
-        after a depth block continues where it would have without depth, and the rope delta (used when decoding)
-        counts the depth tokens as sequence length that adds no position.
-        """
-        is_depth = mm_token_type_ids == DEPTH_TOKEN_TYPE
-        if not bool(is_depth.any()):
-            return self.rgb_rope_index(
-                input_ids, mm_token_type_ids, image_grid_thw, video_grid_thw, second_per_grid_ts, attention_mask
+        """Stock M-RoPE positions, on the host for text and images (`image_text_rope_index`: same values, and each
+        `concat` depth token at the position of the RGB patch it covers), through the stock method with video."""
+        if video_grid_thw is None:
+            return image_text_rope_index(
+                mm_token_type_ids, attention_mask, image_grid_thw, self.config.vision_config.spatial_merge_size
             )
-        in_sequence = attention_mask.bool() if attention_mask is not None else torch.ones_like(is_depth)
-        position_ids, rope_deltas = self.rgb_rope_index(
-            input_ids,
-            mm_token_type_ids.masked_fill(is_depth, 0),
-            image_grid_thw,
-            video_grid_thw,
-            second_per_grid_ts,
-            attention_mask=in_sequence & ~is_depth,
+        return super().get_rope_index(
+            input_ids, mm_token_type_ids, image_grid_thw, video_grid_thw, second_per_grid_ts, attention_mask
         )
-        for batch_index in range(input_ids.shape[0]):
-            token_types = mm_token_type_ids[batch_index][in_sequence[batch_index]].tolist()
-            sequence_positions = torch.nonzero(in_sequence[batch_index]).squeeze(-1)
-            image_run = None
-            start = 0
-            for token_type, run in itertools.groupby(token_types):
-                length = len(list(run))
-                if token_type == 1:
-                    image_run = sequence_positions[start : start + length]
-                elif token_type == DEPTH_TOKEN_TYPE:
-                    if image_run is None or len(image_run) != length:
-                        raise ValueError(
-                            f"A run of {length} depth tokens must follow its image's run of as many image tokens "
-                            f"(found {0 if image_run is None else len(image_run)}) in sample {batch_index}."
-                        )
-                    depth_run = sequence_positions[start : start + length]
-                    position_ids[:, batch_index, depth_run] = position_ids[:, batch_index, image_run]
-                start += length
-        num_depth_tokens = (is_depth & in_sequence).sum(dim=-1, keepdim=True)
-        return position_ids, rope_deltas - num_depth_tokens.to(rope_deltas.device)
 
     @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -554,39 +537,30 @@ class Qwen2_5_VLDepthModel(Qwen2_5_VLDepthPreTrainedModel, Qwen2_5_VLModel):
         second_per_grid_ts: torch.Tensor | None = None,
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
         depth_values: torch.Tensor | None = None,
-        **kwargs,
-    ) -> Qwen2_5_VLDepthModelOutputWithPast:
+        image_has_depth: torch.BoolTensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ):
         r"""
-        depth_values (`torch.Tensor` of shape `(num_patches, patch_size * patch_size)`, *optional*):
-            Metric depth in metres for every image, patchified on the images' grids by `Qwen2_5_VLDepthProcessor`.
-            Invalid pixels (holes, sky) are 0 or NaN. Without it the model is exactly the base Qwen2.5-VL.
+        depth_values (`torch.Tensor` of shape `(num_depth_patches, patch_size * patch_size)`, *optional*):
+            Metric depth in metres of the images that have depth (see `get_image_features`). Without it the model is
+            exactly the base Qwen2.5-VL.
+        image_has_depth (`torch.BoolTensor` of shape `(num_images,)`, *optional*):
+            Which images `depth_values` covers. Defaults to every image.
         """
-        mm_encoder_outputs = dict(mm_encoder_outputs or {})
-        if depth_values is not None:
-            if mm_encoder_outputs.get("depth") is not None:
-                raise ValueError("Pass either depth_values or mm_encoder_outputs['depth'], not both.")
-            if pixel_values is None and mm_encoder_outputs.get("image") is None:
-                raise ValueError("depth_values were given without an image: every depth map needs its RGB image.")
-            mm_encoder_outputs["depth"] = self.get_depth_features(depth_values, image_grid_thw, return_dict=True)
-        depth_outputs = mm_encoder_outputs.pop("depth", None)
-        if depth_outputs is not None and input_ids is not None and self.config.depth_fusion == "add":
-            if bool((input_ids == self.config.depth_token_id).any()):
+        if depth_values is not None or image_has_depth is not None:
+            if pixel_values is None:
                 raise ValueError(
-                    "The prompt has <|depth_pad|> tokens but depth_fusion='add' adds depth onto the image tokens: "
-                    "build inputs with a processor configured for 'add'."
+                    "depth_values were given without pixel_values: depth is encoded together with its images (for "
+                    "pre-encoded inputs, pass get_image_features(pixel_values, image_grid_thw, depth_values=...) as "
+                    "mm_encoder_outputs['image'])."
                 )
-
-        if depth_outputs is not None:
-            inputs_embeds = self._fuse_depth(
-                input_ids, inputs_embeds, pixel_values, image_grid_thw, mm_encoder_outputs, depth_outputs, **kwargs
+            # The stock forward encodes `pixel_values` without depth; encode them here with it instead.
+            image_outputs = self.get_image_features(
+                pixel_values, image_grid_thw, depth_values=depth_values, image_has_depth=image_has_depth, **kwargs
             )
-            # The images are in `inputs_embeds` now; the stock forward must not scatter them again.
+            mm_encoder_outputs = {**(mm_encoder_outputs or {}), "image": image_outputs}
             pixel_values = None
-        image_outputs = mm_encoder_outputs.get("image")
-        if depth_outputs is not None:
-            mm_encoder_outputs.pop("image")
-
-        outputs = super().forward(
+        return super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -599,44 +573,28 @@ class Qwen2_5_VLDepthModel(Qwen2_5_VLDepthPreTrainedModel, Qwen2_5_VLModel):
             video_grid_thw=video_grid_thw,
             mm_token_type_ids=mm_token_type_ids,
             second_per_grid_ts=second_per_grid_ts,
-            mm_encoder_outputs=mm_encoder_outputs or None,
+            mm_encoder_outputs=mm_encoder_outputs,
             **kwargs,
         )
-        fields = dict(outputs)
-        if image_outputs is not None:
-            fields["image_outputs"] = image_outputs
-        return Qwen2_5_VLDepthModelOutputWithPast(**fields, depth_outputs=depth_outputs)
-
-    def _fuse_depth(
-        self, input_ids, inputs_embeds, pixel_values, image_grid_thw, mm_encoder_outputs, depth_outputs, **kwargs
-    ) -> torch.Tensor:
-        """Embed the prompt with its images and their depth tokens in place, per `config.depth_fusion`."""
-        if inputs_embeds is None:
-            # `<|depth_pad|>` may lie past the embedding table of a base checkpoint; its rows are overwritten anyway.
-            token_ids = input_ids.masked_fill(input_ids == self.config.depth_token_id, self.config.image_token_id)
-            inputs_embeds = self.get_input_embeddings()(token_ids)
-        if mm_encoder_outputs.get("image") is None:
-            mm_encoder_outputs["image"] = self.get_image_features(
-                pixel_values, image_grid_thw, return_dict=True, **kwargs
-            )
-        image_embeds = torch.cat(mm_encoder_outputs["image"].pooler_output, dim=0).to(
-            inputs_embeds.device, inputs_embeds.dtype
-        )
-        depth_embeds = torch.cat(depth_outputs.pooler_output, dim=0).to(inputs_embeds.device, inputs_embeds.dtype)
-        if depth_embeds.shape != image_embeds.shape:
-            raise ValueError(
-                f"Depth gives {depth_embeds.shape[0]} tokens but the images give {image_embeds.shape[0]}: every image "
-                "needs exactly one depth map on its own grid."
-            )
-        image_mask, _ = self.get_placeholder_mask(input_ids, inputs_embeds=inputs_embeds, image_features=image_embeds)
-        if self.config.depth_fusion == "add":
-            return inputs_embeds.masked_scatter(image_mask, image_embeds + self.depth_gate(depth_embeds))
-        inputs_embeds = inputs_embeds.masked_scatter(image_mask, image_embeds)
-        depth_mask = self.get_depth_placeholder_mask(input_ids, inputs_embeds, depth_embeds)
-        return inputs_embeds.masked_scatter(depth_mask, depth_embeds)
 
 
-class Qwen2_5_VLDepthForConditionalGeneration(Qwen2_5_VLDepthPreTrainedModel, Qwen2_5_VLForConditionalGeneration):
+def new_depth_module_prefixes(source_config: dict, config: Qwen2_5_VLDepthConfig) -> tuple[str, ...]:
+    """The depth modules of `config` that a checkpoint with `source_config` (its config.json) does not have by design:
+    all of them for a base Qwen2.5-VL checkpoint, the `add` gate for a depth checkpoint saved in another fusion mode."""
+    if source_config.get("model_type") != config.model_type:
+        return (DEPTH_ENCODER_PREFIX, DEPTH_GATE_PREFIX)
+    source_fusion = source_config.get("depth_fusion", "add")
+    new = []
+    if source_fusion == "none" and config.has_depth:
+        new.append(DEPTH_ENCODER_PREFIX)
+    if source_fusion != "add" and config.depth_fusion == "add":
+        new.append(DEPTH_GATE_PREFIX)
+    return tuple(new)
+
+
+class Qwen2_5_VLDepthForConditionalGeneration(
+    Qwen2_5_VLDepthPreTrainedModel, Qwen2_5_VLForConditionalGeneration, GenerationMixin
+):
     config: Qwen2_5_VLDepthConfig
 
     def __init__(self, config: Qwen2_5_VLDepthConfig):
@@ -654,24 +612,41 @@ class Qwen2_5_VLDepthForConditionalGeneration(Qwen2_5_VLDepthPreTrainedModel, Qw
         """Load a depth checkpoint, or build a depth model from a plain Qwen2.5-VL checkpoint.
 
         From a base checkpoint every base weight loads (legacy pre-4.52 key names included) and only the depth modules
-        are new: the gate at zero, and the depth encoder copied from the RGB tower when `depth_init_from_rgb`.
+        are new: the gate at zero, and the depth encoder copied from the RGB tower when `depth_init_from_rgb`. A depth
+        checkpoint must have its depth weights: any that are missing raise, since initialising them would silently
+        turn depth off (a gate at zero) or undo its training (an encoder re-copied from the RGB tower).
         """
         output_loading_info = kwargs.pop("output_loading_info", False)
         model, loading_info = super().from_pretrained(
             pretrained_model_name_or_path, *model_args, output_loading_info=True, **kwargs
         )
+        hub_kwargs = {
+            key: kwargs[key]
+            for key in ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
+            if key in kwargs
+        }
+        source_config, _ = PreTrainedConfig.get_config_dict(pretrained_model_name_or_path, **hub_kwargs)
+        new_prefixes = new_depth_module_prefixes(source_config, model.config)
         missing = set(loading_info["missing_keys"])
-        if model.config.has_depth and model.config.depth_init_from_rgb:
-            depth_encoder = model.model.depth_encoder
-            if {f"model.depth_encoder.{name}" for name in depth_encoder.state_dict()} <= missing:
-                depth_encoder.init_from_rgb(model.model.visual)
-                logger.info("New depth encoder initialised from the RGB tower of %s.", pretrained_model_name_or_path)
-        missing_base = sorted(key for key in missing if not key.startswith(DEPTH_MODULE_PREFIXES))
+        depth_prefixes = (DEPTH_ENCODER_PREFIX, DEPTH_GATE_PREFIX)
+        missing_depth = sorted(key for key in missing if key.startswith(depth_prefixes))
+        unexpectedly_missing = [key for key in missing_depth if not key.startswith(new_prefixes)]
+        if unexpectedly_missing:
+            raise ValueError(
+                f"{pretrained_model_name_or_path} is a depth model checkpoint but lacks {len(unexpectedly_missing)} "
+                f"depth weights, e.g. {unexpectedly_missing[:5]}: they would be initialised instead of loaded. Save the "
+                "model again with save_pretrained, or load the base Qwen2.5-VL checkpoint to start depth afresh."
+            )
+        if model.config.has_depth and model.config.depth_init_from_rgb and DEPTH_ENCODER_PREFIX in new_prefixes:
+            model.model.depth_encoder.init_from_rgb(model.model.visual)
+            logger.info("New depth encoder initialised from the RGB tower of %s.", pretrained_model_name_or_path)
+        missing_base = sorted(key for key in missing if not key.startswith(depth_prefixes))
         if missing_base:
             logger.warning("Base weights missing from %s: %s", pretrained_model_name_or_path, missing_base[:10])
         return (model, loading_info) if output_loading_info else model
 
     @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -690,77 +665,42 @@ class Qwen2_5_VLDepthForConditionalGeneration(Qwen2_5_VLDepthPreTrainedModel, Qw
         logits_to_keep: int | torch.Tensor = 0,
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
         depth_values: torch.Tensor | None = None,
-        **kwargs,
-    ) -> Qwen2_5_VLDepthCausalLMOutputWithPast:
+        image_has_depth: torch.BoolTensor | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> MultimodalCausalLMOutputWithPast:
         r"""
-        depth_values (`torch.Tensor` of shape `(num_patches, patch_size * patch_size)`, *optional*):
-            Metric depth in metres for every image, from `Qwen2_5_VLDepthProcessor`. See `Qwen2_5_VLDepthModel`.
+        depth_values (`torch.Tensor` of shape `(num_depth_patches, patch_size * patch_size)`, *optional*):
+            Metric depth in metres of the images that have depth, from `Qwen2_5_VLDepthProcessor`. See
+            `Qwen2_5_VLDepthModel.get_image_features`.
+        image_has_depth (`torch.BoolTensor` of shape `(num_images,)`, *optional*):
+            Which images `depth_values` covers. Defaults to every image.
         """
-        outputs = self.model(
+        # The stock forward hands its extra kwargs to the inner model, whose forward names the depth inputs.
+        return super().forward(
             input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            cache=cache,
+            inputs_embeds=inputs_embeds,
+            labels=labels,
+            use_cache=use_cache,
             pixel_values=pixel_values,
             pixel_values_videos=pixel_values_videos,
             image_grid_thw=image_grid_thw,
             video_grid_thw=video_grid_thw,
-            second_per_grid_ts=second_per_grid_ts,
             mm_token_type_ids=mm_token_type_ids,
-            position_ids=position_ids,
-            attention_mask=attention_mask,
-            cache=cache,
-            inputs_embeds=inputs_embeds,
-            use_cache=use_cache,
+            second_per_grid_ts=second_per_grid_ts,
+            logits_to_keep=logits_to_keep,
             mm_encoder_outputs=mm_encoder_outputs,
             depth_values=depth_values,
+            image_has_depth=image_has_depth,
             **kwargs,
         )
-        hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)
-        logits = self.lm_head(hidden_states)
-        loss = None
-        if labels is not None:
-            loss = self.loss_function(
-                logits=logits, labels=labels, vocab_size=self.config.text_config.vocab_size, **kwargs
-            )
-        return Qwen2_5_VLDepthCausalLMOutputWithPast(
-            loss=loss,
-            logits=logits,
-            cache=outputs.cache,
-            hidden_states=outputs.hidden_states,
-            attentions=outputs.attentions,
-            image_outputs=outputs.image_outputs,
-            video_outputs=outputs.video_outputs,
-            depth_outputs=outputs.depth_outputs,
-        )
-
-    def _prepare_multimodal_encoder_kwargs_for_generation(self, model_kwargs):
-        # Encode depth once before prefill, next to the images: `mm_encoder_outputs` is dropped after prefill, so depth
-        # never reaches a decode step, and it is expanded per sample with the images for beams/num_return_sequences.
-        depth_values = model_kwargs.pop("depth_values", None)
-        image_grid_thw = model_kwargs.get("image_grid_thw")
-        model_kwargs = super()._prepare_multimodal_encoder_kwargs_for_generation(model_kwargs)
-        if depth_values is not None:
-            if model_kwargs["mm_encoder_outputs"].get("image") is None:
-                raise ValueError("depth_values were given without an image: every depth map needs its RGB image.")
-            model_kwargs["mm_encoder_outputs"]["depth"] = self.model.get_depth_features(
-                depth_values, image_grid_thw, return_dict=True
-            )
-        return model_kwargs
-
-    def _expand_multimodal_outputs(self, input_ids, mm_encoder_output, expand_size=1, inputs_embeds=None):
-        depth_outputs = mm_encoder_output.pop("depth", None)
-        if depth_outputs is not None:
-            # A depth map has exactly its image's token count, so image placeholders split depth per sample too.
-            super()._expand_multimodal_outputs(input_ids, {"image": depth_outputs}, expand_size, inputs_embeds)
-        mm_encoder_output = super()._expand_multimodal_outputs(
-            input_ids, mm_encoder_output, expand_size, inputs_embeds
-        )
-        if depth_outputs is not None:
-            mm_encoder_output["depth"] = depth_outputs
-        return mm_encoder_output
 
 
 # Checkpoints saved before transformers 4.52 (the published Qwen2.5-VL ones) name the text model `model.*` and the
-# tower `visual.*`. transformers maps them for its own Qwen2.5-VL class only, so the same renaming is registered for
-# this class, leaving the depth modules alone.
+# tower `visual.*`. transformers maps them for its own Qwen2.5-VL classes only, so the same renaming is registered for
+# ours, leaving the depth modules alone.
 register_checkpoint_conversion_mapping(
     "Qwen2_5_VLDepthForConditionalGeneration",
     [
@@ -768,6 +708,16 @@ register_checkpoint_conversion_mapping(
         WeightRenaming(
             source_patterns=r"^model(?!\.(language_model|visual|depth_encoder|depth_gate))",
             target_patterns="model.language_model",
+        ),
+    ],
+    overwrite=True,
+)
+register_checkpoint_conversion_mapping(
+    "Qwen2_5_VLDepthModel",
+    [
+        WeightRenaming(
+            source_patterns=r"^model\.(?!(language_model|visual|depth_encoder|depth_gate)\.)(.+)",
+            target_patterns=r"model.language_model.\2",
         ),
     ],
     overwrite=True,

@@ -24,7 +24,7 @@ from bench.common import (
     reset_peak_memory,
     time_ms,
 )
-from modeling_qwen2_5_vl_depth import DEPTH_TOKEN_TYPE, Qwen2_5_VLDepthForConditionalGeneration
+from modeling_qwen2_5_vl_depth import Qwen2_5_VLDepthForConditionalGeneration
 
 
 PROMPT_TEXT_TOKENS = 24  # system + question tokens around the image, as in a short spatial question
@@ -36,17 +36,14 @@ def synthetic_inputs(config, image_side: int, batch: int, fusion: str, device, d
     grid = image_side // patch
     num_patches, num_tokens = grid * grid, grid * grid // merge**2
     text = torch.full((PROMPT_TEXT_TOKENS,), 100)
-    vision = [torch.tensor([config.vision_start_token_id]), torch.full((num_tokens,), config.image_token_id)]
-    types = [torch.zeros(PROMPT_TEXT_TOKENS // 2 + 1), torch.ones(num_tokens)]
-    vision.append(torch.tensor([config.vision_end_token_id]))
-    types.append(torch.zeros(1))
-    if fusion == "concat":
-        vision += [
-            torch.tensor([config.vision_start_token_id]),
-            torch.full((num_tokens,), config.depth_token_id),
-            torch.tensor([config.vision_end_token_id]),
-        ]
-        types += [torch.zeros(1), torch.full((num_tokens,), DEPTH_TOKEN_TYPE), torch.zeros(1)]
+    # With `concat`, an image's run of placeholders also holds its depth tokens: twice as long.
+    run = 2 * num_tokens if fusion == "concat" else num_tokens
+    vision = [
+        torch.tensor([config.vision_start_token_id]),
+        torch.full((run,), config.image_token_id),
+        torch.tensor([config.vision_end_token_id]),
+    ]
+    types = [torch.zeros(PROMPT_TEXT_TOKENS // 2 + 1), torch.ones(run), torch.zeros(1)]
     half = PROMPT_TEXT_TOKENS // 2
     input_ids = torch.cat([text[:half], *vision, text[half:]]).long()
     token_types = torch.cat([*types, torch.zeros(PROMPT_TEXT_TOKENS - half)]).int()

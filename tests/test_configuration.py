@@ -43,7 +43,19 @@ def test_flat_base_config_loads_with_own_model_type_and_rgb_derived_depth_encode
     assert (encoder.hidden_size, encoder.num_heads, encoder.intermediate_size) == (1280, 16, 3456)
     assert (encoder.depth, encoder.in_channels, encoder.temporal_patch_size) == (8, 1, 1)
     assert encoder.out_hidden_size == 2048 and encoder.fullatt_block_indexes == list(range(8))
-    assert config.depth_fusion == "add" and config.depth_token_id == 151665
+    assert config.depth_fusion == "add"
+
+
+@pytest.mark.parametrize(
+    "attn_implementation, expected", [("eager", "eager"), ({"": "sdpa", "depth_config": "eager"}, "eager")]
+)
+def test_attn_implementation_reaches_the_depth_encoder(attn_implementation, expected):
+    config = Qwen2_5_VLDepthConfig.from_pretrained(
+        CONFIGS / "qwen2_5_vl_3b_instruct", attn_implementation=attn_implementation
+    )
+    assert config.depth_config._attn_implementation == expected
+    built = Qwen2_5_VLDepthConfig(attn_implementation=attn_implementation)
+    assert built.depth_config._attn_implementation == expected
 
 
 def test_explicit_depth_mlp_width_is_kept_unpadded():

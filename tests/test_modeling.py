@@ -10,9 +10,9 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTra
 
 from configuration_depth import Qwen2_5_VLDepthConfig
 from modeling_qwen2_5_vl_depth import (
-    DEPTH_TOKEN_TYPE,
     Qwen2_5_VLDepthEncoder,
     Qwen2_5_VLDepthForConditionalGeneration,
+    Qwen2_5_VLDepthModel,
 )
 from tests.conftest import make_inputs, random_depth, random_image
 
@@ -22,7 +22,7 @@ DEPTHS = [[random_depth(100, 140, 0)], [random_depth(140, 84, 1)]]
 
 
 def rgb_inputs(inputs):
-    return {key: value for key, value in inputs.items() if key != "depth_values"}
+    return {key: value for key, value in inputs.items() if key not in ("depth_values", "image_has_depth")}
 
 
 def sharpen(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -48,7 +48,7 @@ class TestEquivalenceWithBase:
     def test_no_depth_gives_base_logits(self, depth_models, base_model, fusion):
         model, processor = depth_models[fusion]
         inputs = make_inputs(processor, IMAGES)
-        assert "depth_values" not in inputs
+        assert "depth_values" not in inputs and "image_has_depth" not in inputs
         with torch.no_grad():
             torch.testing.assert_close(model(**inputs).logits, base_model(**inputs).logits, rtol=0, atol=0)
 
@@ -57,6 +57,7 @@ class TestEquivalenceWithBase:
         assert model.model.depth_gate.gate.shape == (model.config.text_config.hidden_size,)
         assert not model.model.depth_gate.gate.any()
         inputs = make_inputs(processor, IMAGES, DEPTHS)
+        assert inputs["image_has_depth"].tolist() == [True, True]
         with torch.no_grad():
             torch.testing.assert_close(model(**inputs).logits, base_model(**rgb_inputs(inputs)).logits, rtol=0, atol=0)
 
@@ -72,16 +73,64 @@ class TestEquivalenceWithBase:
             difference = (model(**near).logits - model(**far).logits).abs().max()
         assert difference > 1e-4
 
-    def test_concat_adds_one_depth_block_per_image(self, depth_models, base_model):
+    def test_concat_doubles_each_image_run(self, depth_models):
         model, processor = depth_models["concat"]
         with_depth = make_inputs(processor, IMAGES, DEPTHS)
         without = make_inputs(processor, IMAGES)
         merged_tokens = (with_depth["image_grid_thw"].prod(-1) // 4).tolist()
         assert merged_tokens == [12, 15]  # 100x140 -> 84x112 px (3x4 merged), 140x84 -> 140x84 px (5x3 merged)
-        extra = [n + 2 for n in merged_tokens]  # depth tokens plus their <|vision_end|><|vision_start|> pair
+        image_token_id = model.config.image_token_id
+        assert (with_depth["input_ids"] == image_token_id).sum(-1).tolist() == [2 * n for n in merged_tokens]
+        assert (without["input_ids"] == image_token_id).sum(-1).tolist() == merged_tokens
         real_lengths = with_depth["attention_mask"].sum(-1).tolist()
-        assert real_lengths == [n + e for n, e in zip(without["attention_mask"].sum(-1).tolist(), extra)]
-        assert (with_depth["mm_token_type_ids"] == DEPTH_TOKEN_TYPE).sum(-1).tolist() == merged_tokens
+        assert real_lengths == [n + e for n, e in zip(without["attention_mask"].sum(-1).tolist(), merged_tokens)]
+        assert set(with_depth["mm_token_type_ids"].unique().tolist()) == {0, 1}
+
+    @pytest.mark.parametrize("fusion", ["add", "concat"])
+    def test_image_features_fuse_depth_per_image(self, depth_models, fusion):
+        model, processor = depth_models[fusion]
+        model = sharpen(model)
+        inputs = make_inputs(processor, IMAGES, DEPTHS)
+        grid = inputs["image_grid_thw"]
+        with torch.no_grad():
+            rgb = model.model.get_image_features(inputs["pixel_values"], grid).pooler_output
+            depth = model.model.get_depth_features(inputs["depth_values"], grid).pooler_output
+            fused = model.model.get_image_features(
+                inputs["pixel_values"], grid, depth_values=inputs["depth_values"]
+            ).pooler_output
+        gate = torch.tanh(model.model.depth_gate.gate) if fusion == "add" else None
+        for rgb_tokens, depth_tokens, fused_tokens in zip(rgb, depth, fused):
+            expected = rgb_tokens + gate * depth_tokens if fusion == "add" else torch.cat([rgb_tokens, depth_tokens])
+            torch.testing.assert_close(fused_tokens, expected, rtol=0, atol=0)
+
+
+class TestPerImageDepth:
+    """A batch may mix images with and without depth; each sample's result is that of the sample run alone."""
+
+    @pytest.mark.parametrize("fusion", ["add", "concat"])
+    def test_mixed_batch_equals_each_sample_alone(self, depth_models, base_model, fusion):
+        model, processor = depth_models[fusion]
+        model = sharpen(model)
+        mixed = make_inputs(processor, IMAGES, [DEPTHS[0], None])
+        assert mixed["image_has_depth"].tolist() == [True, False]
+        with torch.no_grad():
+            batched = model(**mixed).logits[:, -1]
+            with_depth = model(**make_inputs(processor, [IMAGES[0]], [DEPTHS[0]])).logits[0, -1]
+            without = model(**make_inputs(processor, [IMAGES[1]])).logits[0, -1]
+            rgb_only = model(**make_inputs(processor, [IMAGES[0]])).logits[0, -1]
+        torch.testing.assert_close(batched[0], with_depth, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(batched[1], without, rtol=1e-4, atol=1e-4)
+        assert (with_depth - rgb_only).abs().max() > 1e-3  # depth really changed the first sample
+
+    def test_image_has_depth_must_fit_the_images(self, depth_models):
+        model, processor = depth_models["add"]
+        inputs = make_inputs(processor, IMAGES, DEPTHS)
+        with pytest.raises(ValueError, match="image_has_depth must be a bool tensor of shape \\(2,\\)"):
+            model(**{**inputs, "image_has_depth": torch.tensor([True, True, True])})
+        with pytest.raises(ValueError, match="need \\(12, 196\\)"):  # only the first image's 12x... patches fit
+            model(**{**inputs, "image_has_depth": torch.tensor([True, False])})
+        with pytest.raises(ValueError, match="no depth_values were given"):
+            model(**{**rgb_inputs(inputs), "image_has_depth": torch.tensor([True, False])})
 
 
 class TestTraining:
@@ -128,53 +177,110 @@ class TestTraining:
             torch.testing.assert_close(gradients[0][name], gradients[1][name], rtol=1e-5, atol=1e-6, msg=name)
 
 
+GREEDY = {"max_new_tokens": 6, "do_sample": False, "return_dict_in_generate": True, "output_logits": True}
+
+
+@pytest.fixture(scope="module")
+def sharp_models(depth_models):
+    """Sharpened `add` (gate open) and `concat` models: greedy text varies and depends on depth."""
+    return {fusion: sharpen(depth_models[fusion][0]) for fusion in ("add", "concat")}
+
+
+def generate(model, processor, inputs, **options):
+    settings = {**GREEDY, "suppress_tokens": [processor.image_token_id], **options}
+    return model.generate(**inputs, **settings)
+
+
 class TestGeneration:
-    @pytest.mark.parametrize("fusion", ["add", "concat"])
-    def test_greedy_with_and_without_cache_is_identical(self, depth_models, fusion):
-        model, processor = depth_models[fusion]
-        model = sharpen(model)
+    """`generate` options that must not change the result, with depth, in both fusion modes: each is compared with
+    the same call without it."""
+
+    @pytest.fixture(scope="class", params=["add", "concat"])
+    def setting(self, request, sharp_models, depth_models):
+        fusion = request.param
+        model, processor = sharp_models[fusion], depth_models[fusion][1]
         inputs = make_inputs(processor, IMAGES, DEPTHS)
-        settings = {"max_new_tokens": 8, "do_sample": False, "return_dict_in_generate": True, "output_logits": True}
-        # Random weights could emit placeholder tokens, which no trained model does; they are not valid output.
-        settings["suppress_tokens"] = [processor.depth_token_id, processor.image_token_id]
-        cached = model.generate(**inputs, **settings)
-        uncached = model.generate(**inputs, use_cache=False, **settings)
-        assert torch.equal(cached.sequences, uncached.sequences)
-        assert len(set(cached.sequences[0, -8:].tolist())) > 1, "greedy text should vary for this test to mean much"
-        for step_cached, step_uncached in zip(cached.logits, uncached.logits):
-            torch.testing.assert_close(step_cached, step_uncached, rtol=1e-4, atol=1e-4)
+        return fusion, model, processor, inputs, generate(model, processor, inputs)
 
-    def test_depth_reaches_generation(self, depth_models):
-        model, processor = depth_models["concat"]
-        model = sharpen(model)
-        settings = {"max_new_tokens": 1, "do_sample": False, "return_dict_in_generate": True, "output_logits": True}
-        near = model.generate(**make_inputs(processor, IMAGES, DEPTHS), **settings).logits[0]
-        far = model.generate(**make_inputs(processor, IMAGES, [[d[0] * 4] for d in DEPTHS]), **settings).logits[0]
-        assert (near - far).abs().max() > 1e-3
+    def test_depth_changes_the_output(self, setting):
+        fusion, model, processor, inputs, reference = setting
+        rgb_only = generate(model, processor, rgb_inputs(inputs))
+        assert len(set(reference.sequences[0, -6:].tolist())) > 1, "greedy text should vary for the tests to mean much"
+        assert (reference.logits[0] - rgb_only.logits[0]).abs().max() > 1e-2
 
-    def test_beams_expand_depth_with_images(self, depth_models):
-        model, processor = depth_models["add"]
-        model = sharpen(model)
-        inputs = make_inputs(processor, IMAGES, DEPTHS)
-        settings = {"max_new_tokens": 3, "do_sample": False, "num_beams": 2, "num_return_sequences": 2}
-        sequences = model.generate(**inputs, **settings)
-        assert sequences.shape[0] == 4
-        # Beam search's best sequence per sample matches a run of that sample alone (depth went to the right sample).
-        alone = model.generate(**make_inputs(processor, [IMAGES[1]], [DEPTHS[1]]), **settings)
-        assert torch.equal(sequences[2, -3:], alone[0, -3:])
+    @pytest.mark.parametrize("chunk_size", [3, 8, 16, 1000])
+    def test_chunked_prefill(self, setting, chunk_size):
+        fusion, model, processor, inputs, reference = setting
+        chunked = generate(model, processor, inputs, prefill_chunk_size=chunk_size)
+        assert torch.equal(chunked.sequences, reference.sequences)
+        for chunked_step, reference_step in zip(chunked.logits, reference.logits):
+            torch.testing.assert_close(chunked_step, reference_step, rtol=1e-4, atol=1e-4)
 
+    @pytest.mark.parametrize(
+        "options", [{"use_cache": False}, {"cache_implementation": "static"}], ids=["no_cache", "static_cache"]
+    )
+    def test_cache_options(self, setting, options):
+        fusion, model, processor, inputs, reference = setting
+        other = generate(model, processor, inputs, **options)
+        assert torch.equal(other.sequences, reference.sequences)
+        for other_step, reference_step in zip(other.logits, reference.logits):
+            torch.testing.assert_close(other_step, reference_step, rtol=1e-4, atol=1e-4)
 
-class TestBatching:
-    @pytest.mark.parametrize("fusion", ["add", "concat"])
-    def test_batch_of_two_sizes_equals_each_alone(self, depth_models, fusion):
-        model, processor = depth_models[fusion]
-        model = sharpen(model)
-        batch = make_inputs(processor, IMAGES, DEPTHS)
+    def test_output_logits_equal_the_forward_pass(self, setting):
+        fusion, model, processor, inputs, reference = setting
         with torch.no_grad():
-            batched = model(**batch).logits[:, -1]
-            for index in range(2):
-                alone = model(**make_inputs(processor, [IMAGES[index]], [DEPTHS[index]])).logits[0, -1]
-                torch.testing.assert_close(batched[index], alone, rtol=1e-4, atol=1e-4)
+            forward = model(**inputs).logits[:, -1]
+        torch.testing.assert_close(reference.logits[0], forward, rtol=1e-5, atol=1e-5)
+
+    def test_sampling_that_can_only_pick_the_best_token_is_greedy(self, setting):
+        fusion, model, processor, inputs, reference = setting
+        torch.manual_seed(0)
+        sampled = generate(model, processor, inputs, do_sample=True, top_k=1, num_return_sequences=2)
+        assert torch.equal(sampled.sequences, reference.sequences.repeat_interleave(2, dim=0))
+
+    def test_beams_expand_depth_with_each_sample(self, setting):
+        fusion, model, processor, inputs, reference = setting
+        beams = {"num_beams": 3, "num_return_sequences": 2, "output_logits": False}
+        batched = generate(model, processor, inputs, **beams).sequences
+        assert batched.shape[0] == 4
+        for index in range(2):
+            alone = generate(model, processor, make_inputs(processor, [IMAGES[index]], [DEPTHS[index]]), **beams)
+            for beam in range(2):
+                assert torch.equal(batched[2 * index + beam, -6:], alone.sequences[beam, -6:])
+
+    @pytest.mark.parametrize("chunk_size", [None, 8])
+    def test_left_padded_batch_mixing_depth_and_rgb_only(self, setting, chunk_size):
+        fusion, model, processor, inputs, reference = setting
+        mixed = make_inputs(processor, [IMAGES[1], IMAGES[0]], [None, DEPTHS[0]])
+        assert processor.tokenizer.padding_side == "left" and not mixed["attention_mask"].all()
+        batched = generate(model, processor, mixed, prefill_chunk_size=chunk_size).sequences[:, -6:]
+        rgb_only_alone = generate(model, processor, make_inputs(processor, [IMAGES[1]])).sequences[0, -6:]
+        depth_alone = generate(model, processor, make_inputs(processor, [IMAGES[0]], [DEPTHS[0]])).sequences[0, -6:]
+        assert torch.equal(batched[0], rgb_only_alone) and torch.equal(batched[1], depth_alone)
+
+    def test_past_key_values_is_used(self, setting):
+        """The v5 name is `cache`; the old `past_key_values` must still carry the cache, as in stock Qwen2.5-VL."""
+        fusion, model, processor, inputs, reference = setting
+        from transformers import DynamicCache
+
+        with torch.no_grad():
+            full = model(**inputs).logits[:, -1]
+            prefix = {
+                **inputs,
+                "input_ids": inputs["input_ids"][:, :-1],
+                "attention_mask": inputs["attention_mask"][:, :-1],
+            }
+            prefix["mm_token_type_ids"] = inputs["mm_token_type_ids"][:, :-1]
+            cache = DynamicCache(config=model.config)
+            model(**prefix, past_key_values=cache, use_cache=True)
+            assert cache.get_seq_length() == inputs["input_ids"].shape[1] - 1
+            last = {
+                "input_ids": inputs["input_ids"][:, -1:],
+                "attention_mask": inputs["attention_mask"],
+                "mm_token_type_ids": inputs["mm_token_type_ids"],
+            }
+            continued = model(**last, past_key_values=cache, use_cache=True).logits[:, -1]
+        torch.testing.assert_close(continued, full, rtol=1e-4, atol=1e-4)
 
 
 class TestRopePositions:
@@ -195,9 +301,9 @@ class TestRopePositions:
             attention_mask=rgb_only["attention_mask"],
         )
         for sample, (grid_h, grid_w) in enumerate([(3, 4), (5, 3)]):
-            types = inputs["mm_token_type_ids"][sample]
-            image_positions = positions[:, sample, types == 1]
-            depth_positions = positions[:, sample, types == DEPTH_TOKEN_TYPE]
+            num_tokens = grid_h * grid_w
+            run = positions[:, sample, inputs["mm_token_type_ids"][sample] == 1]
+            image_positions, depth_positions = run[:, :num_tokens], run[:, num_tokens:]
             assert torch.equal(depth_positions, image_positions)
             # Image tokens sit on their (t, h, w) grid after the text before them, exactly as without depth.
             start = int(image_positions[0, 0])
@@ -206,15 +312,13 @@ class TestRopePositions:
             assert torch.equal(image_positions[1], heights) and torch.equal(image_positions[2], widths)
             assert torch.equal(image_positions, base_positions[:, sample, rgb_only["mm_token_type_ids"][sample] == 1])
             # Text after the depth block continues where the base model's text after the image does.
-            text = (types == 0) & (inputs["attention_mask"][sample] == 1)
+            text = (inputs["mm_token_type_ids"][sample] == 0) & (inputs["attention_mask"][sample] == 1)
             base_text = (rgb_only["mm_token_type_ids"][sample] == 0) & (rgb_only["attention_mask"][sample] == 1)
-            after_image_text = positions[0, sample, text][-5:]
-            assert torch.equal(after_image_text - 2, base_positions[0, sample, base_text][-5:])
-            # The decode delta counts the depth block as sequence that adds no position.
-            num_depth = int((types == DEPTH_TOKEN_TYPE).sum())
-            assert int(deltas[sample]) == int(base_deltas[sample]) - num_depth
+            assert torch.equal(positions[:, sample, text][:, -5:], base_positions[:, sample, base_text][:, -5:])
+            # The decode delta counts the depth tokens as sequence that adds no position.
+            assert int(deltas[sample]) == int(base_deltas[sample]) - num_tokens
 
-    def test_without_depth_tokens_positions_are_stock(self, depth_models, base_model):
+    def test_without_depth_positions_are_stock(self, depth_models, base_model):
         model, processor = depth_models["concat"]
         inputs = make_inputs(processor, IMAGES)
         ours = model.model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"], inputs["image_grid_thw"])
@@ -222,6 +326,15 @@ class TestRopePositions:
             inputs["input_ids"], inputs["mm_token_type_ids"], inputs["image_grid_thw"]
         )
         assert all(torch.equal(a, b) for a, b in zip(ours, stock))
+
+    def test_image_run_of_the_wrong_length_is_refused(self, depth_models):
+        model, processor = depth_models["concat"]
+        inputs = make_inputs(processor, [IMAGES[0]])
+        image_run = (inputs["mm_token_type_ids"][0] == 1).nonzero()
+        types = inputs["mm_token_type_ids"].clone()
+        types[0, image_run[-1]] = 0  # one image token fewer than the grid's 12
+        with pytest.raises(ValueError, match="run of 11 image tokens for an image of 12 tokens"):
+            model.model.get_rope_index(inputs["input_ids"], types, inputs["image_grid_thw"])
 
 
 class TestHostIndexBookkeeping:
@@ -378,6 +491,38 @@ class TestBaseCheckpointLoading:
             for key, value in state.items():
                 assert torch.equal(loaded[modern_key(key)], value), key
             assert len(loaded) == len(state) + len(depth_keys) + 1  # + lm_head, tied to the embeddings
+
+    def test_base_model_class_loads_the_published_layout(self, tiny_base):
+        state = load_file(tiny_base / "model.safetensors")
+        model, info = Qwen2_5_VLDepthModel.from_pretrained(tiny_base, output_loading_info=True)
+        assert not info["unexpected_keys"] or set(info["unexpected_keys"]) <= {"lm_head.weight"}
+        loaded = model.state_dict()
+        for key, value in state.items():
+            if key != "lm_head.weight":
+                assert torch.equal(loaded[modern_key(key).removeprefix("model.")], value), key
+
+    def test_generation_class_lists_generation_mixin(self):
+        from transformers import GenerationMixin
+
+        assert GenerationMixin in Qwen2_5_VLDepthForConditionalGeneration.__bases__
+
+    @pytest.mark.parametrize("dropped", ["model.depth_gate.gate", "model.depth_encoder.merger.mlp.0.weight"])
+    def test_depth_checkpoint_missing_depth_weights_is_refused(self, depth_models, tmp_path, dropped):
+        model, _ = depth_models["add"]
+        model.save_pretrained(tmp_path)
+        state = load_file(tmp_path / "model.safetensors")
+        del state[dropped]
+        save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
+        with pytest.raises(ValueError, match=f"lacks 1 depth weights, e.g. \\['{dropped}'\\]"):
+            Qwen2_5_VLDepthForConditionalGeneration.from_pretrained(tmp_path)
+
+    def test_concat_checkpoint_loads_as_add_with_a_new_closed_gate(self, depth_models, tmp_path):
+        model, _ = depth_models["concat"]
+        model.save_pretrained(tmp_path)
+        reloaded = Qwen2_5_VLDepthForConditionalGeneration.from_pretrained(tmp_path, depth_fusion="add")
+        assert not reloaded.model.depth_gate.gate.any()
+        for name, value in model.model.depth_encoder.state_dict().items():
+            assert torch.equal(reloaded.model.depth_encoder.state_dict()[name], value), name
 
 
 def rgb_tower_with_mlp_width_100(seed: int = 0):
