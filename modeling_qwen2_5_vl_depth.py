@@ -560,6 +560,14 @@ class Qwen2_5_VLDepthModel(Qwen2_5_VLDepthPreTrainedModel, Qwen2_5_VLModel):
             )
             mm_encoder_outputs = {**(mm_encoder_outputs or {}), "image": image_outputs}
             pixel_values = None
+        elif self.training and self.config.has_depth and pixel_values is not None:
+            # Trainers drop dataset columns they do not know (TRL keeps only messages and images): say so, rather
+            # than let a depth model be fine-tuned RGB-only without anyone noticing.
+            logger.warning_once(
+                "Training a depth model on images without depth_values: depth did not reach the model. With TRL, "
+                "put each depth map inside its image block of the messages ({'type': 'image', 'depth': ...}); see "
+                "the README's 'Fine-tuning with trl sft'."
+            )
         return super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,
@@ -716,8 +724,8 @@ register_checkpoint_conversion_mapping(
     "Qwen2_5_VLDepthModel",
     [
         WeightRenaming(
-            source_patterns=r"^model\.(?!(language_model|visual|depth_encoder|depth_gate)\.)(.+)",
-            target_patterns=r"model.language_model.\2",
+            source_patterns=r"^model\.(?!(?:language_model|visual|depth_encoder|depth_gate)\.)(.+)",
+            target_patterns=r"model.language_model.\1",
         ),
     ],
     overwrite=True,

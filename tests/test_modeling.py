@@ -127,7 +127,7 @@ class TestPerImageDepth:
         inputs = make_inputs(processor, IMAGES, DEPTHS)
         with pytest.raises(ValueError, match="image_has_depth must be a bool tensor of shape \\(2,\\)"):
             model(**{**inputs, "image_has_depth": torch.tensor([True, True, True])})
-        with pytest.raises(ValueError, match="need \\(12, 196\\)"):  # only the first image's 12x... patches fit
+        with pytest.raises(ValueError, match="need \\(48, 196\\)"):  # the first image alone: 6x8 patches
             model(**{**inputs, "image_has_depth": torch.tensor([True, False])})
         with pytest.raises(ValueError, match="no depth_values were given"):
             model(**{**rgb_inputs(inputs), "image_has_depth": torch.tensor([True, False])})
@@ -204,7 +204,7 @@ class TestGeneration:
 
     def test_depth_changes_the_output(self, setting):
         fusion, model, processor, inputs, reference = setting
-        rgb_only = generate(model, processor, rgb_inputs(inputs))
+        rgb_only = generate(model, processor, make_inputs(processor, IMAGES))
         assert len(set(reference.sequences[0, -6:].tolist())) > 1, "greedy text should vary for the tests to mean much"
         assert (reference.logits[0] - rgb_only.logits[0]).abs().max() > 1e-2
 
@@ -263,22 +263,16 @@ class TestGeneration:
         fusion, model, processor, inputs, reference = setting
         from transformers import DynamicCache
 
+        inputs = make_inputs(processor, [IMAGES[0]], [DEPTHS[0]])  # one sample: no padding, no attention mask needed
+        inputs.pop("attention_mask")
         with torch.no_grad():
             full = model(**inputs).logits[:, -1]
-            prefix = {
-                **inputs,
-                "input_ids": inputs["input_ids"][:, :-1],
-                "attention_mask": inputs["attention_mask"][:, :-1],
-            }
+            prefix = {**inputs, "input_ids": inputs["input_ids"][:, :-1]}
             prefix["mm_token_type_ids"] = inputs["mm_token_type_ids"][:, :-1]
             cache = DynamicCache(config=model.config)
             model(**prefix, past_key_values=cache, use_cache=True)
             assert cache.get_seq_length() == inputs["input_ids"].shape[1] - 1
-            last = {
-                "input_ids": inputs["input_ids"][:, -1:],
-                "attention_mask": inputs["attention_mask"],
-                "mm_token_type_ids": inputs["mm_token_type_ids"],
-            }
+            last = {"input_ids": inputs["input_ids"][:, -1:]}
             continued = model(**last, past_key_values=cache, use_cache=True).logits[:, -1]
         torch.testing.assert_close(continued, full, rtol=1e-4, atol=1e-4)
 
