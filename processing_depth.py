@@ -4,12 +4,13 @@ Depth per image comes from the caller (`depth=`: metres as float arrays or tenso
 PIL `I;16` images, metres as PIL `F`) or, when none is given, from a configured monocular estimator
 (`DepthAnythingForDepthEstimation`, default `depth-anything/Depth-Anything-V2-Small-hf`). Each depth map is resized
 to exactly its RGB image's resized size and patchified in the same patch order as `pixel_values`, so depth token `i`
-covers the same pixels as image token `i`.
+covers the same pixels as image token `i`. Images may go without depth, each on its own: `image_has_depth` says which.
 
 It needs no torchvision: it handles images only (no video processor), which is all Qwen2.5-VL needs torchvision for.
 This file is remote code: it imports only `torch`, `transformers` and their own dependencies (numpy, PIL).
 """
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -22,30 +23,34 @@ from transformers.image_utils import get_image_size, make_flat_list_of_images, t
 from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorKwargs
 from transformers.processing_utils import ProcessingKwargs, ProcessorMixin
-from transformers.utils import logging
+from transformers.utils import CONFIG_NAME, cached_file, logging
+
+
+try:  # loaded as remote code: a module of a package built from the model folder
+    from .configuration_depth import DEPTH_FUSION_MODES
+except ImportError:  # imported from a checkout, where the three remote-code files are top-level modules
+    from configuration_depth import DEPTH_FUSION_MODES
 
 
 logger = logging.get_logger(__name__)
 
 DEFAULT_DEPTH_ESTIMATOR = "depth-anything/Depth-Anything-V2-Small-hf"
-# The model's modes, plus "image": the SpatialBot-style baseline that shows depth to an RGB-only model (depth_fusion
-# "none") as a second picture through its RGB tower, with no depth encoder.
-DEPTH_FUSION_MODES = ("concat", "add", "none", "image")
-# "image" mode draws log-depth over this range (the model config's default encoding range) as 8-bit grey.
-DEPTH_IMAGE_RANGE_METERS = (0.1, 100.0)
 INVALID_DEPTH_POLICIES = ("mask", "error")
-# `mm_token_type_ids` value of `<|depth_pad|>` tokens (transformers uses 0 text, 1 image, 2 video, 3 audio).
-DEPTH_TOKEN_TYPE = 4
 # Aspect ratios closer than this are the same camera: such depth is resized to its image (e.g. low-res sensor depth).
 ASPECT_RATIO_TOLERANCE = 0.01
+# One depth map; lists and tuples around them are containers (one entry per image, or per sample).
+DEPTH_MAP_TYPES = (np.ndarray, torch.Tensor, Image.Image, str, Path)
+# `from_pretrained` arguments that locate a file of the folder or hub repository.
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
 
 
 class DepthImagesKwargs(Qwen2VLImageProcessorKwargs, total=False):
     r"""
     depth (`np.ndarray`, `torch.Tensor`, `PIL.Image`, path, or a (nested) list of them, *optional*):
-        One depth map per image, in the images' order. Floats are metres; `uint16` arrays, 16-bit PNG files and PIL
-        `I;16`/`I` images are millimetres; PIL `F` images are metres. `None` entries are estimated when a depth
-        estimator is configured.
+        One depth map per image, in the images' order: a flat list, or one list per sample like `images`. `None` is an
+        image (or, in place of a sample's list, a sample) without depth; it is estimated when a depth estimator is
+        configured. A bare map is one map, also in place of a sample's list. Floats are metres; `uint16` arrays
+        (either byte order), 16-bit PNG files and PIL `I;16`/`I` images are millimetres; PIL `F` images are metres.
     depth_estimator_device (`str` or `torch.device`, *optional*):
         Where the monocular estimator runs; pass the model's device. Defaults to CUDA when available.
     """
@@ -63,35 +68,73 @@ def _is_path_like(value: Any) -> bool:
     return isinstance(value, (str, Path))
 
 
+def to_rgb_image(image: Image.Image) -> Image.Image:
+    """Any PIL image as 8-bit RGB showing what its values mean, where PIL's own `convert("RGB")` would not.
+
+    16-bit images (`I;16*`, and `I` holding values over 255) are scaled to 8 bits (65535 -> 255, i.e. divided by 257):
+    `convert("RGB")` clips them, turning most of them white. Float images (`F`) are stretched over their finite range.
+    Transparency (`RGBA`, `LA`, `PA`, `P` with a transparent colour) is composited on white: dropping alpha would show
+    whatever colour transparent pixels happen to hold. `L`, `1`, `P`, `CMYK`, `YCbCr`, `LAB`, `HSV` convert as PIL does.
+    """
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
+        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, image.convert("RGBA")).convert("RGB")
+    if mode.startswith("I") or mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        finite = values[np.isfinite(values)]
+        if mode == "F":
+            low, high = (finite.min(), finite.max()) if finite.size else (0.0, 0.0)
+            values = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
+        elif mode.startswith("I;16") or (finite.size and finite.max() > 255):
+            values = values / 257.0
+        grey = np.clip(np.rint(np.nan_to_num(values)), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey).convert("RGB")
+    try:
+        return image.convert("RGB")
+    except (ValueError, OSError) as error:
+        raise ValueError(f"A PIL image of mode {mode!r} cannot be converted to RGB: {error}") from error
+
+
+def _load_depth_image(depth: Image.Image, source: str) -> None:
+    """Decode a lazily opened PIL image now, so a damaged file is an error that names it."""
+    try:
+        depth.load()
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise ValueError(f"The depth image {source} could not be decoded (truncated or damaged?): {error}") from error
+
+
 def depth_to_meters(depth: Any, invalid_depth: str = "mask") -> np.ndarray:
     """One depth map as float32 metres, shape (H, W), with invalid pixels set to 0.
 
-    Units follow the type: floats are metres; `uint16` (arrays, 16-bit PNGs, PIL `I;16`, PIL `I`) are millimetres.
-    Pixels that are 0, NaN or inf are invalid (sensor holes, sky): with `invalid_depth="mask"` they become 0, which the
-    model encodes as "no measurement"; with `"error"` they raise. Negative depth always raises: it is not a distance.
+    Units follow the type: floats are metres; 16-bit unsigned integers (arrays of either byte order, 16-bit PNGs, PIL
+    `I;16`, PIL `I`) are millimetres. Pixels that are 0, NaN or inf are invalid (sensor holes, sky): with
+    `invalid_depth="mask"` they become 0, which the model encodes as "no measurement"; with `"error"` they raise.
+    Negative depth always raises: it is not a distance.
     """
     if _is_path_like(depth):
         if not Path(depth).is_file():
             raise FileNotFoundError(f"Depth file {str(depth)!r} does not exist.")
         with Image.open(depth) as image:
-            image.load()
+            _load_depth_image(image, repr(str(depth)))
             return depth_to_meters(image, invalid_depth)
     if isinstance(depth, Image.Image):
-        if depth.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
-            depth = np.asarray(depth, dtype=np.uint16)
+        _load_depth_image(depth, repr(getattr(depth, "filename", "") or f"(PIL mode {depth.mode})"))
+        if depth.mode.startswith("I;16") or depth.mode == "F":
+            depth = np.asarray(depth)
         elif depth.mode == "I":  # how PIL opens most 16-bit PNGs: int32 holding millimetres
             depth = np.asarray(depth)
-            if depth.min() < 0 or depth.max() > np.iinfo(np.uint16).max:
+            if depth.size and (depth.min() < 0 or depth.max() > np.iinfo(np.uint16).max):
                 raise ValueError(
                     "A PIL 'I' depth image is read as 16-bit millimetres, but its values exceed 0..65535."
                 )
             depth = depth.astype(np.uint16)
-        elif depth.mode == "F":
-            depth = np.asarray(depth, dtype=np.float32)
         else:
             raise ValueError(
-                f"A PIL depth image of mode {depth.mode!r} is an 8-bit picture, not a measurement: pass metres as a "
-                "float array or PIL 'F' image, or millimetres as a 16-bit PNG / PIL 'I;16' image."
+                f"A PIL depth image of mode {depth.mode!r} is a picture, not a measurement: pass metres as a float "
+                "array or PIL 'F' image, or millimetres as a 16-bit PNG / PIL 'I;16' image."
             )
     if isinstance(depth, torch.Tensor):
         depth = depth.detach().cpu()
@@ -103,18 +146,22 @@ def depth_to_meters(depth: Any, invalid_depth: str = "mask") -> np.ndarray:
         depth = depth[0]
     if depth.ndim != 2:
         raise ValueError(f"A depth map must be 2-D (H, W) or (1, H, W); got shape {depth.shape}.")
-    if depth.dtype == np.uint8:
+    if depth.size == 0:
+        raise ValueError(f"A depth map must not be empty; got shape {depth.shape}.")
+    if depth.dtype.kind == "u" and depth.dtype.itemsize == 2:  # either byte order: astype reads both
+        meters = depth.astype(np.float32) / 1000.0
+    elif depth.dtype.kind == "f":
+        with np.errstate(over="ignore"):  # beyond float32 is inf: invalid, like any other infinite depth
+            meters = depth.astype(np.float32)
+    elif depth.dtype == np.uint8:
         raise ValueError(
-            "Depth of dtype uint8 looks like an 8-bit visualisation, not a measurement: pass metres as float32 or "
+            "Depth of dtype uint8 looks like an 8-bit visualisation, not a measurement: pass metres as floats or "
             "millimetres as uint16."
         )
-    if depth.dtype == np.uint16:
-        meters = depth.astype(np.float32) / 1000.0
-    elif np.issubdtype(depth.dtype, np.floating):
-        meters = depth.astype(np.float32)
     else:
         raise ValueError(
-            f"Depth of dtype {depth.dtype} is ambiguous: pass metres as a float array or millimetres as uint16."
+            f"Depth of dtype {depth.dtype} has no known unit: pass metres as floats (float16/32/64) or millimetres as "
+            "16-bit unsigned integers (uint16, either byte order)."
         )
 
     if np.any(meters < 0):
@@ -151,6 +198,18 @@ class MonocularDepthEstimator:
         self._model = None
         self._image_processor = None
 
+    def to(self, device: str | torch.device) -> "MonocularDepthEstimator":
+        """Run on `device` from now on (the loaded model moves there; an unloaded one will load there)."""
+        self.device = torch.device(device)
+        if self._model is not None:
+            self._model.to(device=self.device, dtype=self._dtype_on(self.device))
+        return self
+
+    @staticmethod
+    def _dtype_on(device: torch.device) -> torch.dtype:
+        # bf16 on accelerators (throughput), fp32 on CPU (bf16 matmuls are slow there).
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+
     def _check_exists(self) -> None:
         name = self.model_name_or_path
         looks_local = os.path.isabs(name) or name.startswith(".") or os.path.exists(name) or name.count("/") > 1
@@ -186,9 +245,7 @@ class MonocularDepthEstimator:
             except OSError as error:
                 raise self._loading_error(error) from error
             device = self.device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-            # bf16 on accelerators (throughput), fp32 on CPU (bf16 matmuls are slow there).
-            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-            self._model = model.to(device=device, dtype=dtype).eval()
+            self._model = model.to(device=device, dtype=self._dtype_on(device)).eval()
         return self._model
 
     @property
@@ -196,8 +253,8 @@ class MonocularDepthEstimator:
         return getattr(self.model.config, "depth_estimation_type", "relative") == "metric"
 
     def preprocess(self, images: list[Image.Image]) -> torch.Tensor:
-        """Pixel values for a batch of same-size RGB images (CPU work only)."""
-        return self.image_processor(images=[image.convert("RGB") for image in images], return_tensors="pt")[
+        """Pixel values for a batch of same-size images of any PIL mode (CPU work only)."""
+        return self.image_processor(images=[to_rgb_image(image) for image in images], return_tensors="pt")[
             "pixel_values"
         ]
 
@@ -247,26 +304,23 @@ class Qwen2_5_VLDepthProcessor(Qwen2_5_VLProcessor):
 
     Args:
         image_processor: a Qwen2-VL image processor (either backend; the PIL one needs no torchvision).
-        tokenizer: a Qwen2 tokenizer. `depth_token` is added to it if missing.
+        tokenizer: a Qwen2 tokenizer.
         chat_template (`str`, *optional*): the Qwen2.5-VL chat template.
-        depth_fusion (`str`, defaults to `"add"`): must match the model's `config.depth_fusion`, except `"image"`,
-            which is for an RGB-only model: each depth map becomes a second picture (log-depth over 0.1–100 m as grey,
-            invalid pixels black) right after its image, through the RGB tower (SpatialBot's approach). With `"concat"` each
-            image's placeholder expands to `image_pad*n <|vision_end|><|vision_start|> depth_pad*n`; with `"add"` depth
-            adds no tokens; with `"none"` depth is an error.
-        depth_token (`str`, defaults to `"<|depth_pad|>"`): the depth placeholder token.
+        depth_fusion (`str`, defaults to `"add"`): the model's `config.depth_fusion`, which `from_pretrained` reads from
+            the folder's `config.json` (it is not saved with the processor). With `"concat"` an image with depth expands
+            to twice its image placeholders (its RGB tokens, then its depth tokens, in one run); with `"add"` depth adds
+            no tokens; with `"none"` depth is an error.
         depth_estimator (`str`, *optional*): id or folder of a `DepthAnythingForDepthEstimation` checkpoint, run on
-            images given without depth. `None`: images without depth are processed RGB-only.
+            images given without depth. `None`: images without depth go without it.
         invalid_depth (`str`, defaults to `"mask"`): what 0/NaN/inf depth pixels do: `"mask"` encodes them as "no
             measurement", `"error"` raises. Negative depth always raises.
 
-    Outputs, besides Qwen2.5-VL's: `depth_values` `(num_patches, patch_size**2)` in metres (0 = invalid), on the
-    images' `image_grid_thw`, and `mm_token_type_ids` with 4 at depth tokens.
+    Outputs, besides Qwen2.5-VL's, when at least one image has depth: `depth_values` `(num_patches, patch_size**2)` in
+    metres (0 = invalid), rows only for the images with depth, each on its image's `image_grid_thw`; and
+    `image_has_depth`, a bool per image. Without any depth the output is exactly Qwen2.5-VL's.
     """
 
     valid_processor_kwargs = Qwen2_5_VLDepthProcessorKwargs
-    vision_start_token = "<|vision_start|>"
-    vision_end_token = "<|vision_end|>"
 
     def __init__(
         self,
@@ -274,11 +328,15 @@ class Qwen2_5_VLDepthProcessor(Qwen2_5_VLProcessor):
         tokenizer=None,
         chat_template=None,
         depth_fusion: str = "add",
-        depth_token: str = "<|depth_pad|>",
         depth_estimator: str | None = None,
         invalid_depth: str = "mask",
         **kwargs,
     ):
+        if depth_fusion == "image":
+            raise ValueError(
+                "depth_fusion='image' (depth drawn as a second picture for an RGB-only model, SpatialBot's baseline) "
+                "is not a mode of the model: it is an experiment arm, training.spatialbot.DepthAsImageProcessor."
+            )
         if depth_fusion not in DEPTH_FUSION_MODES:
             raise ValueError(
                 f"Unknown depth_fusion {depth_fusion!r}: expected one of {', '.join(DEPTH_FUSION_MODES)}."
@@ -286,15 +344,11 @@ class Qwen2_5_VLDepthProcessor(Qwen2_5_VLProcessor):
         if invalid_depth not in INVALID_DEPTH_POLICIES:
             raise ValueError(f"Unknown invalid_depth {invalid_depth!r}: expected one of {INVALID_DEPTH_POLICIES}.")
         self.depth_fusion = depth_fusion
-        self.depth_token = depth_token
         self.depth_estimator = depth_estimator
         self.invalid_depth = invalid_depth
         self._estimator = None
-        if tokenizer is not None and depth_token not in tokenizer.get_vocab():
-            tokenizer.add_special_tokens({"additional_special_tokens": [depth_token]})
         self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
         self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token) if tokenizer is not None else None
-        self.depth_token_id = tokenizer.convert_tokens_to_ids(depth_token) if tokenizer is not None else None
         # Images only: no video processor, hence no torchvision.
         self.video_token = None
         self.video_token_id = None
@@ -305,16 +359,37 @@ class Qwen2_5_VLDepthProcessor(Qwen2_5_VLProcessor):
         # This class is already running, so nothing in the folder needs executing. Without an explicit answer, the
         # tokenizer lookup reads the depth folder's `auto_map` and stops to ask whether to trust remote code.
         kwargs.setdefault("trust_remote_code", False)
+        if "depth_fusion" not in kwargs:
+            depth_fusion = cls._model_config_depth_fusion(pretrained_model_name_or_path, **kwargs)
+            if depth_fusion is not None:
+                kwargs["depth_fusion"] = depth_fusion
         return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+    @staticmethod
+    def _model_config_depth_fusion(pretrained_model_name_or_path, **kwargs) -> str | None:
+        """`depth_fusion` of the model config (`config.json`) of a folder or hub id; None when it has none."""
+        hub_kwargs = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
+        config_file = cached_file(
+            pretrained_model_name_or_path, CONFIG_NAME, _raise_exceptions_for_missing_entries=False, **hub_kwargs
+        )
+        if config_file is None:
+            return None
+        with open(config_file, encoding="utf-8") as file:
+            return json.load(file).get("depth_fusion")
+
+    def to_dict(self) -> dict[str, Any]:
+        output = super().to_dict()
+        output.pop("depth_fusion", None)  # the model config's: `from_pretrained` reads it from there
+        return output
 
     @property
     def model_input_names(self):
-        return super().model_input_names + ["depth_values"]
+        return super().model_input_names + ["depth_values", "image_has_depth"]
 
     def validate_inputs(self, images=None, text=None, videos=None, audio=None, **kwargs):
         super().validate_inputs(images=images, text=text, videos=videos, audio=audio, **kwargs)
         if videos is not None:
-            raise ValueError("Qwen2_5_VLDepthProcessor handles images only; video is not supported.")
+            raise ValueError(f"{type(self).__name__} handles images only; video is not supported.")
         depth = kwargs.get("depth", kwargs.get("images_kwargs", {}).get("depth"))
         if depth is not None and images is None:
             raise ValueError("depth was given without images: every depth map needs its RGB image.")
@@ -322,90 +397,118 @@ class Qwen2_5_VLDepthProcessor(Qwen2_5_VLProcessor):
             raise ValueError("This processor has depth_fusion='none' (RGB only): do not pass depth.")
 
     def _process_images(self, images, **kwargs):
-        depth = kwargs.pop("depth", None)
-        estimator_device = kwargs.pop("depth_estimator_device", None)
-        flat_images = make_flat_list_of_images(images)
-        depth_maps = None
-        if self.depth_fusion != "none":
-            depth_maps = self._depth_maps(flat_images, depth, estimator_device)
-            if depth_maps is not None:
-                depth_maps = [
-                    self._fit_to_image(d, image, i) for i, (d, image) in enumerate(zip(depth_maps, flat_images))
-                ]
-        if self.depth_fusion == "image" and depth_maps is not None:
-            return self._process_images_with_depth_pictures(flat_images, depth_maps, **kwargs)
+        depth_maps = self.depth_maps(images, kwargs.pop("depth", None), kwargs.pop("depth_estimator_device", None))
         processed = self.image_processor(images, **kwargs)
-        if depth_maps is not None:
+        if any(depth is not None for depth in depth_maps):
             grids = np.asarray(processed["image_grid_thw"]).reshape(-1, 3)
-            processed["depth_values"] = np.concatenate([self._patchify(d, g) for d, g in zip(depth_maps, grids)])
-        replacements = [self.replace_image_token(processed, image_idx=i) for i in range(len(flat_images))]
+            processed["depth_values"] = np.concatenate(
+                [self._patchify(depth, grid) for depth, grid in zip(depth_maps, grids) if depth is not None]
+            )
+            processed["image_has_depth"] = np.array([depth is not None for depth in depth_maps])
+        replacements = [self.replace_image_token(processed, image_idx=i) for i in range(len(depth_maps))]
         return processed, replacements
-
-    def _process_images_with_depth_pictures(self, images: list, depth_maps: list[np.ndarray], **kwargs):
-        """ "image" mode: every image is followed by a picture of its depth, as a second image of the prompt."""
-        pictures = []
-        for image, depth in zip(images, depth_maps):
-            pictures += [image, self.depth_picture(depth, self._to_pil(image).size)]
-        processed = self.image_processor(pictures, **kwargs)
-        # `<|image_pad|>` of image i expands to its own tokens, then a separate vision block for its depth picture.
-        replacements = [
-            super(Qwen2_5_VLDepthProcessor, self).replace_image_token(processed, image_idx=2 * i)
-            + self.vision_end_token
-            + self.vision_start_token
-            + super(Qwen2_5_VLDepthProcessor, self).replace_image_token(processed, image_idx=2 * i + 1)
-            for i in range(len(images))
-        ]
-        return processed, replacements
-
-    @staticmethod
-    def depth_picture(depth: np.ndarray, size: tuple[int, int]) -> Image.Image:
-        """Metric depth as an RGB picture of the image's `size` (W, H): log-depth over a fixed range as grey.
-
-        The range is fixed, as in the depth encoder's input, so a grey level means the same distance in every picture.
-        """
-        near, far = DEPTH_IMAGE_RANGE_METERS
-        valid = depth > 0
-        level = (np.log(np.clip(depth, near, far)) - np.log(near)) / (np.log(far) - np.log(near))
-        grey = np.where(valid, 1 + np.rint(level * 254), 0).astype(np.uint8)  # 0 is kept for "no measurement"
-        picture = Image.fromarray(grey, mode="L").resize(size, Image.Resampling.NEAREST)
-        return picture.convert("RGB")
 
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         image_tokens = super().replace_image_token(image_inputs, image_idx)
-        if self.depth_fusion != "concat" or "depth_values" not in image_inputs:
-            return image_tokens
-        # The template wraps the image in <|vision_start|>...<|vision_end|>; the depth block gets its own pair.
-        num_tokens = len(image_tokens) // len(self.image_token)
-        return image_tokens + self.vision_end_token + self.vision_start_token + self.depth_token * num_tokens
+        # concat: the image's depth tokens follow its RGB tokens in the same run of image placeholders.
+        if (
+            self.depth_fusion == "concat"
+            and "image_has_depth" in image_inputs
+            and image_inputs["image_has_depth"][image_idx]
+        ):
+            return image_tokens * 2
+        return image_tokens
 
-    def _depth_maps(self, images: list, depth, estimator_device) -> list[np.ndarray] | None:
-        """Depth in metres for every image (given, else estimated), or None when RGB-only."""
-        if depth is None:
-            depth_list = [None] * len(images)
-        else:
-            depth_list = depth if isinstance(depth, (list, tuple)) else [depth]
-            if any(isinstance(item, (list, tuple)) for item in depth_list):  # one list per sample, like images
-                depth_list = [item for sample in depth_list for item in sample]
-            if len(depth_list) != len(images):
-                raise ValueError(f"Got {len(depth_list)} depth maps for {len(images)} images: give one per image.")
-        missing = [i for i, item in enumerate(depth_list) if item is None]
-        if len(missing) == len(images) and self.depth_estimator is None:
-            return None
-        if missing and self.depth_estimator is None:
-            raise ValueError(
-                f"Depth is missing for images {missing} and no depth_estimator is configured: give depth for every "
-                "image, or none at all (RGB only)."
-            )
-        maps = [None if item is None else depth_to_meters(item, self.invalid_depth) for item in depth_list]
-        if missing:
-            estimated = self.estimator(estimator_device)([self._to_pil(images[i]) for i in missing])
+    def _get_num_multimodal_tokens(self, image_sizes=None, video_sizes=None, image_has_depth=None, **kwargs):
+        """Placeholder tokens per image (and its patches), as Qwen2.5-VL's; with `"concat"` twice for images with depth.
+
+        `image_has_depth` (a bool, or one per image) says which images will have depth; by default all when a depth
+        estimator is configured (it fills in every missing map), none otherwise.
+        """
+        if video_sizes is not None:
+            raise ValueError(f"{type(self).__name__} handles images only; video is not supported.")
+        vision_data = super()._get_num_multimodal_tokens(image_sizes=image_sizes, **kwargs)
+        if self.depth_fusion != "concat" or image_sizes is None:
+            return vision_data
+        if image_has_depth is None:
+            image_has_depth = self.depth_estimator is not None
+        if isinstance(image_has_depth, bool):
+            image_has_depth = [image_has_depth] * len(image_sizes)
+        if len(image_has_depth) != len(image_sizes):
+            raise ValueError(f"Got {len(image_has_depth)} image_has_depth entries for {len(image_sizes)} images.")
+        vision_data.num_image_tokens = [
+            2 * num_tokens if has_depth else num_tokens
+            for num_tokens, has_depth in zip(vision_data.num_image_tokens, image_has_depth)
+        ]
+        return vision_data
+
+    def depth_maps(self, images, depth=None, estimator_device=None) -> list[np.ndarray | None]:
+        """Depth in metres per image, checked against its image: given, else estimated, else None (no depth)."""
+        flat_images = make_flat_list_of_images(images)
+        if self.depth_fusion == "none":
+            return [None] * len(flat_images)
+        maps = []
+        for index, (item, image) in enumerate(
+            zip(self._depth_per_image(depth, images, len(flat_images)), flat_images)
+        ):
+            if item is not None:
+                try:
+                    item = depth_to_meters(item, self.invalid_depth)
+                except (ValueError, TypeError, FileNotFoundError) as error:
+                    raise type(error)(f"Depth map {index}: {error}") from error
+                self._check_covers_image(item, image, index)
+            maps.append(item)
+        missing = [index for index, item in enumerate(maps) if item is None]
+        if missing and self.depth_estimator is not None:
+            estimated = self.estimator(estimator_device)([self._to_pil(flat_images[i]) for i in missing])
             for index, estimate in zip(missing, estimated):
                 maps[index] = depth_to_meters(estimate, "mask")
         return maps
 
+    @staticmethod
+    def _depth_per_image(depth, images, num_images: int) -> list:
+        """The caller's `depth` as one entry (a map or None) per image, in the images' order.
+
+        A bare map is one map, at the top or in place of a sample's list. With one list per sample (`[[d0], None]`) and
+        `images` nested the same way, each sample's maps must match its images, and a sample's `None` is "no depth".
+        """
+        if depth is None:
+            return [None] * num_images
+        entries = list(depth) if isinstance(depth, (list, tuple)) else [depth]
+        if any(isinstance(item, (list, tuple)) for item in entries):  # one entry per sample
+            nested = isinstance(images, (list, tuple)) and all(isinstance(s, (list, tuple)) for s in images)
+            sizes = [len(sample) for sample in images] if nested else [None] * len(entries)
+            if len(sizes) != len(entries):
+                raise ValueError(f"Got depth for {len(entries)} samples but images for {len(sizes)}.")
+            samples, entries = entries, []
+            for index, (sample, size) in enumerate(zip(samples, sizes)):
+                if not isinstance(sample, (list, tuple)):
+                    sample = [None] * (size or 1) if sample is None else [sample]
+                if size is not None and len(sample) != size:
+                    raise ValueError(
+                        f"Got {len(sample)} depth maps for {size} images in sample {index}: give one per image (None "
+                        "for an image without depth)."
+                    )
+                entries.extend(sample)
+        if len(entries) != num_images:
+            raise ValueError(
+                f"Got {len(entries)} depth maps for {num_images} images: give one per image (None for an image "
+                "without depth)."
+            )
+        for index, entry in enumerate(entries):
+            if entry is not None and not isinstance(entry, DEPTH_MAP_TYPES):
+                raise TypeError(
+                    f"Depth map {index} is a {type(entry).__name__}: a depth map is an array, tensor, PIL image or "
+                    "file path (lists hold one map per image, or one list per sample)."
+                )
+        return entries
+
     def estimator(self, device=None) -> MonocularDepthEstimator:
-        if self._estimator is None:
+        """The configured depth estimator, on `device` when given (a later call with another device moves it)."""
+        if self._estimator is None or self._estimator.model_name_or_path != str(self.depth_estimator):
             self._estimator = MonocularDepthEstimator(self.depth_estimator, device=device)
+        elif device is not None:
+            self._estimator.to(device)
         return self._estimator
 
     @staticmethod
@@ -420,8 +523,8 @@ class Qwen2_5_VLDepthProcessor(Qwen2_5_VLProcessor):
         return Image.fromarray(array.squeeze())
 
     @staticmethod
-    def _fit_to_image(depth: np.ndarray, image, index: int) -> np.ndarray:
-        """Check depth belongs to its image: same size, or the same aspect ratio (then it is resized later)."""
+    def _check_covers_image(depth: np.ndarray, image, index: int) -> None:
+        """Depth belongs to its image: the same size, or the same aspect ratio (it is resized when patchified)."""
         image_height, image_width = (
             image.size[::-1] if isinstance(image, Image.Image) else get_image_size(to_numpy_array(image))
         )
@@ -433,7 +536,6 @@ class Qwen2_5_VLDepthProcessor(Qwen2_5_VLProcessor):
                     f"Depth map {index} has shape {(depth_height, depth_width)} but its image is "
                     f"{(image_height, image_width)}: a depth map must cover its image (same size or aspect ratio)."
                 )
-        return depth
 
     def _patchify(self, depth: np.ndarray, grid_thw: np.ndarray) -> np.ndarray:
         """Resize depth to the image's resized size and lay it out like `pixel_values`, one frame, one channel.
@@ -451,31 +553,22 @@ class Qwen2_5_VLDepthProcessor(Qwen2_5_VLProcessor):
         ).permute(0, 3, 1, 4, 2, 5)  # (gh/m, gw/m, m, m, p, p): the order of the image processor's patchify
         return patches.reshape(grid_h * grid_w, patch_size * patch_size).numpy()
 
-    def create_mm_token_type_ids(self, input_ids: list) -> list[list[int]]:
-        token_types = super().create_mm_token_type_ids(input_ids)
-        for ids, types in zip(input_ids, token_types):
-            ids = ids.tolist() if not isinstance(ids, list) else ids
-            for position, token_id in enumerate(ids):
-                if token_id == self.depth_token_id:
-                    types[position] = DEPTH_TOKEN_TYPE
-        return token_types
-
-    def _check_special_mm_tokens(self, text, text_inputs, modalities):
-        # Also catches truncation that would cut through a depth block.
-        super()._check_special_mm_tokens(text, text_inputs, [*modalities, "depth"])
-
     def _multimodal_inputs_from_conversations(self, conversations, audio_loading_params, load_audio_from_video=False):
         """Also collect depth given inside image blocks: `{"type": "image", "image": ..., "depth": ...}`."""
-        depth_per_conversation = [
-            [
-                block.get("depth")
-                for message in conversation
-                if isinstance(message.get("content"), list)
-                for block in message["content"]
-                if block.get("type") == "image"
-            ]
-            for conversation in conversations
-        ]
+        depth_per_conversation = []
+        for conversation in conversations:
+            depths = []
+            for message in conversation:
+                content = message.get("content")
+                for block in content if isinstance(content, list) else []:
+                    if block.get("type") == "image":
+                        depths.append(block.get("depth"))
+                    elif block.get("depth") is not None:
+                        raise ValueError(
+                            f"A {block.get('type')!r} block of a {message.get('role')!r} message has 'depth': depth "
+                            "belongs in the image block it measures, {'type': 'image', 'image': ..., 'depth': ...}."
+                        )
+            depth_per_conversation.append(depths)
         images, videos, audio, extra = super()._multimodal_inputs_from_conversations(
             conversations, audio_loading_params, load_audio_from_video
         )
@@ -486,4 +579,4 @@ class Qwen2_5_VLDepthProcessor(Qwen2_5_VLProcessor):
 
 Qwen2_5_VLDepthProcessor.register_for_auto_class()
 
-__all__ = ["Qwen2_5_VLDepthProcessor", "MonocularDepthEstimator", "depth_to_meters"]
+__all__ = ["Qwen2_5_VLDepthProcessor", "MonocularDepthEstimator", "depth_to_meters", "to_rgb_image"]

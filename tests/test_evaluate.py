@@ -391,8 +391,10 @@ def test_answer_samples_gives_the_model_depth_from_data_or_estimator(depth_model
     original_generate = model.generate
 
     def spy(**inputs):
-        depth_tokens = int((inputs["input_ids"] == processor.depth_token_id).sum())
-        received.append((inputs.get("depth_values") is not None, depth_tokens, inputs["input_ids"].shape[0]))
+        # concat: an image with depth has twice its merged tokens as placeholders, one without depth as many.
+        placeholders = int((inputs["input_ids"] == processor.image_token_id).sum())
+        placeholders_per_token = placeholders // int(inputs["image_grid_thw"].prod(-1).sum() // 4)
+        received.append((inputs.get("depth_values") is not None, placeholders_per_token, inputs["input_ids"].shape[0]))
         return original_generate(**inputs)
 
     monkeypatch.setattr(model, "generate", spy)
@@ -402,7 +404,7 @@ def test_answer_samples_gives_the_model_depth_from_data_or_estimator(depth_model
         model, processor, samples, batch_size=2, max_new_tokens=2, progress=False
     )
     assert len(answers) == 3 and dict(sources) == {"none": 3}  # no depth in the data, no estimator: RGB only
-    assert received == [(False, 0, 2), (False, 0, 1)]
+    assert received == [(False, 1, 2), (False, 1, 1)]
 
     received.clear()
     estimating = reconfigured(processor, depth_estimator=str(save_tiny_depth_anything(tmp_path / "da")))
@@ -410,14 +412,36 @@ def test_answer_samples_gives_the_model_depth_from_data_or_estimator(depth_model
         model, estimating, samples, batch_size=3, max_new_tokens=2, progress=False
     )
     assert dict(sources) == {"estimator": 3}
-    assert received[0][0] and received[0][1] > 0  # depth values and depth tokens reached the model
+    assert received == [(True, 2, 3)]  # depth values and depth tokens reached the model
 
     received.clear()
     _, sources = evaluate.answer_samples(
         model, estimating, samples, batch_size=3, max_new_tokens=2, use_depth=False, progress=False
     )
-    assert dict(sources) == {"none": 3} and received == [(False, 0, 3)]
+    assert dict(sources) == {"none": 3} and received == [(False, 1, 3)]
     assert estimating.depth_estimator is not None  # --no-depth only switches the estimator off for the run
+
+
+def test_the_image_arm_is_evaluated_with_its_depth_pictures(tiny_base, world_24, tmp_path, monkeypatch):
+    """A folder of SpatialBot's arm (an RGB-only model) loads with its processor, which adds each depth picture."""
+    torch.manual_seed(0)
+    model, processor = build_depth_model(tiny_base, depth_fusion="image")
+    model.save_pretrained(tmp_path / "image_arm")
+    processor.save_pretrained(tmp_path / "image_arm")
+    model, processor = evaluate.load_model_and_processor(tmp_path / "image_arm", device="cpu")
+    assert type(processor).__name__ == "DepthAsImageProcessor" and model.config.depth_fusion == "none"
+    received = []
+    original_generate = model.generate
+
+    def spy(**inputs):
+        received.append((inputs["image_grid_thw"].shape[0], "depth_values" in inputs))
+        return original_generate(**inputs)
+
+    monkeypatch.setattr(model, "generate", spy)
+    samples = read_benchmark("world", world_24).samples[:3]
+    _, sources = evaluate.answer_samples(model, processor, samples, batch_size=3, max_new_tokens=2, progress=False)
+    assert dict(sources) == {"dataset": 3}
+    assert received == [(6, False)]  # each sample's image and its depth picture, no depth_values
 
 
 def test_scores_are_finite_numbers_or_none(hand_made_results):

@@ -1,31 +1,83 @@
-"""Qwen2_5_VLDepthProcessor: depth inputs and units, grid alignment, placeholders, bad input, the estimator."""
+"""Qwen2_5_VLDepthProcessor: depth inputs and units, per-image depth, grid alignment, placeholders, saving, bad input,
+the estimator, and SpatialBot's depth-as-picture arm (training.spatialbot)."""
+
+import json
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from transformers import AutoTokenizer
 
-from processing_depth import DEPTH_TOKEN_TYPE, Qwen2_5_VLDepthProcessor, depth_to_meters
+from configuration_depth import Qwen2_5_VLDepthConfig
+from processing_depth import Qwen2_5_VLDepthProcessor, depth_to_meters, to_rgb_image
 from tests.conftest import chat, make_inputs, random_depth, random_image, reconfigured
+from training.build_depth_model import build_depth_model
+from training.spatialbot import DepthAsImageProcessor, depth_picture, load_trained_processor
 from training.tiny import save_tiny_depth_anything
 
 
-IMAGE = random_image(100, 140, 0)
+IMAGE = random_image(100, 140, 0)  # resized to 84x112: a 6x8 grid, 12 merged tokens
 DEPTH = random_depth(100, 140, 0)
+SQUARE = random_image(84, 84, 5)  # a 6x6 grid, 9 merged tokens
+SQUARE_DEPTH = random_depth(84, 84, 5)
+BASE_KEYS = {"input_ids", "attention_mask", "pixel_values", "image_grid_thw", "mm_token_type_ids"}
 
 
 @pytest.fixture(scope="module")
-def add_processor(depth_models):
-    return depth_models["add"][1]
+def processors(tiny_base):
+    """One processor per fusion mode, built from the plain base folder (no model needed)."""
+    return {
+        fusion: Qwen2_5_VLDepthProcessor.from_pretrained(tiny_base, depth_fusion=fusion)
+        for fusion in ("add", "concat", "none")
+    }
 
 
 @pytest.fixture(scope="module")
-def concat_processor(depth_models):
-    return depth_models["concat"][1]
+def add_processor(processors):
+    return processors["add"]
+
+
+@pytest.fixture(scope="module")
+def concat_processor(processors):
+    return processors["concat"]
+
+
+@pytest.fixture(scope="module")
+def estimator_folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("depth_anything")
+    return {
+        "metric": save_tiny_depth_anything(root / "metric", metric=True),
+        "relative": save_tiny_depth_anything(root / "relative", metric=False),
+    }
 
 
 def depth_values(processor, depth, image=IMAGE, **kwargs):
     return make_inputs(processor, [[image]], [[depth]], **kwargs)["depth_values"]
+
+
+def merged_tokens(inputs) -> list[int]:
+    return (inputs["image_grid_thw"].prod(-1) // 4).tolist()
+
+
+def base_qwen2_5_vl_inputs(processor, images, question="How far is the red cube from the camera?"):
+    """What Qwen2.5-VL's own processor gives, built by hand: each `<|image_pad|>` expanded to its merged tokens."""
+    pixels = processor.image_processor([image for sample in images for image in sample], return_tensors="pt")
+    counts = iter((pixels["image_grid_thw"].prod(-1) // 4).tolist())
+    texts = []
+    for sample in images:
+        prompt = processor.apply_chat_template(chat(question, len(sample)), add_generation_prompt=True)
+        pieces = prompt.split("<|image_pad|>")
+        texts.append(pieces[0] + "".join("<|image_pad|>" * next(counts) + piece for piece in pieces[1:]))
+    text_inputs = processor.tokenizer(texts, padding=True, return_tensors="pt")
+    mm_token_type_ids = (text_inputs["input_ids"] == processor.image_token_id).long()
+    return {**text_inputs, **pixels, "mm_token_type_ids": mm_token_type_ids}
+
+
+def assert_same_inputs(actual, expected):
+    assert set(actual) == set(expected)
+    for key in expected:
+        assert torch.equal(actual[key], expected[key]), key
 
 
 class TestDepthInputs:
@@ -40,10 +92,15 @@ class TestDepthInputs:
             "torch metres": torch.from_numpy(DEPTH),
             "(1, H, W) metres": DEPTH[None],
             "uint16 millimetres": millimetres,
+            "little-endian uint16 millimetres": millimetres.astype("<u2"),
+            "big-endian uint16 millimetres": millimetres.astype(">u2"),
             "16-bit PNG path": str(png_path),
             "PIL I;16": Image.fromarray(millimetres),
+            "PIL I;16B": Image.fromarray(millimetres.astype(">u2")),
+            "PIL I": Image.fromarray(millimetres.astype(np.int32)),
             "PIL F": Image.fromarray(DEPTH, mode="F"),
         }
+        assert inputs["PIL I;16B"].mode == "I;16B"
         for name, depth in inputs.items():
             values = depth_values(add_processor, depth)
             torch.testing.assert_close(values, reference, rtol=0, atol=0.0005, msg=name)
@@ -63,6 +120,7 @@ class TestDepthInputs:
         inputs = make_inputs(add_processor, [[IMAGE]], [[DEPTH]])
         grid = inputs["image_grid_thw"][0]
         assert tuple(inputs["depth_values"].shape) == (int(grid.prod()), 14 * 14)
+        assert inputs["depth_values"].dtype == torch.float32
         # Nearest neighbour invents no values: every output depth is one of the measured ones.
         assert np.isin(inputs["depth_values"].numpy(), DEPTH).all()
 
@@ -87,70 +145,202 @@ class TestDepthInputs:
             messages, tokenize=True, return_dict=True, add_generation_prompt=True, return_tensors="pt"
         )
         direct = make_inputs(add_processor, [[IMAGE]], [[DEPTH]], question="How far is it?")
-        for key in ("input_ids", "pixel_values", "depth_values", "mm_token_type_ids"):
+        for key in ("input_ids", "pixel_values", "depth_values", "image_has_depth", "mm_token_type_ids"):
             assert torch.equal(from_messages[key], direct[key]), key
 
 
+class TestPerImageDepth:
+    """A batch may mix images with and without depth; `image_has_depth` says which have it."""
+
+    @pytest.mark.parametrize(
+        "depth",
+        [[[DEPTH], None], [[DEPTH], [None]], [DEPTH, None], (DEPTH, None)],
+        ids=["sample", "nested", "flat", "tuple"],
+    )
+    def test_an_image_without_depth_gets_no_rows(self, add_processor, depth):
+        mixed = make_inputs(add_processor, [[IMAGE], [SQUARE]], depth)
+        alone = make_inputs(add_processor, [[IMAGE]], [[DEPTH]])
+        assert mixed["image_has_depth"].tolist() == [True, False]
+        assert mixed["image_has_depth"].dtype == torch.bool
+        assert torch.equal(mixed["depth_values"], alone["depth_values"])
+        assert mixed["depth_values"].shape[0] == 48  # the first image's 6x8 patches only
+
+    def test_rows_follow_only_the_images_with_depth_in_order(self, add_processor):
+        mixed = make_inputs(add_processor, [[IMAGE, SQUARE, IMAGE]], [[None, SQUARE_DEPTH, DEPTH]])
+        square = make_inputs(add_processor, [[SQUARE]], [[SQUARE_DEPTH]])["depth_values"]
+        wide = make_inputs(add_processor, [[IMAGE]], [[DEPTH]])["depth_values"]
+        assert mixed["image_has_depth"].tolist() == [False, True, True]
+        assert torch.equal(mixed["depth_values"], torch.cat([square, wide]))
+
+    def test_a_bare_map_is_one_map_not_a_list_of_rows(self, add_processor):
+        reference = make_inputs(add_processor, [[IMAGE], [IMAGE]], [[DEPTH], [DEPTH]])
+        for depth in ([[DEPTH], DEPTH], [DEPTH, [DEPTH]], [torch.from_numpy(DEPTH), [DEPTH]]):
+            assert torch.equal(
+                make_inputs(add_processor, [[IMAGE], [IMAGE]], depth)["depth_values"], reference["depth_values"]
+            )
+        single = make_inputs(add_processor, [[IMAGE]], DEPTH)
+        assert torch.equal(single["depth_values"], reference["depth_values"][:48])
+
+    def test_a_sample_without_depth_covers_all_its_images(self, add_processor):
+        inputs = make_inputs(add_processor, [[IMAGE, SQUARE], [IMAGE]], [None, [DEPTH]])
+        assert inputs["image_has_depth"].tolist() == [False, False, True]
+
+    @pytest.mark.parametrize("fusion", ["add", "concat"])
+    @pytest.mark.parametrize(
+        "depth", [None, [None, None], [[None], None]], ids=["absent", "flat None", "samples None"]
+    )
+    def test_without_any_depth_the_output_is_exactly_qwen2_5_vl(self, processors, fusion, depth):
+        inputs = make_inputs(processors[fusion], [[IMAGE], [SQUARE]], depth)
+        assert_same_inputs(inputs, base_qwen2_5_vl_inputs(processors[fusion], [[IMAGE], [SQUARE]]))
+        assert set(inputs) == BASE_KEYS
+
+
 class TestPlaceholders:
-    def test_concat_expands_one_depth_block_after_each_image(self, concat_processor):
-        inputs = make_inputs(concat_processor, [[IMAGE, random_image(84, 84, 5)]], [[DEPTH, random_depth(84, 84, 5)]])
-        ids = inputs["input_ids"][0].tolist()
-        tokenizer = concat_processor.tokenizer
-        text = tokenizer.decode(ids)
-        image_counts = (inputs["image_grid_thw"].prod(-1) // 4).tolist()
-        expected = "".join(
-            f"<|vision_start|>{'<|image_pad|>' * n}<|vision_end|><|vision_start|>{'<|depth_pad|>' * n}<|vision_end|>"
-            for n in image_counts
+    def test_concat_gives_an_image_with_depth_twice_its_placeholders_in_one_run(self, concat_processor):
+        inputs = make_inputs(concat_processor, [[IMAGE, SQUARE]], [[DEPTH, None]])
+        text = concat_processor.tokenizer.decode(inputs["input_ids"][0])
+        expected = (
+            f"<|vision_start|>{'<|image_pad|>' * 24}<|vision_end|><|vision_start|>{'<|image_pad|>' * 9}<|vision_end|>"
         )
         assert expected in text
         types = inputs["mm_token_type_ids"][0]
-        assert (types == DEPTH_TOKEN_TYPE).sum().item() == sum(image_counts)
-        assert (inputs["input_ids"][0] == concat_processor.depth_token_id).sum().item() == sum(image_counts)
+        assert set(types.tolist()) == {0, 1}
+        assert torch.equal(types == 1, inputs["input_ids"][0] == concat_processor.image_token_id)
+        assert (types == 1).sum().item() == 2 * 12 + 9
 
     def test_add_adds_no_tokens(self, add_processor):
         with_depth = make_inputs(add_processor, [[IMAGE]], [[DEPTH]])
         without = make_inputs(add_processor, [[IMAGE]])
-        assert torch.equal(with_depth["input_ids"], without["input_ids"])
-        assert (with_depth["mm_token_type_ids"] == DEPTH_TOKEN_TYPE).sum() == 0
+        for key in BASE_KEYS:
+            assert torch.equal(with_depth[key], without[key]), key
 
-    def test_truncation_through_visual_tokens_is_an_error(self, concat_processor):
-        prompt = concat_processor.apply_chat_template(chat("How far?"), add_generation_prompt=True)
-        with pytest.raises(ValueError, match="token count"):
-            concat_processor(
-                images=[IMAGE], text=[prompt], depth=[DEPTH], truncation=True, max_length=30, return_tensors="pt"
+    def test_the_tokenizer_is_left_as_it_is(self, tiny_base):
+        tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+        tokenizer.add_special_tokens({"additional_special_tokens": ["<|user_marker|>"]})
+        vocab, special = tokenizer.get_vocab(), list(tokenizer.all_special_tokens)
+        processor = Qwen2_5_VLDepthProcessor.from_pretrained(tiny_base, depth_fusion="concat", tokenizer=tokenizer)
+        make_inputs(processor, [[IMAGE]], [[DEPTH]])
+        assert processor.tokenizer is tokenizer
+        assert tokenizer.get_vocab() == vocab and list(tokenizer.all_special_tokens) == special
+        assert "<|user_marker|>" in tokenizer.all_special_tokens and "<|depth_pad|>" not in vocab
+
+    @pytest.mark.parametrize("fusion", ["add", "concat"])
+    def test_truncation_through_an_image_run_is_an_error(self, processors, fusion):
+        prompt = processors[fusion].apply_chat_template(chat("How far?"), add_generation_prompt=True)
+        image_start = len(processors[fusion].tokenizer(prompt.split("<|image_pad|>")[0])["input_ids"])
+        with pytest.raises(ValueError, match="Mismatch in `image` token count"):
+            processors[fusion](
+                images=[IMAGE], text=[prompt], depth=[DEPTH], truncation=True, max_length=image_start + 6
             )
+        # In concat mode the depth half of the run counts too: a cut after the RGB half is refused.
+        if fusion == "concat":
+            with pytest.raises(ValueError, match="Mismatch in `image` token count"):
+                processors[fusion](
+                    images=[IMAGE], text=[prompt], depth=[DEPTH], truncation=True, max_length=image_start + 12
+                )
 
-    def test_save_and_reload_keeps_depth_settings(self, concat_processor, tmp_path):
-        concat_processor.save_pretrained(tmp_path)
+    @pytest.mark.parametrize("fusion", ["add", "concat"])
+    def test_num_multimodal_tokens_are_the_placeholders_the_processor_writes(self, processors, fusion, tmp_path):
+        processor = processors[fusion]
+        sizes = [(100, 140), (84, 84), (60, 200), (37, 51)]
+        has_depth = [True, False, True, True]
+        counted = processor._get_num_multimodal_tokens(image_sizes=sizes, image_has_depth=has_depth)
+        merged = []
+        for seed, ((height, width), with_depth) in enumerate(zip(sizes, has_depth)):
+            depth = [[random_depth(height, width, seed)]] if with_depth else None
+            inputs = make_inputs(processor, [[random_image(height, width, seed)]], depth)
+            merged += merged_tokens(inputs)
+            assert counted.num_image_tokens[seed] == int((inputs["input_ids"] == processor.image_token_id).sum())
+            assert counted.num_image_patches[seed] == inputs["pixel_values"].shape[0]
+        doubled = [2 * n for n in merged]
+        assert counted.num_image_tokens == ([doubled[0], merged[1], *doubled[2:]] if fusion == "concat" else merged)
+        # Without `image_has_depth`: every image has depth when an estimator fills the gaps, none otherwise.
+        assert processor._get_num_multimodal_tokens(image_sizes=sizes).num_image_tokens == merged
+        estimating = reconfigured(processor, depth_estimator=str(tmp_path / "never_loaded"))
+        expected = doubled if fusion == "concat" else merged
+        assert estimating._get_num_multimodal_tokens(image_sizes=sizes).num_image_tokens == expected
+
+
+class TestSaving:
+    def test_depth_fusion_comes_from_the_model_config_not_the_processor_config(
+        self, concat_processor, tiny_base, tmp_path
+    ):
+        processor = reconfigured(concat_processor, depth_estimator="some/estimator", invalid_depth="error")
+        assert "depth_fusion" not in processor.to_dict()
+        processor.save_pretrained(tmp_path)
+        saved = json.loads((tmp_path / "processor_config.json").read_text())
+        assert "depth_fusion" not in saved
+        assert (saved["depth_estimator"], saved["invalid_depth"]) == ("some/estimator", "error")
+        assert saved["auto_map"] == {"AutoProcessor": "processing_depth.Qwen2_5_VLDepthProcessor"}
+        # No config.json: the constructor's default.
         reloaded = Qwen2_5_VLDepthProcessor.from_pretrained(tmp_path)
-        assert (reloaded.depth_fusion, reloaded.depth_token, reloaded.invalid_depth) == (
-            "concat",
-            "<|depth_pad|>",
-            "mask",
+        assert (reloaded.depth_fusion, reloaded.depth_estimator, reloaded.invalid_depth) == (
+            "add",
+            "some/estimator",
+            "error",
         )
-        assert reloaded.depth_token_id == concat_processor.depth_token_id
+        # The model's config.json decides; an explicit argument still wins.
+        Qwen2_5_VLDepthConfig.from_pretrained(tiny_base, depth_fusion="concat").save_pretrained(tmp_path)
+        assert Qwen2_5_VLDepthProcessor.from_pretrained(tmp_path).depth_fusion == "concat"
+        assert Qwen2_5_VLDepthProcessor.from_pretrained(tmp_path, depth_fusion="none").depth_fusion == "none"
+        Qwen2_5_VLDepthConfig.from_pretrained(tiny_base, depth_fusion="none").save_pretrained(tmp_path)
+        assert Qwen2_5_VLDepthProcessor.from_pretrained(tmp_path).depth_fusion == "none"
+
+    def test_a_plain_qwen2_5_vl_config_keeps_the_default(self, tiny_base):
+        assert Qwen2_5_VLDepthProcessor.from_pretrained(tiny_base).depth_fusion == "add"
+
+    def test_image_mode_is_the_spatialbot_arm(self, add_processor):
+        with pytest.raises(ValueError, match=r"training\.spatialbot\.DepthAsImageProcessor"):
+            Qwen2_5_VLDepthProcessor(add_processor.image_processor, add_processor.tokenizer, depth_fusion="image")
+
+    def test_unknown_fusion_mode(self, add_processor):
+        with pytest.raises(ValueError, match="Unknown depth_fusion 'stack'"):
+            Qwen2_5_VLDepthProcessor(add_processor.image_processor, add_processor.tokenizer, depth_fusion="stack")
 
 
 class TestDepthAsPicture:
-    """The SpatialBot-style baseline: depth as a second picture for an RGB-only model."""
+    """The SpatialBot-style arm (training.spatialbot): depth as a second picture for an RGB-only model."""
 
-    def test_each_image_is_followed_by_its_depth_picture(self, depth_models):
-        model, processor = depth_models["none"]
-        processor = reconfigured(processor, depth_fusion="image")
-        inputs = make_inputs(processor, [[IMAGE]], [[DEPTH]])
-        assert "depth_values" not in inputs
-        assert inputs["image_grid_thw"].tolist() == [[1, 6, 8], [1, 6, 8]]
-        text = processor.tokenizer.decode(inputs["input_ids"][0])
-        assert text.count("<|vision_start|><|image_pad|>") == 2 and "<|depth_pad|>" not in text
-        # The second picture's pixels are the depth picture's, processed like any image.
-        expected = processor.image_processor([processor.depth_picture(DEPTH, IMAGE.size)], return_tensors="pt")
-        torch.testing.assert_close(inputs["pixel_values"][48:], expected["pixel_values"])
-        assert torch.isfinite(model(**inputs).logits).all()
+    @pytest.fixture(scope="class")
+    def spatialbot(self, tiny_base):
+        return DepthAsImageProcessor.from_pretrained(tiny_base)
+
+    def test_each_image_with_depth_is_followed_by_its_depth_picture(self, spatialbot, processors):
+        inputs = make_inputs(spatialbot, [[IMAGE, SQUARE]], [[DEPTH, None]])
+        # By hand: the RGB-only processor, a prompt with one more image block, the picture right after its image.
+        by_hand = make_inputs(processors["none"], [[IMAGE, depth_picture(DEPTH, IMAGE.size), SQUARE]])
+        assert_same_inputs(inputs, by_hand)
+        assert inputs["image_grid_thw"].tolist() == [[1, 6, 8], [1, 6, 8], [1, 6, 6]]
+        text = spatialbot.tokenizer.decode(inputs["input_ids"][0])
+        assert f"{'<|image_pad|>' * 12}<|vision_end|><|vision_start|>{'<|image_pad|>' * 12}<|vision_end|>" in text
+        assert spatialbot.depth_fusion == "image"
+
+    def test_without_depth_it_is_the_rgb_processor(self, spatialbot, processors):
+        assert_same_inputs(make_inputs(spatialbot, [[IMAGE]]), make_inputs(processors["none"], [[IMAGE]]))
 
     def test_depth_picture_levels_keep_the_metric_scale(self):
         depth = np.array([[0.1, 1.0, 100.0, 0.0, 1000.0]], dtype=np.float32)
-        grey = np.asarray(Qwen2_5_VLDepthProcessor.depth_picture(depth, (5, 1)))[0, :, 0]
+        grey = np.asarray(depth_picture(depth, (5, 1)))[0, :, 0]
         assert grey.tolist() == [1, 86, 255, 0, 255]  # 1 m is a third of the way along log(0.1)..log(100)
+
+    def test_its_folder_reloads_as_this_arm(self, spatialbot, concat_processor, tiny_base, tmp_path):
+        spatialbot.save_pretrained(tmp_path / "image_arm")
+        saved = json.loads((tmp_path / "image_arm" / "processor_config.json").read_text())
+        assert saved["processor_class"] == "DepthAsImageProcessor" and "auto_map" not in saved
+        reloaded = load_trained_processor(tmp_path / "image_arm")
+        assert type(reloaded) is DepthAsImageProcessor and reloaded.depth_fusion == "image"
+        assert_same_inputs(make_inputs(reloaded, [[IMAGE]], [[DEPTH]]), make_inputs(spatialbot, [[IMAGE]], [[DEPTH]]))
+        # Any other folder loads through AutoProcessor, i.e. its remote code.
+        concat_processor.save_pretrained(tmp_path / "concat")
+        Qwen2_5_VLDepthConfig.from_pretrained(tiny_base, depth_fusion="concat").save_pretrained(tmp_path / "concat")
+        other = load_trained_processor(tmp_path / "concat")
+        assert type(other).__name__ == "Qwen2_5_VLDepthProcessor" and other.depth_fusion == "concat"
+
+    def test_the_arm_builds_an_rgb_only_model_that_runs_on_it(self, tiny_base):
+        torch.manual_seed(0)
+        model, processor = build_depth_model(tiny_base, depth_fusion="image")
+        assert type(processor) is DepthAsImageProcessor and model.config.depth_fusion == "none"
+        assert torch.isfinite(model.eval()(**make_inputs(processor, [[IMAGE]], [[DEPTH]])).logits).all()
 
 
 class TestBadInput:
@@ -159,16 +349,35 @@ class TestBadInput:
         [
             (-DEPTH, "negative"),
             ((DEPTH * 10).astype(np.uint8), "uint8"),
-            (DEPTH.astype(np.int32), "ambiguous"),
-            (Image.fromarray((DEPTH * 10).astype(np.uint8)), "8-bit picture"),
+            (DEPTH.astype(np.int32), "dtype int32 has no known unit"),
+            (DEPTH > 1, "dtype bool has no known unit"),
+            (Image.fromarray((DEPTH * 10).astype(np.uint8)), "mode 'L' is a picture, not a measurement"),
             (np.stack([DEPTH, DEPTH]), "2-D"),
             (DEPTH[:50], "must cover its image"),
+            (DEPTH[:0], r"must not be empty; got shape \(0, 140\)"),
+            (DEPTH[:, :0], r"must not be empty; got shape \(100, 0\)"),
             ("/no/such/depth.png", "does not exist"),
+            (DEPTH.tolist(), "Depth map 0 is a list"),
         ],
     )
     def test_bad_depth_is_a_clear_error(self, add_processor, depth, message):
-        with pytest.raises((ValueError, FileNotFoundError), match=message):
+        with pytest.raises((ValueError, TypeError, FileNotFoundError), match=message):
             depth_values(add_processor, depth)
+
+    def test_errors_name_the_map(self, add_processor):
+        with pytest.raises(ValueError, match="Depth map 1: Depth has 14000 negative values"):
+            make_inputs(add_processor, [[IMAGE], [IMAGE]], [[DEPTH], [-DEPTH]])
+
+    def test_a_truncated_depth_png_names_the_file_and_the_map(self, add_processor, tmp_path):
+        path = tmp_path / "broken_depth.png"
+        Image.fromarray(np.round(DEPTH * 1000).astype(np.uint16)).save(path)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+        with pytest.raises(
+            ValueError, match=r"Depth map 1: The depth image '.*broken_depth\.png' could not be decoded"
+        ):
+            make_inputs(add_processor, [[IMAGE], [IMAGE]], [[DEPTH], [str(path)]])
+        with pytest.raises(ValueError, match=r"broken_depth\.png' could not be decoded"):
+            depth_to_meters(Image.open(path))  # a lazily opened PIL image too
 
     def test_invalid_pixels_error_when_asked(self):
         depth = DEPTH.copy()
@@ -177,24 +386,31 @@ class TestBadInput:
             depth_to_meters(depth, invalid_depth="error")
 
     def test_depth_count_must_match_image_count(self, add_processor):
-        with pytest.raises(ValueError, match="2 depth maps for 1 images"):
+        with pytest.raises(ValueError, match="2 depth maps for 1 images in sample 0"):
             make_inputs(add_processor, [[IMAGE]], [[DEPTH, DEPTH]])
+        with pytest.raises(ValueError, match="3 depth maps for 2 images"):
+            make_inputs(add_processor, [[IMAGE], [IMAGE]], [DEPTH, DEPTH, DEPTH])
+        # Per-sample lists are matched sample by sample, not only in total.
+        with pytest.raises(ValueError, match="1 depth maps for 2 images in sample 0"):
+            make_inputs(add_processor, [[IMAGE, IMAGE], [IMAGE]], [[DEPTH], [DEPTH, DEPTH]])
 
     def test_depth_without_image(self, add_processor):
         with pytest.raises(ValueError, match="without images"):
             add_processor(text=["hello"], depth=[DEPTH])
 
-    def test_missing_depth_for_one_image_without_estimator(self, add_processor):
-        with pytest.raises(ValueError, match=r"missing for images \[1\]"):
-            make_inputs(add_processor, [[IMAGE], [IMAGE]], [[DEPTH], [None]])
+    def test_depth_on_a_text_block_is_refused(self, add_processor):
+        messages = chat("How far is it?")
+        messages[0]["content"][0]["image"] = IMAGE
+        messages[0]["content"][1]["depth"] = DEPTH
+        with pytest.raises(ValueError, match="A 'text' block of a 'user' message has 'depth'"):
+            add_processor.apply_chat_template(messages, tokenize=True, return_dict=True, add_generation_prompt=True)
+        # A dataset that unifies block keys gives text blocks "depth": None, which is harmless.
+        messages[0]["content"][1]["depth"] = None
+        add_processor.apply_chat_template(messages, tokenize=True, return_dict=True, add_generation_prompt=True)
 
-    def test_rgb_only_processor_refuses_depth(self, depth_models):
+    def test_rgb_only_processor_refuses_depth(self, processors):
         with pytest.raises(ValueError, match="depth_fusion='none'"):
-            make_inputs(depth_models["none"][1], [[IMAGE]], [[DEPTH]])
-
-    def test_unknown_fusion_mode(self, add_processor):
-        with pytest.raises(ValueError, match="Unknown depth_fusion 'stack'"):
-            Qwen2_5_VLDepthProcessor(add_processor.image_processor, add_processor.tokenizer, depth_fusion="stack")
+            make_inputs(processors["none"], [[IMAGE]], [[DEPTH]])
 
     def test_missing_estimator_folder(self, add_processor, tmp_path):
         processor = reconfigured(add_processor, depth_estimator=str(tmp_path / "no_such_model"))
@@ -202,11 +418,13 @@ class TestBadInput:
             make_inputs(processor, [[IMAGE]])
 
 
-class TestModelLevelBadInput:
+class TestModelHandshake:
+    """The processor's outputs against the model's checks (the model side of the contract)."""
+
     def test_depth_without_image(self, depth_models):
         model, processor = depth_models["add"]
         inputs = make_inputs(processor, [[IMAGE]], [[DEPTH]])
-        with pytest.raises(ValueError, match="without an image"):
+        with pytest.raises(ValueError, match="depth_values were given without pixel_values"):
             model(
                 input_ids=inputs["input_ids"],
                 depth_values=inputs["depth_values"],
@@ -217,36 +435,14 @@ class TestModelLevelBadInput:
         model, processor = depth_models["add"]
         inputs = make_inputs(processor, [[IMAGE]], [[DEPTH]])
         inputs["depth_values"] = inputs["depth_values"][:-4]
-        with pytest.raises(ValueError, match="need"):
+        with pytest.raises(ValueError, match="depth_values has shape"):
             model(**inputs)
 
-    def test_image_token_feature_mismatch(self, depth_models):
-        model, processor = depth_models["add"]
-        inputs = make_inputs(processor, [[IMAGE]], [[DEPTH]])
-        image_positions = (inputs["input_ids"][0] == processor.image_token_id).nonzero()
-        inputs["input_ids"][0, image_positions[0]] = processor.tokenizer.convert_tokens_to_ids("<|endoftext|>")
-        with pytest.raises(ValueError, match="do not match"):
-            model(**inputs)
-
-    def test_depth_token_feature_mismatch(self, depth_models):
-        model, processor = depth_models["concat"]
-        inputs = make_inputs(processor, [[IMAGE]], [[DEPTH]])
-        depth_positions = (inputs["input_ids"][0] == processor.depth_token_id).nonzero()
-        inputs["input_ids"][0, depth_positions[0]] = processor.tokenizer.convert_tokens_to_ids("<|endoftext|>")
-        inputs["mm_token_type_ids"][0, depth_positions[0]] = 0
-        with pytest.raises(ValueError, match="Depth features and depth tokens do not match"):
-            model(**inputs)
-
-    def test_concat_prompt_into_add_model(self, depth_models):
-        model, _ = depth_models["add"]
-        inputs = make_inputs(depth_models["concat"][1], [[IMAGE]], [[DEPTH]])
-        with pytest.raises(ValueError, match="depth_fusion='add'"):
-            model(**inputs)
-
-    def test_add_prompt_into_concat_model(self, depth_models):
-        model, _ = depth_models["concat"]
-        inputs = make_inputs(depth_models["add"][1], [[IMAGE]], [[DEPTH]])
-        with pytest.raises(ValueError, match="Depth features and depth tokens do not match"):
+    @pytest.mark.parametrize("prompt_fusion, model_fusion", [("concat", "add"), ("add", "concat")])
+    def test_prompt_of_another_fusion_mode_is_refused(self, depth_models, prompt_fusion, model_fusion):
+        model, _ = depth_models[model_fusion]
+        inputs = make_inputs(depth_models[prompt_fusion][1], [[IMAGE]], [[DEPTH]])
+        with pytest.raises(ValueError, match="image tokens"):
             model(**inputs)
 
     def test_rgb_only_model_refuses_depth(self, depth_models):
@@ -255,35 +451,46 @@ class TestModelLevelBadInput:
         with pytest.raises(ValueError, match="depth_fusion='none'"):
             model(**inputs)
 
+    @pytest.mark.parametrize("fusion", ["add", "concat"])
+    def test_a_mixed_batch_runs(self, depth_models, fusion):
+        model, processor = depth_models[fusion]
+        outputs = model(**make_inputs(processor, [[IMAGE], [SQUARE]], [[DEPTH], None]))
+        assert torch.isfinite(outputs.logits).all()
+
 
 class TestEstimator:
-    @pytest.fixture(scope="class")
-    def estimator_folders(self, tmp_path_factory):
-        root = tmp_path_factory.mktemp("depth_anything")
-        return {
-            "metric": save_tiny_depth_anything(root / "metric", metric=True),
-            "relative": save_tiny_depth_anything(root / "relative", metric=False),
-        }
-
     def test_images_without_depth_are_estimated(self, add_processor, estimator_folders):
         processor = reconfigured(add_processor, depth_estimator=str(estimator_folders["metric"]))
-        images = [[IMAGE], [random_image(84, 84, 7)]]
+        images = [[IMAGE], [SQUARE]]
         estimated = make_inputs(processor, images, depth_estimator_device="cpu")
         assert processor.estimator().model.device.type == "cpu"
         # The same maps, estimated by hand and passed in, give identical model inputs.
-        by_hand = processor.estimator()([IMAGE, images[1][0]])
+        by_hand = processor.estimator()([IMAGE, SQUARE])
         assert [d.shape for d in by_hand] == [(100, 140), (84, 84)]
         given = make_inputs(add_processor, images, [[by_hand[0]], [by_hand[1]]])
         torch.testing.assert_close(estimated["depth_values"], given["depth_values"])
+        assert estimated["image_has_depth"].tolist() == [True, True]
         assert (estimated["depth_values"] > 0).all()
 
     def test_only_missing_depth_is_estimated(self, add_processor, estimator_folders):
         processor = reconfigured(add_processor, depth_estimator=str(estimator_folders["metric"]))
-        other = random_image(84, 84, 7)
-        mixed = make_inputs(processor, [[IMAGE], [other]], [[DEPTH], [None]])
-        sensor_only = make_inputs(add_processor, [[IMAGE]], [[DEPTH]])
-        num_first = sensor_only["depth_values"].shape[0]
-        torch.testing.assert_close(mixed["depth_values"][:num_first], sensor_only["depth_values"])
+        for depth in ([[DEPTH], [None]], [[DEPTH], None], [DEPTH, None]):
+            mixed = make_inputs(processor, [[IMAGE], [SQUARE]], depth)
+            sensor_only = make_inputs(add_processor, [[IMAGE]], [[DEPTH]])
+            assert mixed["image_has_depth"].tolist() == [True, True]
+            torch.testing.assert_close(mixed["depth_values"][:48], sensor_only["depth_values"])
+            assert mixed["depth_values"].shape[0] == 48 + 36
+
+    def test_a_later_device_moves_the_estimator(self, add_processor, estimator_folders):
+        processor = reconfigured(add_processor, depth_estimator=str(estimator_folders["metric"]))
+        assert processor.estimator("cpu").model.device.type == "cpu"
+        # "meta" stands for a second device on a CPU-only machine: the loaded model must follow it.
+        estimator = processor.estimator("meta")
+        assert estimator is processor.estimator() and estimator.model.device.type == "meta"
+        assert estimator.model.dtype == torch.float32
+        # A different estimator configured later replaces the loaded one.
+        processor.depth_estimator = str(estimator_folders["relative"])
+        assert not processor.estimator("cpu").is_metric
 
     def test_relative_estimates_are_median_normalised(self, add_processor, estimator_folders):
         processor = reconfigured(add_processor, depth_estimator=str(estimator_folders["relative"]))
@@ -292,8 +499,53 @@ class TestEstimator:
         depth = estimator([IMAGE])[0]
         assert np.median(depth[depth > 0]) == pytest.approx(1.0, rel=1e-3)
 
+    def test_16_bit_images_are_not_estimated_as_white(self, add_processor, estimator_folders):
+        estimator = reconfigured(add_processor, depth_estimator=str(estimator_folders["metric"])).estimator()
+        ramp = np.linspace(0, 65535, 56 * 70).reshape(56, 70).astype(np.uint16)
+        as_8_bit = Image.fromarray(np.rint(ramp / 257).astype(np.uint8)).convert("RGB")
+        for image in (
+            Image.fromarray(ramp),
+            Image.fromarray(ramp.astype(">u2")),
+            Image.fromarray(ramp.astype(np.int32)),
+        ):
+            assert image.mode in ("I;16", "I;16B", "I")
+            torch.testing.assert_close(estimator.preprocess([image]), estimator.preprocess([as_8_bit]))
+
     def test_model_runs_on_estimated_depth(self, depth_models, estimator_folders):
         model, processor = depth_models["concat"]
         processor = reconfigured(processor, depth_estimator=str(estimator_folders["metric"]))
         outputs = model(**make_inputs(processor, [[IMAGE]]))
-        assert outputs.depth_outputs is not None and torch.isfinite(outputs.logits).all()
+        assert torch.isfinite(outputs.logits).all()
+
+
+class TestToRGBImage:
+    RAMP = np.linspace(0, 65535, 6 * 8).reshape(6, 8)
+
+    @pytest.mark.parametrize("dtype", [np.uint16, ">u2", np.int32])
+    def test_16_bit_is_scaled_not_clipped(self, dtype):
+        image = Image.fromarray(self.RAMP.astype(dtype))
+        expected = np.rint(self.RAMP.astype(np.uint16) / 257).astype(np.uint8)
+        np.testing.assert_array_equal(np.asarray(to_rgb_image(image)), np.repeat(expected[..., None], 3, -1))
+
+    def test_float_is_stretched_over_its_finite_range(self):
+        values = np.array([[0.5, 1.0, np.nan], [1.5, np.inf, 2.5]], dtype=np.float32)
+        grey = np.asarray(to_rgb_image(Image.fromarray(values, mode="F")))[..., 0]
+        assert grey.tolist() == [[0, 64, 0], [128, 255, 255]]  # NaN black, inf as bright as the brightest
+
+    def test_an_i_image_of_8_bit_values_keeps_them(self):
+        values = np.arange(48, dtype=np.int32).reshape(6, 8) * 5
+        np.testing.assert_array_equal(np.asarray(to_rgb_image(Image.fromarray(values)))[..., 0], values)
+
+    def test_transparency_is_white(self):
+        rgba = np.zeros((2, 2, 4), np.uint8)
+        rgba[..., 0], rgba[0, 0, 3] = 200, 255  # one opaque red pixel, three transparent ones
+        rgb = np.asarray(to_rgb_image(Image.fromarray(rgba)))
+        assert rgb[0, 0].tolist() == [200, 0, 0] and (rgb.reshape(-1, 3)[1:] == 255).all()
+        grey, alpha = (Image.fromarray(np.array([values], np.uint8)) for values in ([10, 10], [0, 255]))
+        grey_alpha = Image.merge("LA", [grey, alpha])
+        assert np.asarray(to_rgb_image(grey_alpha))[0, :, 0].tolist() == [255, 10]
+
+    @pytest.mark.parametrize("mode", ["RGB", "L", "1", "P", "CMYK", "YCbCr"])
+    def test_other_modes_convert_as_pil_does(self, mode):
+        image = IMAGE.convert(mode)
+        np.testing.assert_array_equal(np.asarray(to_rgb_image(image)), np.asarray(image.convert("RGB")))

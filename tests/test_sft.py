@@ -126,17 +126,18 @@ class TestAssistantOnlyLabels:
         def ids_of(token):
             return input_ids == tokenizer.convert_tokens_to_ids(token)
 
-        image_tokens, depth_tokens, padding = ids_of("<|image_pad|>"), ids_of("<|depth_pad|>"), attention_mask == 0
-        assert image_tokens.sum() > 0 and padding.sum() > 0
-        assert (labels[image_tokens | depth_tokens | padding] == IGNORE_INDEX).all()
-        if fusion == "concat":
-            assert depth_tokens.sum() == image_tokens.sum()
-        else:
-            assert depth_tokens.sum() == 0
+        image_tokens, padding = ids_of("<|image_pad|>"), attention_mask == 0
+        assert padding.sum() > 0
+        assert (labels[image_tokens | padding] == IGNORE_INDEX).all()
+        # concat: every image has depth, so its run of placeholders holds its RGB tokens and then as many depth tokens.
+        merged_tokens = (batch["image_grid_thw"].prod(-1) // 4).tolist()
+        per_token = 2 if fusion == "concat" else 1
+        assert image_tokens.sum(-1).tolist() == [per_token * n for n in merged_tokens]
         if fusion == "none":  # the RGB-only baseline ignores the depth column
-            assert "depth_values" not in batch
+            assert "depth_values" not in batch and "image_has_depth" not in batch
         else:
             assert batch["depth_values"].shape == (int(batch["image_grid_thw"].prod(-1).sum()), 14 * 14)
+            assert batch["image_has_depth"].tolist() == [True, True]
 
     def test_two_turn_conversation_labels_both_answers_and_nothing_else(self, depth_models, rows):
         processor = depth_models["add"][1]

@@ -11,7 +11,8 @@ import argparse
 from pathlib import Path
 
 from modeling_qwen2_5_vl_depth import Qwen2_5_VLDepthForConditionalGeneration
-from processing_depth import DEPTH_FUSION_MODES, Qwen2_5_VLDepthProcessor
+from processing_depth import Qwen2_5_VLDepthProcessor
+from training.spatialbot import TRAINING_ARMS, model_depth_fusion, processor_for_arm
 
 
 def build_depth_model(
@@ -24,26 +25,13 @@ def build_depth_model(
 ) -> tuple[Qwen2_5_VLDepthForConditionalGeneration, Qwen2_5_VLDepthProcessor]:
     """A depth model and its processor from a base Qwen2.5-VL folder or hub id.
 
-    The processor adds `<|depth_pad|>` to the tokenizer; the model's `depth_token_id` is set from it, so the two can
-    never disagree.
+    `depth_fusion` is one of the model's modes, or "image": an RGB-only model with `training.spatialbot`'s processor.
     """
-    processor = Qwen2_5_VLDepthProcessor.from_pretrained(
-        base, depth_fusion=depth_fusion, depth_estimator=depth_estimator
-    )
-    config_overrides = {
-        # "image" shows depth as pictures to an RGB-only model: the processor's business, no depth modules.
-        "depth_fusion": "none" if depth_fusion == "image" else depth_fusion,
-        "depth_token_id": processor.depth_token_id,
-        "depth_init_from_rgb": init_from_rgb,
-    }
+    processor = processor_for_arm(base, depth_fusion, depth_estimator=depth_estimator)
+    config_overrides = {"depth_fusion": model_depth_fusion(depth_fusion), "depth_init_from_rgb": init_from_rgb}
     if depth_layers is not None:
         config_overrides["depth_config"] = {"depth": depth_layers}
     model = Qwen2_5_VLDepthForConditionalGeneration.from_pretrained(base, **config_overrides, **from_pretrained_kwargs)
-    if processor.depth_token_id >= model.config.text_config.vocab_size:
-        raise ValueError(
-            f"<|depth_pad|> got id {processor.depth_token_id}, past the model's vocabulary of "
-            f"{model.config.text_config.vocab_size}: resize the token embeddings first."
-        )
     return model, processor
 
 
@@ -51,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", required=True, help="Qwen2.5-VL folder or hub id")
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--depth-fusion", choices=DEPTH_FUSION_MODES, default="add")
+    parser.add_argument("--depth-fusion", choices=TRAINING_ARMS, default="add")
     parser.add_argument("--depth-estimator", default=None, help="DepthAnything id/folder for images without depth")
     parser.add_argument("--depth-layers", type=int, default=None, help="depth encoder blocks (default: 8)")
     parser.add_argument("--no-init-from-rgb", dest="init_from_rgb", action="store_false")

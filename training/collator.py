@@ -9,11 +9,12 @@
 Rows are what `python -m training.make_world` writes: ``messages`` (user turn with an image block and a question,
 assistant turn with the answer), ``images`` (one PIL image, or PNG bytes, per image block) and ``depth`` (one 16-bit
 millimetre PNG per image: raw bytes, a list of them, or float arrays in metres). Depth is used only when the
-processor's ``depth_fusion`` is not ``"none"``, so the RGB-only baseline is the same pipeline with one switch flipped.
+processor's ``depth_fusion`` is not ``"none"``, so the RGB-only baseline is the same pipeline with one switch flipped;
+SpatialBot's arm (``training.spatialbot.DepthAsImageProcessor``) takes it the same way and draws it as pictures.
 
 Labels are ``-100`` everywhere except the assistant turns: the content of each assistant message and its closing
-``<|im_end|>`` are trained; the system prompt, user turns, role headers, the newline after ``<|im_end|>``, image and
-depth placeholders and padding are not.
+``<|im_end|>`` are trained; the system prompt, user turns, role headers, the newline after ``<|im_end|>``, image
+placeholders (depth tokens included: ``concat`` gives an image with depth twice its placeholders) and padding are not.
 
 Too-long samples raise instead of being truncated or dropped. Truncation could cut through an image's placeholder
 tokens (the processor refuses that too), and silently dropping samples would change the batch size per rank under
@@ -33,7 +34,7 @@ from training.depth_png import decode_depth_cell, decode_image_cell
 
 IGNORE_INDEX = -100
 # Tokens that are never a training target even inside an assistant turn: visual placeholders and their delimiters.
-VISUAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>", "<|depth_pad|>")
+VISUAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
 
 
 def _depth_maps_of_row(depth: Any, num_images: int, row_index: int) -> list:

@@ -93,9 +93,12 @@ def prompt_text(sample: SpatialSample, instruction: str = ANSWER_INSTRUCTION) ->
 
 
 def load_model_and_processor(model_path: str | Path, device: str | None = None, dtype: str = "auto"):
-    """A model folder through the Auto classes with its remote code, in eval mode, and its processor."""
+    """A model folder through the Auto classes with its remote code, in eval mode, and its processor (SpatialBot's
+    for a folder of that arm, which shows depth to its RGB-only model as pictures)."""
     import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
+
+    from training.spatialbot import load_trained_processor
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     torch_dtype = dtype if dtype == "auto" else getattr(torch, dtype)
@@ -105,8 +108,7 @@ def load_model_and_processor(model_path: str | Path, device: str | None = None, 
     )
     if device != "auto":
         model = model.to(device)
-    processor = AutoProcessor.from_pretrained(model_path, trust_remote_code=True)
-    return model.eval(), processor
+    return model.eval(), load_trained_processor(model_path)
 
 
 @contextlib.contextmanager
