@@ -67,7 +67,7 @@ import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
-from processing_depth import DEFAULT_DEPTH_ESTIMATOR, MonocularDepthEstimator
+from processing_depth import DEFAULT_DEPTH_ESTIMATOR, MonocularDepthEstimator, to_rgb_image
 from training.depth_png import PNG_COMPRESS_LEVEL, decode_depth_png, decode_image_cell, encode_depth_png
 
 
@@ -127,31 +127,11 @@ def _exif_orientation(image: Image.Image) -> int:
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
-    """Any PIL mode as 8-bit RGB. Transparency is composited on white; 16-bit and float are rescaled, not clipped."""
-    mode = image.mode
-    if mode == "RGB":
-        return image
-    if mode == "P" and "transparency" not in image.info:
-        return image.convert("RGB")
-    if mode in ("RGBA", "LA", "PA", "RGBa", "La", "P"):
-        # Dropping alpha would expose whatever colour transparent pixels happen to hold.
-        foreground = image.convert("RGBA")
-        background = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, foreground).convert("RGB")
-    if mode.startswith("I") or mode == "F":
-        # PIL's convert("RGB") clips these at 255, turning most 16-bit images white.
-        values = np.asarray(image, dtype=np.float64)
-        if mode == "F":
-            low, high = float(np.nanmin(values)), float(np.nanmax(values))
-            values = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
-        elif mode.startswith("I;16") or values.max() > 255:
-            values = values * (255.0 / 65535.0)
-        gray = np.clip(np.rint(np.nan_to_num(values)), 0, 255).astype(np.uint8)
-        return Image.fromarray(gray).convert("RGB")
+    """Any PIL mode as 8-bit RGB (`processing_depth.to_rgb_image`); a mode PIL cannot convert skips the image."""
     try:
-        return image.convert("RGB")  # L, 1, CMYK, YCbCr, LAB, HSV
-    except (ValueError, OSError) as error:
-        raise SkippedImage("unsupported_mode", f"cannot convert mode {mode!r} to RGB: {error}") from error
+        return to_rgb_image(image)
+    except ValueError as error:
+        raise SkippedImage("unsupported_mode", str(error)) from error
 
 
 def _encode_image(image: Image.Image, image_format: str) -> bytes:
