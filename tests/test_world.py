@@ -464,6 +464,61 @@ def test_writer_is_resumable_and_loads_with_datasets(tmp_path):
     assert [r["question"] for r in dataset.select(range(3))] == [q.question for q in sample.questions]
 
 
+def test_rerun_removes_temporary_files_a_killed_run_left(tmp_path):
+    # Issue 13: SIGKILL during to_parquet leaves `.NAME.tmp-PID` (often 0 bytes) that no later run renamed or removed.
+    config = make_world.WorldConfig(split="val", num_scenes=2, seed=0, size=32, questions_per_scene=2, shard_size=1)
+    assert make_world.write_dataset(config, tmp_path, progress=False) == [0, 1]
+    config.shard_path(tmp_path, 1).unlink()
+    stale = [
+        tmp_path / ".val-00001-of-00002.parquet.tmp-99999",  # the shard being written when the run was killed
+        tmp_path / ".val-00000-of-00002.parquet.tmp-4242",  # an older kill's, of a shard finished since
+        tmp_path / ".README.md.tmp-4242",
+    ]
+    for path in stale:
+        path.write_bytes(b"")
+    unrelated = tmp_path / ".notes.tmp-1"  # not a file this job writes: left alone
+    unrelated.write_bytes(b"mine")
+
+    assert make_world.write_dataset(config, tmp_path, progress=False) == [1]
+
+    assert not any(path.exists() for path in stale)
+    assert unrelated.read_bytes() == b"mine"
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        ".notes.tmp-1",
+        "README.md",
+        "generation.json",
+        "val-00000-of-00002.parquet",
+        "val-00001-of-00002.parquet",
+    ]
+
+
+def test_dataset_card_parses_and_lists_the_real_columns(tmp_path):
+    import yaml
+    from datasets import Dataset, Features, load_dataset
+
+    config = make_world.WorldConfig(split="val", num_scenes=2, seed=0, size=32, questions_per_scene=3, shard_size=1)
+    make_world.write_dataset(config, tmp_path, progress=False)
+    written = Dataset.from_parquet([str(config.shard_path(tmp_path, shard)) for shard in range(2)])
+    text = (tmp_path / "README.md").read_text()
+    assert text.startswith("---\n")
+    card = yaml.safe_load(text.split("---\n")[1])
+
+    assert card["license"] == "apache-2.0"
+    assert card["task_categories"] == ["visual-question-answering", "depth-estimation"]
+    assert card["size_categories"] == ["n<1K"]
+    features = card["dataset_info"]["features"]
+    assert [feature["name"] for feature in features] == written.column_names
+    assert Features._from_yaml_list(features) == written.features == make_world.dataset_features()
+    assert [(split["name"], split["num_examples"]) for split in card["dataset_info"]["splits"]] == [("val", 6)]
+    assert card["configs"] == [
+        {"config_name": "default", "data_files": [{"split": "val", "path": "val-*-of-00002.parquet"}]}
+    ]
+    for column in written.column_names:
+        assert f"| `{column}` |" in text
+    loaded = load_dataset(str(tmp_path), split="val")  # the card's configs and features load the folder as is
+    assert len(loaded) == 6 and loaded.features == written.features
+
+
 def test_test_preset_has_at_least_1000_balanced_questions():
     _, config = make_world.parse_args(["--preset", "test", "--out", "unused"])
     assert config.split == "test" and config.seed == 0

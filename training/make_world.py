@@ -8,7 +8,9 @@ Example (the fixed, reproducible test set: 200 scenes x 6 questions = 1,200 rows
 One row per question, in TRL conversational format (``messages`` + ``images``) plus the metric ground truth
 (``depth`` as a 16-bit millimetre PNG, ``scene`` JSON with intrinsics, pose and objects). Shards are independent
 units: each is generated from its own scene indices, written to a temporary file and atomically renamed, so an
-interrupted run can simply be restarted and only missing shards are produced.
+interrupted run can simply be restarted and only missing shards are produced; temporary files a killed run left
+behind are removed when the next run starts. A dataset card (``README.md``: license, task categories, features, row
+counts, ``configs``) is written once every shard exists, so ``datasets.load_dataset(out_dir)`` loads the folder as is.
 """
 
 from __future__ import annotations
@@ -24,6 +26,13 @@ from pathlib import Path
 from tqdm import tqdm
 
 from training import world
+from training.dataset_files import (
+    card_front_matter,
+    columns_table,
+    remove_stale_temporary_files,
+    temporary_path,
+    write_atomically,
+)
 
 
 PRESETS = {
@@ -48,6 +57,10 @@ DEFAULTS = {
     "supersample": 1,
 }
 FORMAT_VERSION = 1
+# Rendered from seeds by this project's code alone: no third-party image, model output or annotation is in it.
+WORLD_LICENSE = "apache-2.0"
+GENERATION_INFO_NAME = "generation.json"
+CARD_NAME = "README.md"
 
 
 @dataclass(frozen=True)
@@ -67,6 +80,10 @@ class WorldConfig:
 
     def shard_path(self, out_dir: Path, shard: int) -> Path:
         return out_dir / f"{self.split}-{shard:05d}-of-{self.num_shards:05d}.parquet"
+
+    @property
+    def shard_glob(self) -> str:
+        return f"{self.split}-*-of-{self.num_shards:05d}.parquet"
 
 
 def dataset_features():
@@ -149,7 +166,7 @@ def write_shard(config: WorldConfig, out_dir: Path, shard: int, on_scene=None) -
         if on_scene is not None:
             on_scene()
     final_path = config.shard_path(out_dir, shard)
-    temp_path = final_path.with_name(f".{final_path.name}.tmp-{os.getpid()}")
+    temp_path = temporary_path(final_path)
     Dataset.from_list(rows, features=dataset_features()).to_parquet(str(temp_path))
     os.replace(temp_path, final_path)
     return len(indices)
@@ -162,7 +179,7 @@ def _write_shard_job(job: tuple[WorldConfig, str, int]) -> int:
 
 def _check_generation_info(config: WorldConfig, out_dir: Path) -> None:
     """Refuse to mix shards made with different settings; record the settings otherwise (atomically)."""
-    info_path = out_dir / "generation.json"
+    info_path = out_dir / GENERATION_INFO_NAME
     info = json.dumps(asdict(config), indent=2, sort_keys=True) + "\n"
     if info_path.exists():
         if info_path.read_text() != info:
@@ -171,15 +188,17 @@ def _check_generation_info(config: WorldConfig, out_dir: Path) -> None:
                 f"existing: {info_path.read_text()}\nrequested: {info}"
             )
         return
-    temp_path = info_path.with_name(f".generation.json.tmp-{os.getpid()}")
-    temp_path.write_text(info)
-    os.replace(temp_path, info_path)
+    write_atomically(info_path, info)
 
 
 def write_dataset(config: WorldConfig, out_dir: str | Path, workers: int = 1, progress: bool = True) -> list[int]:
     """Write every missing shard of ``config`` to ``out_dir``; returns the indices of the shards written now."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # One job writes the whole folder (its worker processes included), so every temporary file here is a killed
+    # run's: a to_parquet interrupted by SIGKILL leaves a partial `.NAME.tmp-PID` that nothing would ever rename.
+    own_files = [config.shard_path(out_dir, shard) for shard in range(config.num_shards)]
+    remove_stale_temporary_files([*own_files, out_dir / GENERATION_INFO_NAME, out_dir / CARD_NAME])
     _check_generation_info(config, out_dir)
     pending = [s for s in range(config.num_shards) if not config.shard_path(out_dir, s).exists()]
     done_scenes = config.num_scenes - sum(
@@ -196,7 +215,79 @@ def write_dataset(config: WorldConfig, out_dir: str | Path, workers: int = 1, pr
             for scenes in pool.imap_unordered(_write_shard_job, [(config, str(out_dir), s) for s in pending]):
                 bar.update(scenes)
     bar.close()
+    write_card(config, out_dir)
     return pending
+
+
+COLUMN_DESCRIPTIONS = {
+    "messages": "TRL conversational turns: the user's image and question, the assistant's answer",
+    "images": "the RGB rendering (PNG); a `point_depth` row has its own copy with the marker drawn",
+    "depth": "16-bit PNG of the z-buffer depth along the optical axis in millimetres (value / 1000 = metres), exact "
+    "to the millimetre; 0 = sky",
+    "question_type": "one of `" + "`, `".join(world.QUESTION_TYPES) + "`",
+    "question": "the question text (also in `messages`)",
+    "answer": "the reference answer text (also in `messages`)",
+    "answer_value": "the exact answer in metres for metric questions (distances, sizes, point depth); null otherwise",
+    "choices": "the options of a categorical question (empty for numeric ones)",
+    "unit": "`m` for metric questions, else empty",
+    "marker": "(u, v) pixel marked on the image for `point_depth` questions, else empty",
+    "object_ids": "indices into the scene's `objects` that the question is about",
+    "scene_id": "`SPLIT-SEED-INDEX`: rows of one scene share it (one row per question)",
+    "split": "`train`, `val` or `test`: the three never share a scene",
+    "scene": "JSON: intrinsics, camera-to-world pose, and every object's shape, colour, material, 3D centre and size",
+}
+
+
+def write_card(config: WorldConfig, out_dir: Path) -> None:
+    """`README.md`: YAML front matter (license, task categories, features, row counts, `configs`) and a description.
+
+    Deterministic (no timings, no dates), so a byte-reproducible run stays byte-reproducible.
+    """
+    shard_files = [config.shard_path(out_dir, shard) for shard in range(config.num_shards)]
+    features = dataset_features()
+    front_matter = card_front_matter(
+        features,
+        split_files={config.split: shard_files},
+        data_files={config.split: config.shard_glob},
+        license_id=WORLD_LICENSE,
+        pretty_name=f"Rendered RGB-D spatial VQA world ({config.split})",
+        task_categories=["visual-question-answering", "depth-estimation"],
+        tags=["rgb-d", "depth", "metric-depth", "spatial-reasoning", "synthetic"],
+    )
+    num_questions = config.num_scenes * config.questions_per_scene
+    body = f"""
+# Rendered RGB-D spatial VQA world: `{config.split}` split
+
+{num_questions} questions about {config.num_scenes} procedurally rendered scenes
+({config.size} x {config.size} px, {config.questions_per_scene} questions per scene), made with
+`python -m training.make_world` (Qwen2.5-VL-Depth). Each scene is a ground plane with 2-5 spheres, cubes, cylinders
+and cones of random true size, colour and material, seen by a random pinhole camera and rendered by an analytic ray
+caster: the depth maps are exact, not sensor measurements or model predictions, and every answer is computed from the
+scene's geometry. Scenes are seeded from (seed {config.seed}, split, index), so the train, val and test splits never
+share a scene, and the same settings give the same bytes.
+
+## Columns
+
+{columns_table(features, COLUMN_DESCRIPTIONS)}
+
+## Loading
+
+```python
+from datasets import load_dataset
+
+world = load_dataset("<this folder>", split="{config.split}")
+```
+
+Depth in metres: `training.depth_png.decode_depth_png(row["depth"])`, or
+`numpy.asarray(PIL.Image.open(io.BytesIO(row["depth"])), dtype=numpy.float32) / 1000`.
+
+## Settings
+
+```json
+{json.dumps(asdict(config), indent=2, sort_keys=True)}
+```
+"""
+    write_atomically(out_dir / CARD_NAME, front_matter + body)
 
 
 def parse_args(argv=None) -> tuple[argparse.Namespace, WorldConfig]:
