@@ -10,6 +10,7 @@ It needs no torchvision: it handles images only (no video processor), which is a
 This file is remote code: it imports only `torch`, `transformers` and their own dependencies (numpy, PIL).
 """
 
+import io
 import json
 import os
 from pathlib import Path
@@ -39,7 +40,9 @@ INVALID_DEPTH_POLICIES = ("mask", "error")
 # Aspect ratios closer than this are the same camera: such depth is resized to its image (e.g. low-res sensor depth).
 ASPECT_RATIO_TOLERANCE = 0.01
 # One depth map; lists and tuples around them are containers (one entry per image, or per sample).
-DEPTH_MAP_TYPES = (np.ndarray, torch.Tensor, Image.Image, str, Path)
+# What one depth map may be; `bytes` is an encoded image file (a 16-bit PNG in millimetres), which is how datasets
+# carry depth inside the image blocks of chat messages (see `training/trl_layout.py`).
+DEPTH_MAP_TYPES = (np.ndarray, torch.Tensor, Image.Image, str, Path, bytes, bytearray)
 # `from_pretrained` arguments that locate a file of the folder or hub repository.
 _HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
 
@@ -110,10 +113,19 @@ def depth_to_meters(depth: Any, invalid_depth: str = "mask") -> np.ndarray:
     """One depth map as float32 metres, shape (H, W), with invalid pixels set to 0.
 
     Units follow the type: floats are metres; 16-bit unsigned integers (arrays of either byte order, 16-bit PNGs, PIL
-    `I;16`, PIL `I`) are millimetres. Pixels that are 0, NaN or inf are invalid (sensor holes, sky): with
+    `I;16`, PIL `I`, and those PNGs' encoded bytes) are millimetres. Pixels that are 0, NaN or inf are invalid (sensor holes, sky): with
     `invalid_depth="mask"` they become 0, which the model encodes as "no measurement"; with `"error"` they raise.
     Negative depth always raises: it is not a distance.
     """
+    if isinstance(depth, (bytes, bytearray)):
+        try:
+            image = Image.open(io.BytesIO(depth))
+        except OSError as error:
+            message = f"Depth bytes are not an image file (expected a 16-bit PNG in millimetres): {error}"
+            raise ValueError(message) from error
+        with image:
+            _load_depth_image(image, "(encoded bytes)")
+            return depth_to_meters(image, invalid_depth)
     if _is_path_like(depth):
         if not Path(depth).is_file():
             raise FileNotFoundError(f"Depth file {str(depth)!r} does not exist.")
@@ -498,8 +510,8 @@ class Qwen2_5_VLDepthProcessor(Qwen2_5_VLProcessor):
         for index, entry in enumerate(entries):
             if entry is not None and not isinstance(entry, DEPTH_MAP_TYPES):
                 raise TypeError(
-                    f"Depth map {index} is a {type(entry).__name__}: a depth map is an array, tensor, PIL image or "
-                    "file path (lists hold one map per image, or one list per sample)."
+                    f"Depth map {index} is a {type(entry).__name__}: a depth map is an array, tensor, PIL image, "
+                    "encoded image bytes or file path (lists hold one map per image, or one list per sample)."
                 )
         return entries
 

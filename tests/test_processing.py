@@ -95,6 +95,7 @@ class TestDepthInputs:
             "little-endian uint16 millimetres": millimetres.astype("<u2"),
             "big-endian uint16 millimetres": millimetres.astype(">u2"),
             "16-bit PNG path": str(png_path),
+            "16-bit PNG bytes": png_path.read_bytes(),
             "PIL I;16": Image.fromarray(millimetres),
             "PIL I;16B": Image.fromarray(millimetres.astype(">u2")),
             "PIL I": Image.fromarray(millimetres.astype(np.int32)),
@@ -357,6 +358,7 @@ class TestBadInput:
             (DEPTH[:0], r"must not be empty; got shape \(0, 140\)"),
             (DEPTH[:, :0], r"must not be empty; got shape \(100, 0\)"),
             ("/no/such/depth.png", "does not exist"),
+            (b"not a png", "Depth bytes are not an image file"),
             (DEPTH.tolist(), "Depth map 0 is a list"),
         ],
     )

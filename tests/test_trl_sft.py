@@ -43,14 +43,14 @@ def run_trl_sft(model_folder: Path, dataset: Path, out: Path) -> tuple[list[floa
         "sft",
         *("--model_name_or_path", str(model_folder), "--dataset_name", str(dataset), "--trust_remote_code"),
         *("--output_dir", str(out / "run"), "--max_steps", "3", "--per_device_train_batch_size", "2"),
-        *("--logging_steps", "1", "--report_to", "none", "--save_strategy", "no", "--seed", "0"),
-        *("--learning_rate", "1e-3", "--dataloader_num_workers", "0", "--use_cpu"),
+        *("--logging_steps", "1", "--report_to", "none", "--save_strategy", "steps", "--save_steps", "3"),
+        *("--seed", "0", "--learning_rate", "1e-3", "--dataloader_num_workers", "0", "--use_cpu"),
     ]
     result = subprocess.run(
         [str(trl), *arguments], cwd=out, env=environment, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stderr[-4000:]
-    state = json.loads((out / "run" / "trainer_state.json").read_text())
+    state = json.loads((out / "run" / "checkpoint-3" / "trainer_state.json").read_text())  # its log history
     return [entry["loss"] for entry in state["log_history"] if "loss" in entry], result.stderr
 
 
