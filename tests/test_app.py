@@ -4,7 +4,6 @@ map, the rendered examples, and the page itself driven in headless Chromium agai
 import io
 import os
 import re
-import urllib.request
 
 import gradio as gr
 import numpy as np
@@ -259,18 +258,17 @@ def test_page_in_headless_chromium_answers_like_the_answer_function(loaded, mode
         reply = space_demo.ask(driver, QUESTION)
         driver.save_screenshot(str(tmp_path / "space_demo.png"))
 
-        assert reply["errors"] == []
+        assert reply["errors"] == [], reply
         assert reply["answer"] == expected.text
         assert reply["depth_note"] == app.describe_depth(expected, processor)
-        with urllib.request.urlopen(reply["colour_map_url"], timeout=10) as response:
-            shown = np.asarray(Image.open(io.BytesIO(response.read())).convert("RGB"))
+        shown = np.asarray(Image.open(io.BytesIO(space_demo.fetch(reply["colour_map_url"]))).convert("RGB"))
         np.testing.assert_array_equal(shown, np.asarray(app.depth_colour_map(expected.depth)))
 
         # A depth map of another aspect ratio: the processor's message in an error toast, and the page lives on.
         space_demo.open_page(driver, url)
         space_demo.upload(driver, rgb_path, wide_depth)
         reply = space_demo.ask(driver, QUESTION)
-        assert len(reply["errors"]) == 1 and str(wide_error.value) in reply["errors"][0]
+        assert len(reply["errors"]) == 1 and str(wide_error.value) in reply["errors"][0], reply
 
         # An example row fills the page with its rendered scene, question and exact answer.
         space_demo.open_page(driver, url)

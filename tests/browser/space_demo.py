@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-# Offline and quiet: no QUIC, first-run pages, background or component-update traffic, no sync.
+# Offline and quiet: no QUIC or proxy, no first-run pages, background or component-update traffic, no sync.
 CHROMIUM_FLAGS = (
     "--headless",
     "--no-sandbox",
@@ -33,11 +33,21 @@ CHROMIUM_FLAGS = (
     "--disable-background-networking",
     "--disable-component-update",
     "--disable-sync",
+    "--no-proxy-server",
     "--disable-dev-shm-usage",  # containers give /dev/shm 64 MB, too little for a renderer
     "--window-size=1280,1000",
 )
 APP_START_TIMEOUT = 120  # importing torch and gradio and loading the model, on a busy 2-core machine
 ANSWER_TIMEOUT = 60
+
+
+# Straight to the loopback server, whatever proxy the environment names.
+_LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def fetch(url: str, timeout: float = 10) -> bytes:
+    with _LOOPBACK.open(url, timeout=timeout) as response:
+        return response.read()
 
 
 def browser_available() -> bool:
@@ -65,8 +75,8 @@ def running_app(model: str | Path, log_path: str | Path) -> Iterator[str]:
             if app.poll() is not None:
                 raise RuntimeError(f"app.py exited with {app.returncode}:\n{Path(log_path).read_text()[-4000:]}")
             try:
-                with urllib.request.urlopen(url, timeout=2):
-                    break
+                fetch(url, timeout=2)
+                break
             except (urllib.error.URLError, ConnectionError):
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"app.py did not serve {url} within {APP_START_TIMEOUT} s") from None
@@ -135,14 +145,17 @@ def ask(driver, question: str | None = None) -> dict:
         box.clear()
         box.send_keys(question)
     _element(driver, "#ask").click()
-    _wait(driver, lambda d: _element(d, "#depth_note").text.strip() or d.find_elements("css selector", ".toast-body"))
-    toasts = driver.find_elements("css selector", ".toast-body")
+
+    def error_texts(d) -> list[str]:  # a toast is in the page a moment before its text is
+        return [text for toast in d.find_elements("css selector", ".toast-body") if (text := toast.text.strip())]
+
+    _wait(driver, lambda d: _element(d, "#depth_note").text.strip() or error_texts(d))
     colour_maps = driver.find_elements("css selector", "#depth_view img[src]")
     return {
         "answer": _element(driver, "#answer textarea").get_property("value"),
         "depth_note": _element(driver, "#depth_note").text,
         "colour_map_url": colour_maps[0].get_attribute("src") if colour_maps else None,
-        "errors": [toast.text for toast in toasts],
+        "errors": error_texts(driver),
     }
 
 
