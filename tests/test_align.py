@@ -28,17 +28,15 @@ from training.align import (
     ClipLoss,
     DepthAlignmentModel,
     DepthAlignmentTrainer,
-    RGBDPair,
     RGBDPairCollator,
-    RGBDPairDataset,
-    load_depth_model,
-    load_pairs_table,
     parse_args,
     recall_at_k,
     select_pair_rows,
     train_alignment,
 )
 from training.build_depth_model import build_depth_model
+from training.load import load_depth_model, load_rows
+from training.make_rgbd_pairs import RGBDPair, RGBDPairs
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -179,7 +177,7 @@ def test_recall_counts_ties_against_the_match():
 # Data
 # ---------------------------------------------------------------------------------------------------------------
 def test_world_rows_are_deduplicated_by_scene_preferring_unmarked_images(world_questions):
-    table = load_pairs_table(world_questions)
+    table = load_rows(world_questions)
     assert len(table) == 36  # 6 scenes x 6 questions, from 2 shards
     rows = select_pair_rows(table)
     scene_ids = table["scene_id"]
@@ -190,7 +188,7 @@ def test_world_rows_are_deduplicated_by_scene_preferring_unmarked_images(world_q
         if any(not markers[i] for i in scene_rows):
             assert not markers[row]
     # The chosen image is the scene's plain rendering and its depth the rendered depth (millimetre PNG).
-    dataset = RGBDPairDataset(table, rows)
+    dataset = RGBDPairs(table, rows)
     for position in (0, 5):
         scene_index = int(scene_ids[rows[position]].rsplit("-", 1)[-1])
         sample = world.make_sample("train", scene_index, 0, IMAGE_SIZE)
@@ -200,10 +198,10 @@ def test_world_rows_are_deduplicated_by_scene_preferring_unmarked_images(world_q
 
 
 def test_flip_is_applied_to_image_and_depth_and_reproducible_per_epoch(pairs):
-    table = load_pairs_table(pairs["val"])
+    table = load_rows(pairs["val"])
     rows = select_pair_rows(table)
-    plain = RGBDPairDataset(table, rows)
-    flipped = RGBDPairDataset(table, rows, flip_augment=True, seed=0)
+    plain = RGBDPairs(table, rows)
+    flipped = RGBDPairs(table, rows, augment=True, seed=0, max_rotation_degrees=0)  # what training.align reads
     decisions = []
     for epoch in range(3):
         flipped.set_epoch(epoch)
@@ -272,7 +270,7 @@ def test_only_depth_encoder_heads_and_temperature_train_frozen_parts_bit_identic
         for name, _ in model.named_parameters()
         if name.startswith(("depth_encoder.", "depth_head.", "rgb_head.")) or name == "loss_fn.logit_scale"
     }
-    table = load_pairs_table(pairs["train"])
+    table = load_rows(pairs["train"])
     _, training_args = alignment_args(
         tiny_base, pairs["train"], tmp_path, "--max_steps", 4, "--per_device_train_batch_size", 8,
         "--learning_rate", 1e-2, "--save_strategy", "no", "--output_dir", tmp_path / "checkpoints",
@@ -280,7 +278,7 @@ def test_only_depth_encoder_heads_and_temperature_train_frozen_parts_bit_identic
     trainer = DepthAlignmentTrainer(
         model=model,
         args=training_args,
-        train_dataset=RGBDPairDataset(table, range(64), flip_augment=True),
+        train_dataset=RGBDPairs(table, range(64), augment=True, max_rotation_degrees=0),
         data_collator=RGBDPairCollator(processor, IMAGE_SIZE),
     )
     trainer.train()
@@ -329,6 +327,7 @@ def test_alignment_lifts_held_out_retrieval_and_exports_a_loadable_depth_model(t
 
     # The output folder is a depth model whose encoder is the trained one and whose other weights are the base's.
     exported = Qwen2_5_VLDepthForConditionalGeneration.from_pretrained(out)
+    assert exported.config.base_model_name_or_path == str(Path(tiny_base).resolve())  # its base, for the model card
     trained_encoder = result.model.depth_encoder.state_dict()
     for name, tensor in exported.model.depth_encoder.state_dict().items():
         assert torch.equal(tensor, trained_encoder[name]), name
@@ -363,7 +362,10 @@ class StopAfterStep(TrainerCallback):
 
 def test_resume_from_checkpoint_matches_an_uninterrupted_run(tiny_base, pairs, tmp_path):
     """20 pairs in batches of 8 are 3 steps an epoch: the run stops at step 4, one batch into epoch 1, and resumes
-    there. Dense sampling (8 of 16 tokens) and flips are on, so their state must survive the checkpoint too."""
+    there. Dense sampling (8 of 16 tokens) and flips are on, so their state must survive the checkpoint too.
+
+    The run is resumed with `latest` after a kill during the save of step 6 (a `checkpoint-6` without the
+    `trainer_state.json` the Trainer writes last): it must resume from step 4, not crash on step 6."""
     common = [
         "--alignment", "dense", "--dense_tokens_per_image", 8, "--flip_augment", "true", "--max_train_pairs", 20,
         "--eval_pairs", 0, "--per_device_train_batch_size", 8, "--learning_rate", 3e-3, "--max_steps", 8,
@@ -377,12 +379,16 @@ def test_resume_from_checkpoint_matches_an_uninterrupted_run(tiny_base, pairs, t
     saved = load_file(str(checkpoint / "model.safetensors"))
     assert not any(name.startswith("rgb_tower.") for name in saved)  # the frozen tower is not checkpointed
     assert int(saved["dense_sampling_step"]) == 4
+    killed_save = checkpoint.with_name("checkpoint-6")
+    killed_save.mkdir()
+    (killed_save / "model.safetensors").write_bytes((checkpoint / "model.safetensors").read_bytes()[:100])
 
     resumed = train_alignment(
         *alignment_args(
-            tiny_base, pairs["train"], tmp_path / "resumed", *common, "--resume_from_checkpoint", checkpoint
+            tiny_base, pairs["train"], tmp_path / "resumed", *common,
+            "--output_dir", checkpoint.parent, "--resume_from_checkpoint", "latest",
         )
-    )
+    )  # fmt: skip
     uninterrupted = train_alignment(*alignment_args(tiny_base, pairs["train"], tmp_path / "uninterrupted", *common))
     assert resumed.trainer.state.global_step == uninterrupted.trainer.state.global_step == 8
 
@@ -458,11 +464,14 @@ def test_two_process_ddp_uses_the_global_batch_as_negatives(tiny_base, pairs, tm
         assert torch.equal(tensor, ddp_state[f"depth_encoder.{name}"]), name
 
 
-def test_depth_folder_as_base_keeps_its_fusion(tiny_base, tmp_path):
+def test_depth_folder_as_base_keeps_its_fusion_unless_asked(tiny_base, tmp_path):
     model, processor = build_depth_model(tiny_base, depth_fusion="concat")
     model.save_pretrained(tmp_path / "depth")
     processor.save_pretrained(tmp_path / "depth")
-    loaded, loaded_processor = load_depth_model(tmp_path / "depth", depth_fusion="add")
-    assert loaded.config.depth_fusion == "concat" and loaded_processor.depth_fusion == "concat"
-    for name, tensor in model.model.depth_encoder.state_dict().items():
-        assert torch.equal(loaded.model.depth_encoder.state_dict()[name], tensor), name
+    script_args, _ = alignment_args(tmp_path / "depth", tmp_path, tmp_path)
+    assert script_args.depth_fusion is None  # the CLI default: the folder's own fusion
+    for fusion, expected in ((None, "concat"), ("add", "add")):
+        loaded, loaded_processor = load_depth_model(tmp_path / "depth", fusion)
+        assert loaded.config.depth_fusion == loaded_processor.depth_fusion == expected
+        for name, tensor in model.model.depth_encoder.state_dict().items():
+            assert torch.equal(loaded.model.depth_encoder.state_dict()[name], tensor), (fusion, name)

@@ -4,9 +4,11 @@ run against the exported tiny model (so the card cannot go stale)."""
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -17,7 +19,7 @@ from safetensors import safe_open
 
 from training import evaluate, export
 from training.benchmarks import read_benchmark
-from training.build_depth_model import build_depth_model
+from training.load import base_model_provenance, hub_base_model, load_depth_model
 from training.make_world import WorldConfig, write_dataset
 from training.tiny import save_tiny_depth_anything
 
@@ -58,11 +60,19 @@ def results_files(tmp_path_factory):
     return paths
 
 
+def hub_snapshot(tiny_base, cache: Path, repo_id: str = "Qwen/Qwen2.5-VL-3B-Instruct") -> Path:
+    """The tiny base where the hub cache would keep `repo_id`'s download (what `from_pretrained(repo_id)` reads)."""
+    owner, name = repo_id.split("/")
+    snapshot = cache / f"models--{owner}--{name}" / "snapshots" / "0123456789abcdef"
+    shutil.copytree(tiny_base, snapshot)
+    return snapshot
+
+
 @pytest.fixture(scope="module")
 def exported(tiny_base, results_files, tmp_path_factory):
-    """A tiny `add` depth model (gate open) exported with both results; the export's summary."""
-    torch.manual_seed(0)
-    model, processor = build_depth_model(tiny_base, depth_fusion="add")
+    """A tiny `add` depth model (gate open) built from "Qwen/Qwen2.5-VL-3B-Instruct" (the tiny base in the hub
+    cache's layout), exported with both results; the export's summary."""
+    model, processor = load_depth_model(hub_snapshot(tiny_base, tmp_path_factory.mktemp("hub_cache")), "add")
     with torch.no_grad():
         model.model.depth_gate.gate.fill_(0.5)
     source = tmp_path_factory.mktemp("source")
@@ -127,7 +137,8 @@ def test_card_metadata_and_model_index(exported, results_files):
     card = ModelCard.load(Path(exported["folder"]) / "README.md")
     data = card.data
     assert data.library_name == "transformers" and data.pipeline_tag == "image-text-to-text"
-    assert data.base_model == "Qwen/Qwen2.5-VL-3B-Instruct"
+    assert data.base_model == "Qwen/Qwen2.5-VL-3B-Instruct"  # what the model's config records, not a default
+    assert "[Qwen/Qwen2.5-VL-3B-Instruct](https://huggingface.co/Qwen/Qwen2.5-VL-3B-Instruct)" in card.text
     assert (data.license, data.license_name) == ("other", "qwen-research")  # the 3B base's licence
     assert {"custom_code", "depth", "spatial-reasoning", "depth-fusion-add"} <= set(data.tags)
     assert data.model_name == "qwen2_5_vl_depth-tiny"
@@ -199,17 +210,54 @@ def test_rgb_only_card_has_an_rgb_snippet(depth_models):
         (None, "Qwen/Qwen2.5-VL-72B-Instruct", ("other", "qwen")),
         (None, "Qwen/Qwen2.5-VL-7B-Instruct", ("apache-2.0", None)),
         ("mit", "Qwen/Qwen2.5-VL-3B-Instruct", ("mit", None)),  # --license wins
+        (None, None, ("apache-2.0", None)),  # built from a local folder
     ],
 )
 def test_resolve_license(license, base, expected):
     resolved = export.resolve_license(license, base)
     assert resolved[:2] == expected
-    assert base in resolved[3]  # the note names the base whose terms apply
+    if base is None:
+        assert resolved[3] == "Released under `apache-2.0`."
+    else:
+        assert base in resolved[3]  # the note names the base whose terms apply
+
+
+def test_base_model_provenance(tiny_base, tmp_path, monkeypatch):
+    assert base_model_provenance("Qwen/Qwen2.5-VL-7B-Instruct") == "Qwen/Qwen2.5-VL-7B-Instruct"  # not a folder
+    assert base_model_provenance(hub_snapshot(tiny_base, tmp_path)) == "Qwen/Qwen2.5-VL-3B-Instruct"
+    # A local folder is recorded by its absolute path, even when named like a hub id: "runs/base" below.
+    shutil.copytree(tiny_base, tmp_path / "runs" / "base")
+    monkeypatch.chdir(tmp_path)
+    assert base_model_provenance("runs/base") == str(tmp_path / "runs" / "base")
+    recorded = {"Qwen/Qwen2.5-VL-7B-Instruct": "Qwen/Qwen2.5-VL-7B-Instruct", str(tmp_path): None, None: None}
+    for value, hub_id in recorded.items():
+        assert hub_base_model(SimpleNamespace(base_model_name_or_path=value)) == hub_id
+    assert hub_base_model(SimpleNamespace()) is None  # a folder saved before the base was recorded
+
+
+def test_a_model_built_from_a_local_folder_names_no_base_model(tiny_base, tmp_path):
+    """The base is recorded in config.json when the depth model is built, survives saving and loading (unlike
+    `config._name_or_path`), and a local one is left out of the card rather than published as a hub model."""
+    model, processor = load_depth_model(tiny_base, "add")
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    saved = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert saved["base_model_name_or_path"] == str(Path(tiny_base).resolve())
+    model, processor = export.load_exportable_model(tmp_path / "model")
+    card = export.build_model_card(model, processor, [], "local-depth", "someone/local-depth")
+    assert card.data.base_model is None and "base_model:" not in str(card)
+    assert card.data.license == "apache-2.0"
+    assert "a Qwen2.5-VL model (built from a local checkpoint that is not on the Hub)" in card.text
+    assert "| base model | a local Qwen2.5-VL checkpoint, not on the Hub |" in card.text
+    assert "huggingface.co/None" not in card.text and str(tiny_base) not in str(card)
+    # `--base-model` still names one when the user knows better.
+    card = export.build_model_card(model, processor, [], "local-depth", "someone/local", "Qwen/Qwen2.5-VL-7B-Instruct")
+    assert card.data.base_model == "Qwen/Qwen2.5-VL-7B-Instruct"
 
 
 def test_export_refuses_plain_base_folders_and_non_empty_outputs(tiny_base, exported, tmp_path):
     with pytest.raises(ValueError, match="model_type 'qwen2_5_vl'"):
-        export.load_depth_model(tiny_base)
+        export.load_exportable_model(tiny_base)
     (tmp_path / "keep.txt").write_text("not a model")
     with pytest.raises(FileExistsError, match="not empty"):
         export._prepare_out_dir(tmp_path, Path(exported["folder"]), overwrite=False)

@@ -465,21 +465,48 @@ def test_rgbd_pairs_dataset(metric_pairs):
     assert len(plain) == len(GOOD_IMAGES)
     for index in range(len(plain)):
         item = plain[index]
-        row = stored[item["source_id"]]
-        assert item["depth_is_metric"] is True
-        np.testing.assert_array_equal(item["depth"], decode_depth_png(row["depth"]))
-        np.testing.assert_array_equal(np.asarray(item["image"]), np.asarray(stored_image(row)))
+        row = stored[item.source_id]
+        assert item.depth_is_metric is True
+        np.testing.assert_array_equal(item.depth, decode_depth_png(row["depth"]))
+        np.testing.assert_array_equal(np.asarray(item.image), np.asarray(stored_image(row)))
         image, depth = load_rgbd_pair(row)
-        np.testing.assert_array_equal(depth, item["depth"])
+        np.testing.assert_array_equal(depth, item.depth)
 
     augmented = RGBDPairs(out_dir, augment=True, seed=0)
-    first = [augmented[index]["depth"] for index in range(len(augmented))]
-    again = [augmented[index]["depth"] for index in range(len(augmented))]
+    first = [augmented[index].depth for index in range(len(augmented))]
+    again = [augmented[index].depth for index in range(len(augmented))]
     assert all(np.array_equal(a, b) for a, b in zip(first, again))  # (seed, epoch, index) fix the draw
-    assert not all(np.array_equal(a, plain[index]["depth"]) for index, a in enumerate(first))
+    assert not all(np.array_equal(a, plain[index].depth) for index, a in enumerate(first))
     augmented.set_epoch(1)
-    assert not all(np.array_equal(a, augmented[index]["depth"]) for index, a in enumerate(first))
+    assert not all(np.array_equal(a, augmented[index].depth) for index, a in enumerate(first))
     for index, item in enumerate(augmented):
-        assert item["depth"].shape == (item["image"].height, item["image"].width)
+        assert item.depth.shape == (item.image.height, item.image.width)
         if index == 5:
             break
+
+    # A subset by row index, flips only (what Stage 1 alignment reads): the same rows, mirrored or not.
+    flipped = RGBDPairs(out_dir, indices=[3, 1], augment=True, seed=0, max_rotation_degrees=0)
+    assert len(flipped) == 2
+    for position, index in enumerate([3, 1]):
+        item, reference = flipped[position], plain[index]
+        assert item.source_id == reference.source_id
+        assert np.array_equal(item.depth, reference.depth) or np.array_equal(item.depth, reference.depth[:, ::-1])
+
+
+def test_depth_of_another_resolution_is_transformed_with_its_image():
+    """A sensor map at half the image's resolution (same aspect ratio) gets the same flip and rotation."""
+    image, depth = coordinate_pair(40, 60)
+    half = depth[::2, ::2]
+    flipped_image, flipped_half = transform_rgbd_pair(image, half, horizontal_flip=True, rotation_degrees=0)
+    np.testing.assert_array_equal(flipped_half, half[:, ::-1])
+    _, rotated_full = transform_rgbd_pair(image, depth, horizontal_flip=False, rotation_degrees=10)
+    _, rotated_half = transform_rgbd_pair(image, half, horizontal_flip=False, rotation_degrees=10)
+    assert rotated_half.shape == half.shape
+    # Same rotation of the scene: where both are valid, the half map's pixel holds (nearly) the full map's value there.
+    inner = (slice(5, -5), slice(5, -5))
+    full_at_half = rotated_full[::2, ::2][inner]
+    both = (full_at_half > 0) & (rotated_half[inner] > 0)
+    close = np.abs(full_at_half - rotated_half[inner])[both] <= 102  # within a pixel in x (1) and y (100)
+    assert close.mean() > 0.95
+    with pytest.raises(ValueError, match="aspect ratio"):
+        transform_rgbd_pair(image, depth[:, :30], horizontal_flip=True, rotation_degrees=0)

@@ -14,19 +14,25 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import AutoModelForImageTextToText, Qwen2_5_VLForConditionalGeneration
+from transformers import AutoModelForImageTextToText, BitsAndBytesConfig, Qwen2_5_VLForConditionalGeneration
 
+from modeling_qwen2_5_vl_depth import Qwen2_5_VLDepthForConditionalGeneration
+from training.build_depth_model import build_depth_model
 from training.collator import IGNORE_INDEX, DepthVLMCollator
+from training.load import load_rows, resume_checkpoint
 from training.sft import (
+    UNQUANTIZED_MODULES,
     build_trainer,
     finish,
-    load_depth_model,
-    load_rows,
+    is_depth_module_parameter,
+    kbit_device_map,
+    load_starting_model,
     make_parser,
     merged_model_from_adapter,
     parse_args,
@@ -192,8 +198,8 @@ class TestModelSetup:
     def test_fusion_modes_built_from_one_base_share_every_base_weight(self, tiny_base, world_dir, tmp_path):
         states = {}
         for fusion in ("add", "concat", "none"):
-            script_args, _, model_args = sft_args(tiny_base, world_dir, tmp_path, fusion)
-            states[fusion] = load_depth_model(script_args, model_args)[0].state_dict()
+            script_args, training_args, model_args = sft_args(tiny_base, world_dir, tmp_path, fusion)
+            states[fusion] = load_starting_model(script_args, model_args, training_args)[0].state_dict()
         base_names = set(states["none"])
         assert base_names and all(not name.startswith("model.depth_") for name in base_names)
         for fusion in ("add", "concat"):
@@ -202,8 +208,8 @@ class TestModelSetup:
                 assert torch.equal(states[fusion][name], states["none"][name]), (fusion, name)
 
     def test_an_aligned_folder_keeps_its_depth_encoder_when_the_fusion_changes(self, tiny_base, world_dir, tmp_path):
-        script_args, _, model_args = sft_args(tiny_base, world_dir, tmp_path, "add")
-        aligned, processor = load_depth_model(script_args, model_args)
+        script_args, training_args, model_args = sft_args(tiny_base, world_dir, tmp_path, "add")
+        aligned, processor = load_starting_model(script_args, model_args, training_args)
         with torch.no_grad():  # stands in for Stage 1: a depth encoder that no longer equals the RGB tower copy
             for parameter in aligned.model.depth_encoder.parameters():
                 parameter.add_(torch.randn_like(parameter) * 0.1)
@@ -213,10 +219,10 @@ class TestModelSetup:
         aligned_encoder = aligned.model.depth_encoder.state_dict()
 
         for fusion, gate in (("concat", None), ("add", 0.3)):
-            script_args, _, model_args = sft_args(
+            script_args, training_args, model_args = sft_args(
                 tiny_base, world_dir, tmp_path, fusion, "--aligned_depth_model", str(tmp_path / "aligned")
             )
-            model, processor = load_depth_model(script_args, model_args)
+            model, processor = load_starting_model(script_args, model_args, training_args)
             assert model.config.depth_fusion == processor.depth_fusion == fusion
             for name, value in model.model.depth_encoder.state_dict().items():
                 assert torch.equal(value, aligned_encoder[name]), name
@@ -263,6 +269,118 @@ class TestModelSetup:
         assert (model_args.dtype, model_args.use_peft, training_args.remove_unused_columns) == ("float32", True, False)
 
 
+class CapturedLoad(Exception):
+    """Raised by a stand-in `from_pretrained` once it has recorded its arguments (no weights are loaded)."""
+
+
+class TestLoadingFlags:
+    @pytest.mark.parametrize("start", ["base", "aligned"])
+    def test_quantization_revision_attention_and_init_flags_reach_from_pretrained(
+        self, tiny_base, world_dir, tmp_path, monkeypatch, start
+    ):
+        """bitsandbytes is not installed here, so the model's `from_pretrained` records what it is given instead."""
+        source = ["--model_name_or_path", str(tiny_base)]
+        if start == "aligned":
+            model, processor = build_depth_model(tiny_base, "add")
+            model.save_pretrained(tmp_path / "aligned")
+            processor.save_pretrained(tmp_path / "aligned")
+            source = ["--aligned_depth_model", str(tmp_path / "aligned")]
+        calls = []
+
+        def record(name_or_path, **kwargs):
+            calls.append((str(name_or_path), kwargs))
+            raise CapturedLoad
+
+        monkeypatch.setattr(Qwen2_5_VLDepthForConditionalGeneration, "from_pretrained", record)
+        script_args, training_args, model_args = sft_args(
+            tiny_base, world_dir, tmp_path, "add", *source, "--load_in_4bit", "true", "--dtype", "bfloat16",
+            "--model_revision", "v1.0", "--attn_implementation", "eager", "--trust_remote_code", "true",
+            "--model_init_kwargs", '{"low_cpu_mem_usage": true}',
+        )  # fmt: skip
+        with pytest.raises(CapturedLoad):
+            load_starting_model(script_args, model_args, training_args)
+        ((name, kwargs),) = calls
+        assert name == str(tmp_path / "aligned" if start == "aligned" else tiny_base)
+        passed = {key: kwargs[key] for key in ("revision", "trust_remote_code", "attn_implementation", "dtype")}
+        assert passed == {
+            "revision": "v1.0",
+            "trust_remote_code": True,
+            "attn_implementation": "eager",
+            "dtype": "bfloat16",
+        }
+        assert kwargs["low_cpu_mem_usage"] is True  # --model_init_kwargs
+        quantization = kwargs["quantization_config"]
+        assert isinstance(quantization, BitsAndBytesConfig)
+        assert (quantization.load_in_4bit, quantization.load_in_8bit) == (True, False)
+        assert (quantization.bnb_4bit_compute_dtype, quantization.bnb_4bit_quant_type) == (torch.bfloat16, "nf4")
+        assert quantization.llm_int8_skip_modules == list(UNQUANTIZED_MODULES)  # the language model only
+        assert "device_map" in kwargs and kwargs["device_map"] == kbit_device_map()
+
+    def test_quantized_models_go_whole_to_each_process_accelerator(self, monkeypatch):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+        monkeypatch.setattr(torch.xpu, "is_available", lambda: False)
+        assert kbit_device_map() is None
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        assert kbit_device_map() == {"": 0}  # PartialState().local_process_index of this single process
+
+    def test_without_quantization_flags_nothing_is_quantized(self, tiny_base, world_dir, tmp_path, monkeypatch):
+        calls = []
+
+        def record(name_or_path, **kwargs):
+            calls.append(kwargs)
+            raise CapturedLoad
+
+        monkeypatch.setattr(Qwen2_5_VLDepthForConditionalGeneration, "from_pretrained", record)
+        script_args, training_args, model_args = sft_args(tiny_base, world_dir, tmp_path, "add")
+        with pytest.raises(CapturedLoad):
+            load_starting_model(script_args, model_args, training_args)
+        assert "quantization_config" not in calls[0] and "device_map" not in calls[0]
+        assert (calls[0]["dtype"], calls[0]["attn_implementation"]) == ("float32", None)
+
+    def test_attn_implementation_is_set_on_every_part_of_a_real_model(self, tiny_base, world_dir, tmp_path):
+        implementations = {}
+        for flags in ([], ["--attn_implementation", "eager"]):
+            script_args, training_args, model_args = sft_args(tiny_base, world_dir, tmp_path, "add", *flags)
+            config = load_starting_model(script_args, model_args, training_args)[0].config
+            parts = (config, config.text_config, config.vision_config, config.depth_config)
+            implementations[tuple(flags)] = [part._attn_implementation for part in parts]
+        assert implementations == {(): ["sdpa"] * 4, ("--attn_implementation", "eager"): ["eager"] * 4}
+
+
+class TestMixedPrecision:
+    def test_bf16_keeps_the_trained_depth_modules_in_fp32_so_the_gate_moves(self, tiny_base, world_dir, tmp_path):
+        """A bf16 gate at 0.1 cannot take an AdamW step of lr 2e-4 (bf16's spacing there is 2^-11 ≈ 5e-4): it would
+        stay at 0.1 for ever. In fp32 every channel moves on the first step."""
+        trainer = build_trainer(
+            *sft_args(
+                tiny_base, world_dir, tmp_path, "add", "--bf16", "true", "--dtype", "bfloat16", "--max_steps", "3",
+                "--learning_rate", "2e-4", "--lr_scheduler_type", "constant", "--logging_steps", "3",
+            )
+        )  # fmt: skip
+        dtypes = {"depth": set(), "lora": set(), "frozen": set()}
+        depth_names = set()
+        for name, parameter in trainer.model.named_parameters():
+            if parameter.requires_grad and is_depth_module_parameter(name):
+                dtypes["depth"].add(parameter.dtype)
+                depth_names.add(name)
+            elif parameter.requires_grad:
+                assert ".lora_" in name, name
+                dtypes["lora"].add(parameter.dtype)
+            else:
+                dtypes["frozen"].add(parameter.dtype)
+        assert dtypes == {"depth": {torch.float32}, "lora": {torch.float32}, "frozen": {torch.bfloat16}}
+        assert any("depth_gate" in name for name in depth_names)
+        assert any("depth_encoder.merger" in name for name in depth_names)
+
+        gate = trainer.model.base_model.model.model.depth_gate.modules_to_save.default.gate
+        with torch.no_grad():
+            gate.fill_(0.1)
+        with one_torch_thread():
+            trainer.train()
+        assert gate.dtype == torch.float32
+        assert bool((gate.detach() != 0.1).all()), "every channel of the gate moved"
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Training, export
 # --------------------------------------------------------------------------------------------------------------
@@ -289,7 +407,7 @@ def trained(request, sft_base, world_dir, rows, tmp_path_factory):
     fusion = request.param
     output_dir = tmp_path_factory.mktemp(f"sft_{fusion}")
     script_args, training_args, model_args = sft_args(sft_base, world_dir, output_dir, fusion)
-    initial = load_depth_model(script_args, model_args)[0].state_dict()
+    initial = load_starting_model(script_args, model_args, training_args)[0].state_dict()
     with one_torch_thread():
         trainer, summary = train(script_args, training_args, model_args)
     peft_model = trainer.model.eval()
@@ -319,7 +437,7 @@ def trained(request, sft_base, world_dir, rows, tmp_path_factory):
         peft_logits = peft_model(**inputs).logits
     finish(trainer, summary, script_args, model_args)  # merges `peft_model` in place
     exported = AutoModelForImageTextToText.from_pretrained(script_args.export_dir, trust_remote_code=True).eval()
-    rebuilt = merged_model_from_adapter(training_args.output_dir, script_args, model_args).eval()
+    rebuilt = merged_model_from_adapter(training_args.output_dir, script_args, model_args, training_args).eval()
     with torch.no_grad():
         exported_logits, rebuilt_logits = exported(**inputs).logits, rebuilt(**inputs).logits
     return {
@@ -335,6 +453,7 @@ def trained(request, sft_base, world_dir, rows, tmp_path_factory):
         "rebuilt_logits": rebuilt_logits,
         "script_args": script_args,
         "log_history": trainer.state.log_history,
+        "base": sft_base,
     }
 
 
@@ -368,6 +487,8 @@ class TestTraining:
         export_dir = Path(trained["script_args"].export_dir)
         assert type(trained["exported"]).__module__.startswith("transformers_modules.")
         assert trained["exported"].config.depth_fusion == trained["fusion"]
+        # Its base is still named, for the model card (`training.export`).
+        assert trained["exported"].config.base_model_name_or_path == str(Path(trained["base"]).resolve())
         assert not (export_dir / "adapter_config.json").exists()
         assert all((export_dir / name).is_file() for name in ("modeling_qwen2_5_vl_depth.py", "processor_config.json"))
         assert trained["peft_logits"].abs().max() > 1  # not a degenerate comparison
@@ -383,6 +504,73 @@ class TestTraining:
         assert [entry.get("eval_loss") for entry in history if "eval_loss" in entry] == pytest.approx(
             [trained["summary"]["eval_loss_before"], trained["summary"]["eval_loss_after"]]
         )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Resuming
+# --------------------------------------------------------------------------------------------------------------
+def fake_checkpoint(folder: Path, state: str | None = "{}", weights=True, optimizer=True) -> Path:
+    """A `checkpoint-N` folder with the files `Trainer._save_checkpoint` writes (empty stand-ins), `trainer_state.json`
+    last: `state=None` is a save killed before it, a truncated string one killed while writing it."""
+    folder.mkdir(parents=True)
+    if weights:
+        (folder / "adapter_model.safetensors").write_bytes(b"")
+    if optimizer:
+        (folder / "optimizer.pt").write_bytes(b"")
+        (folder / "scheduler.pt").write_bytes(b"")
+    if state is not None:
+        (folder / "trainer_state.json").write_text(state)
+    return folder
+
+
+def resume_args(output_dir: Path, value, save_only_model: bool = False) -> SimpleNamespace:
+    return SimpleNamespace(output_dir=str(output_dir), resume_from_checkpoint=value, save_only_model=save_only_model)
+
+
+def test_resume_picks_the_newest_complete_checkpoint(tmp_path):
+    complete = fake_checkpoint(tmp_path / "checkpoint-2")
+    fake_checkpoint(tmp_path / "checkpoint-10", state='{"global_step": 1')  # killed while writing the state
+    fake_checkpoint(tmp_path / "checkpoint-12", state=None)  # killed before the state
+    fake_checkpoint(tmp_path / "checkpoint-14", optimizer=False)  # a model-only save
+    fake_checkpoint(tmp_path / "checkpoint-16", weights=False)
+    (tmp_path / "checkpoint-last").mkdir()  # not a step folder
+    for value in (True, "true", "latest", "last", "auto"):
+        assert resume_checkpoint(resume_args(tmp_path, value)) == str(complete), value
+    # Without optimizer states in every checkpoint (`--save_only_model`), the model-only one is complete.
+    assert resume_checkpoint(resume_args(tmp_path, "latest", save_only_model=True)) == str(tmp_path / "checkpoint-14")
+    assert resume_checkpoint(resume_args(tmp_path, str(complete))) == str(complete)
+    with pytest.raises(ValueError, match="checkpoint-12: it has no trainer_state.json"):
+        resume_checkpoint(resume_args(tmp_path, str(tmp_path / "checkpoint-12")))
+    with pytest.raises(ValueError, match="checkpoint-10: its trainer_state.json is truncated"):
+        resume_checkpoint(resume_args(tmp_path, str(tmp_path / "checkpoint-10")))
+    for value in (None, False, "false", ""):
+        assert resume_checkpoint(resume_args(tmp_path, value)) is None
+
+
+def test_resume_without_a_complete_checkpoint(tmp_path):
+    fake_checkpoint(tmp_path / "checkpoint-4", state=None)
+    assert resume_checkpoint(resume_args(tmp_path, "auto")) is None  # a fresh start
+    assert resume_checkpoint(resume_args(tmp_path / "not-yet-created", "auto")) is None
+    with pytest.raises(ValueError, match="no complete checkpoint"):
+        resume_checkpoint(resume_args(tmp_path, "latest"))
+
+
+def test_a_killed_save_is_skipped_when_training_resumes(tiny_base, world_dir, tmp_path):
+    """Two steps saved as checkpoint-1 and -2, then -2 loses its trainer_state.json (a kill during its save): the
+    Trainer's own `True` would pick checkpoint-2 and crash; `latest` resumes from checkpoint-1 and finishes."""
+    flags = ["--save_strategy", "steps", "--save_steps", "1", "--logging_steps", "1", "--max_eval_samples", "4"]
+    with one_torch_thread():
+        train(*sft_args(tiny_base, world_dir, tmp_path, "add", *flags, "--max_steps", "2"))
+    (tmp_path / "checkpoint-2" / "trainer_state.json").unlink()
+    script_args, training_args, model_args = sft_args(
+        tiny_base, world_dir, tmp_path, "add", *flags, "--max_steps", "3", "--resume_from_checkpoint", "latest"
+    )
+    assert resume_checkpoint(training_args) == str(tmp_path / "checkpoint-1")
+    with one_torch_thread():
+        trainer, summary = train(script_args, training_args, model_args)
+    assert summary["train_steps"] == 3
+    assert [entry["step"] for entry in trainer.state.log_history if "loss" in entry] == [1, 2, 3]
+    assert json.loads((tmp_path / "checkpoint-3" / "trainer_state.json").read_text())["global_step"] == 3
 
 
 # --------------------------------------------------------------------------------------------------------------

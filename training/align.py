@@ -23,9 +23,10 @@ Only the depth encoder, the two projection heads and the logit scale train; the 
 bit-identical afterwards (the language model is not even kept in memory while aligning).
 
 `--base` is a plain Qwen2.5-VL (folder or hub id; the depth encoder is then created as `build_depth_model` does,
-initialised from the RGB tower) or a Qwen2.5-VL-Depth folder. `--data` / `--eval_data` are parquet folders or
-`save_to_disk` folders with an `image` (or `images`: a list, the first is used) column and a `depth` column (16-bit PNG
-bytes, millimetres): what `training.make_world` and `training.make_rgbd_pairs` write. Rows sharing a `scene_id` are one
+initialised from the RGB tower) or a Qwen2.5-VL-Depth folder (`training.load.load_depth_model`). `--data` /
+`--eval_data` are parquet files or folders, `save_to_disk` folders or hub datasets (`training.load.load_rows`) with an
+`image` (or `images`: a list, the first is used) column and a `depth` column (16-bit PNG bytes, millimetres): what
+`training.make_world` and `training.make_rgbd_pairs` write, read as `RGBDPairs`. Rows sharing a `scene_id` are one
 pair (the world writes one row per question). Without `--eval_data`, `--eval_pairs` pairs are held out of `--data`.
 Every image is centre-cropped to a square and resized to `--image_size` (the rendered world is square already), so a
 batch is equal-length images that the depth encoder runs in one SDPA call per block.
@@ -37,7 +38,8 @@ Stage 2 loads with `Qwen2_5_VLDepthForConditionalGeneration.from_pretrained(out)
 the training speed); Trainer checkpoints in `--output_dir` (default `OUT/checkpoints`).
 
 Every `transformers.TrainingArguments` flag works (`--max_steps`, `--save_steps`, `--resume_from_checkpoint PATH`
-(or `latest`), `--eval_strategy steps`, `--report_to`, ...). Retrieval is the Trainer's evaluation (`eval_loss` is the
+(or `latest`: the newest complete checkpoint, skipping one whose save was killed; `auto`: the same, or a fresh start
+when there is none), `--eval_strategy steps`, `--report_to`, ...). Retrieval is the Trainer's evaluation (`eval_loss` is the
 InfoNCE loss over all held-out pairs at once, `eval_depth_to_rgb_r1`/`_r5` the recalls of the per-image
 embeddings, and for dense alignment `eval_token_matched_r1`/`_r5` those of co-located-token matching, which keeps the
 layout that mean pooling averages away), so `--metric_for_best_model depth_to_rgb_r1` works too.
@@ -76,11 +78,10 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
-from PIL import Image, ImageOps
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import (
     HfArgumentParser,
-    PreTrainedConfig,
     Trainer,
     TrainerCallback,
     TrainingArguments,
@@ -92,8 +93,9 @@ from transformers.utils import logging
 from configuration_depth import Qwen2_5_VLDepthConfig
 from modeling_qwen2_5_vl_depth import Qwen2_5_VLDepthForConditionalGeneration, encode_metric_depth
 from processing_depth import Qwen2_5_VLDepthProcessor
-from training.build_depth_model import build_depth_model
-from training.depth_png import decode_depth_cell, decode_image_cell
+from training.depth_png import decode_depth_cell
+from training.load import keep_in_float32, load_depth_model, load_rows, resume_checkpoint
+from training.make_rgbd_pairs import RGBDPair, RGBDPairs, decode_first_image
 
 
 logger = logging.get_logger(__name__)
@@ -231,7 +233,8 @@ class DepthAlignmentModel(nn.Module):
         self.sampling_seed = sampling_seed
         self.rgb_tower = rgb_tower.eval().requires_grad_(False)
         # Trainable weights are kept in fp32 (a bf16 checkpoint would otherwise train in bf16); autocast does bf16.
-        self.depth_encoder = depth_encoder.float().requires_grad_(True)
+        self.depth_encoder = depth_encoder.requires_grad_(True)
+        keep_in_float32(self.depth_encoder.parameters())
         rgb_width = rgb_tower.merger.mlp[-1].out_features
         depth_width = depth_encoder.merger.mlp[-1].out_features
         if rgb_width != depth_width:
@@ -369,47 +372,6 @@ class DepthAlignmentModel(nn.Module):
 # --------------------------------------------------------------------------------------------------------------
 # Data
 # --------------------------------------------------------------------------------------------------------------
-@dataclass
-class RGBDPair:
-    """One RGB image and its depth map in metres (0 = invalid). Not a dict, so the Trainer passes it through."""
-
-    image: Image.Image
-    depth: np.ndarray
-
-
-def parquet_files(folder: Path) -> list[Path]:
-    """Parquet files under `folder`, skipping hidden ones: the writers' temporary shards, still being written."""
-    return sorted(
-        path
-        for path in folder.rglob("*.parquet")
-        if not any(part.startswith(".") for part in path.relative_to(folder).parts)
-    )
-
-
-def load_pairs_table(path: str | Path):
-    """A `datasets.Dataset` from a parquet file, a folder of parquet files (searched recursively) or a save_to_disk
-    folder (of a Dataset, or of a DatasetDict: its "train" split, else its only split)."""
-    import datasets
-
-    path = Path(path)
-    if path.is_dir() and ((path / "state.json").exists() or (path / "dataset_dict.json").exists()):
-        table = datasets.load_from_disk(str(path))
-        if isinstance(table, datasets.DatasetDict):
-            table = table["train"] if "train" in table else next(iter(table.values()))
-        return table
-    files = [path] if path.is_file() else parquet_files(path)
-    if not files:
-        raise FileNotFoundError(f"No parquet files or saved dataset at {path}.")
-    return datasets.Dataset.from_parquet([str(file) for file in files])
-
-
-def image_column_of(table) -> str:
-    for name in ("image", "images"):
-        if name in table.column_names:
-            return name
-    raise ValueError(f"The pairs need an 'image' or 'images' column; the columns are {table.column_names}.")
-
-
 def select_pair_rows(table, metric_depth_only: bool = False) -> list[int]:
     """Row indices that are distinct RGB-D pairs: one per `scene_id` when the column exists.
 
@@ -432,40 +394,6 @@ def select_pair_rows(table, metric_depth_only: bool = False) -> list[int]:
         if scene not in chosen or (markers[chosen[scene]] and not markers[index]):
             chosen[scene] = index
     return sorted(chosen.values())
-
-
-def decode_image(value: Any) -> Image.Image:
-    """An image cell; `images` columns hold a list, whose first image is the scene's."""
-    return decode_image_cell(value[0] if isinstance(value, list) else value)
-
-
-class RGBDPairDataset(torch.utils.data.Dataset):
-    """Pairs (`RGBDPair`) from a pairs table, decoded at load time, optionally flipped horizontally (image and depth).
-
-    The flip of item `i` is drawn from (seed, epoch, i): the same in every DataLoader worker and on every rank, new
-    each epoch (`set_epoch`, called by `DepthAlignmentTrainer`), and the same again when training resumes.
-    """
-
-    def __init__(self, table, indices: Sequence[int], flip_augment: bool = False, seed: int = 0):
-        self.image_column = image_column_of(table)
-        self.table = table.select_columns([self.image_column, "depth"])
-        self.indices = [int(i) for i in indices]
-        self.flip_augment = flip_augment
-        self.seed = seed
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return len(self.indices)
-
-    def __getitem__(self, index: int) -> RGBDPair:
-        row = self.table[self.indices[index]]
-        image, depth = decode_image(row[self.image_column]), decode_depth_cell(row["depth"])
-        if self.flip_augment and np.random.default_rng([self.seed, self.epoch, index]).random() < 0.5:
-            image, depth = ImageOps.mirror(image), np.ascontiguousarray(depth[:, ::-1])
-        return RGBDPair(image, depth)
 
 
 def center_square(image: Image.Image, depth: np.ndarray) -> tuple[Image.Image, np.ndarray]:
@@ -504,7 +432,7 @@ class RGBDPairCollator:
                 image, depth = pair.image, pair.depth
             else:
                 image, depth = pair
-            image, depth = decode_image(image), decode_depth_cell(depth)
+            image, depth = decode_first_image(image), decode_depth_cell(depth)
             if self.image_size is not None:
                 image, depth = center_square(image, depth)
                 image = image.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
@@ -674,34 +602,6 @@ class DepthAlignmentTrainer(Trainer):
 # --------------------------------------------------------------------------------------------------------------
 # Loading, export and the job
 # --------------------------------------------------------------------------------------------------------------
-def is_depth_checkpoint(name_or_path: str) -> bool:
-    config_dict, _ = PreTrainedConfig.get_config_dict(name_or_path)
-    return config_dict.get("model_type") == Qwen2_5_VLDepthConfig.model_type
-
-
-def load_depth_model(
-    base: str | Path,
-    depth_fusion: str = "add",
-    depth_layers: int | None = None,
-    init_from_rgb: bool = True,
-) -> tuple[Qwen2_5_VLDepthForConditionalGeneration, Qwen2_5_VLDepthProcessor]:
-    """The depth model and processor: a depth folder as saved, or one built from a plain Qwen2.5-VL base.
-
-    Deterministic: a base's new depth encoder starts from its RGB tower (or, with `init_from_rgb=False`, from a random
-    init under the seed set by the caller), so the export can rebuild the same model and swap in the aligned encoder.
-    """
-    if is_depth_checkpoint(str(base)):
-        model = Qwen2_5_VLDepthForConditionalGeneration.from_pretrained(base)
-        processor = Qwen2_5_VLDepthProcessor.from_pretrained(base)
-    else:
-        model, processor = build_depth_model(
-            base, depth_fusion=depth_fusion, depth_layers=depth_layers, init_from_rgb=init_from_rgb
-        )
-    if not model.config.has_depth:
-        raise ValueError(f"{base} has depth_fusion='none': it has no depth encoder to align.")
-    return model, processor
-
-
 def export_aligned_model(
     trainable_state: dict[str, torch.Tensor],
     out: str | Path,
@@ -734,7 +634,7 @@ class AlignmentArguments:
     """Stage-1 settings; every `TrainingArguments` flag is accepted too."""
 
     base: str = field(metadata={"help": "plain Qwen2.5-VL folder/hub id, or a Qwen2.5-VL-Depth folder"})
-    data: str = field(metadata={"help": "training pairs: parquet file/folder or save_to_disk folder"})
+    data: str = field(metadata={"help": "training pairs: parquet file/folder, save_to_disk folder or hub dataset"})
     out: str = field(metadata={"help": "output folder: aligned depth model, heads, metrics"})
     eval_data: str | None = field(default=None, metadata={"help": "held-out pairs (default: --eval_pairs of --data)"})
     eval_pairs: int = field(default=128, metadata={"help": "held-out pairs for retrieval (a cap with --eval_data)"})
@@ -745,7 +645,13 @@ class AlignmentArguments:
     image_size: int = field(default=224, metadata={"help": "square side images are cropped and resized to"})
     flip_augment: bool = field(default=True, metadata={"help": "random horizontal flip of image and depth"})
     metric_depth_only: bool = field(default=False, metadata={"help": "skip rows whose depth_is_metric is false"})
-    depth_fusion: str = field(default="add", metadata={"help": "fusion of a depth model built from a plain base"})
+    depth_fusion: str | None = field(
+        default=None,
+        metadata={
+            "help": "fusion of the depth model: one built from a plain base gets it (default add); a depth-model "
+            "--base keeps its own unless given"
+        },
+    )
     depth_layers: int | None = field(default=None, metadata={"help": "depth encoder blocks (plain base only)"})
     init_from_rgb: bool = field(default=True, metadata={"help": "start a new depth encoder from the RGB tower"})
     rank_report: bool = field(
@@ -763,10 +669,10 @@ class AlignmentResult:
 
 def split_pairs(script_args: AlignmentArguments, seed: int):
     """(train table, train rows, eval table, eval rows): distinct pairs, the held-out ones chosen by `seed`."""
-    table = load_pairs_table(script_args.data)
+    table = load_rows(script_args.data)
     rows = select_pair_rows(table, script_args.metric_depth_only)
     if script_args.eval_data:
-        eval_table = load_pairs_table(script_args.eval_data)
+        eval_table = load_rows(script_args.eval_data)
         eval_rows = select_pair_rows(eval_table, script_args.metric_depth_only)
         eval_order = np.random.default_rng(seed).permutation(len(eval_rows))
         eval_rows = sorted(eval_rows[i] for i in eval_order[: script_args.eval_pairs])
@@ -801,12 +707,6 @@ def trainable_digest(model: DepthAlignmentModel) -> str:
     return digest.hexdigest()
 
 
-def resolve_resume(value: str | bool | None) -> str | bool | None:
-    if isinstance(value, str) and value.lower() in ("true", "latest", "last"):
-        return True
-    return value
-
-
 def train_alignment(
     script_args: AlignmentArguments, training_args: TrainingArguments, callbacks: list | None = None
 ) -> AlignmentResult:
@@ -818,6 +718,7 @@ def train_alignment(
         "depth_fusion": script_args.depth_fusion,
         "depth_layers": script_args.depth_layers,
         "init_from_rgb": script_args.init_from_rgb,
+        "seed": training_args.seed,
     }
     depth_model, processor = load_depth_model(script_args.base, **load_kwargs)
     model = DepthAlignmentModel.from_depth_model(
@@ -832,10 +733,13 @@ def train_alignment(
 
     with training_args.main_process_first(desc="loading RGB-D pairs"):
         table, train_rows, eval_table, eval_rows = split_pairs(script_args, training_args.seed)
-    train_dataset = RGBDPairDataset(table, train_rows, script_args.flip_augment, training_args.seed)
+    # Flips only: a rotation would fill the corners with invalid depth and black pixels that have to be aligned too.
+    train_dataset = RGBDPairs(
+        table, train_rows, augment=script_args.flip_augment, seed=training_args.seed, max_rotation_degrees=0
+    )
     if script_args.flip_augment and training_args.dataloader_persistent_workers:
         logger.warning("Persistent DataLoader workers keep their copy of the epoch: every epoch gets epoch 0's flips.")
-    eval_dataset = RGBDPairDataset(eval_table, eval_rows) if eval_rows else None
+    eval_dataset = RGBDPairs(eval_table, eval_rows) if eval_rows else None
     # The Trainer places plain and DDP models itself, DeepSpeed and FSDP ones only in `train()`: place it now so the
     # retrieval measured before training runs on the accelerator in every case.
     model.to(training_args.device)
@@ -857,7 +761,7 @@ def train_alignment(
     metrics: dict[str, Any] = {"alignment": script_args.alignment, "base": str(script_args.base)}
     if eval_dataset is not None:
         metrics["before"] = strip_prefix(trainer.evaluate(metric_key_prefix="before"), "before_")
-    train_output = trainer.train(resume_from_checkpoint=resolve_resume(training_args.resume_from_checkpoint))
+    train_output = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
     metrics["train"] = train_output.metrics
     if eval_dataset is not None:
         metrics["after"] = strip_prefix(trainer.evaluate(metric_key_prefix="after"), "after_")

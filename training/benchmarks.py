@@ -49,6 +49,7 @@ from PIL import Image
 
 from training import world
 from training.answers import OPTION_LETTERS, unit_to_metres
+from training.load import find_data_files
 
 
 @dataclass
@@ -121,20 +122,6 @@ def _read_table(path: Path) -> list[dict]:
     raise ValueError(f"{path} is not a .parquet, .jsonl or .json file.")
 
 
-def _find_files(path: str | Path, preferred_patterns: list[str]) -> list[Path]:
-    """`path` itself when it is a file; else the files of the first pattern that matches anything under it."""
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path} does not exist.")
-    for pattern in preferred_patterns:
-        found = sorted(p for p in path.glob(pattern) if p.is_file())
-        if found:
-            return found
-    raise FileNotFoundError(f"No data files under {path} (looked for {', '.join(preferred_patterns)}).")
-
-
 def load_image(value: Any, base_dir: str | Path | None = None) -> Image.Image:
     """An RGB PIL image from what a dataset stores: `{"bytes", "path"}` structs, bytes, paths or PIL images."""
     if isinstance(value, Image.Image):
@@ -175,7 +162,7 @@ def _letter_index(answer: Any, num_choices: int) -> int | None:
 # ----------------------------------------------------------------------------------------------------------------
 def read_world(path: str | Path) -> BenchmarkData:
     """Rows written by `training.make_world` (parquet shards in a folder, or one shard)."""
-    files = _find_files(path, ["*.parquet", "**/*.parquet"])
+    files = find_data_files(path)
     samples, splits = [], Counter()
     for file in files:
         for row in _read_table(file):
@@ -213,7 +200,7 @@ CVBENCH_TASK_TYPES = {"depth": "cvbench_depth", "distance": "cvbench_distance"}
 
 def read_cvbench3d(path: str | Path) -> BenchmarkData:
     """CV-Bench's 3D subset: depth order (Depth) and relative distance (Distance), two-way multiple choice."""
-    files = _find_files(path, ["test_3d.parquet", "test*.parquet", "*.parquet", "test_3d.jsonl", "*.jsonl"])
+    files = find_data_files(path, ["test_3d.parquet", "test*.parquet", "*.parquet", "test_3d.jsonl", "*.jsonl"])
     samples, skipped = [], Counter()
     for file in files:
         for row in _read_table(file):
@@ -250,7 +237,7 @@ def read_cvbench3d(path: str | Path) -> BenchmarkData:
 
 def read_blink_depth(path: str | Path) -> BenchmarkData:
     """BLINK's Relative_Depth: which of two marked points is closer. Only the val split has answers."""
-    files = _find_files(
+    files = find_data_files(
         path, ["Relative_Depth/val-*.parquet", "val-*.parquet", "Relative_Depth/*.parquet", "*.parquet", "*.jsonl"]
     )
     samples, skipped, splits = [], Counter(), Counter()
@@ -284,7 +271,7 @@ def read_blink_depth(path: str | Path) -> BenchmarkData:
 
 def read_qspatial(path: str | Path) -> BenchmarkData:
     """Q-Spatial-Bench: metric distances and sizes, answers converted to metres. Splits from the file names."""
-    files = _find_files(path, ["data/*.parquet", "*.parquet", "**/*.parquet", "*.jsonl"])
+    files = find_data_files(path, ["data/*.parquet", "*.parquet", "**/*.parquet", "*.jsonl"])
     root = Path(path) if Path(path).is_dir() else Path(path).parent
     samples, skipped, splits = [], Counter(), Counter()
     for file in files:

@@ -19,7 +19,6 @@ comparison, whose numbers come from `python -m training.experiment --preset cpu`
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -32,29 +31,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from training.experiment import PRESETS, Experiment  # noqa: E402
+from training.export import reload_in_fresh_process  # noqa: E402
 from training.world import make_sample  # noqa: E402
-
-
-ANSWER_IN_FRESH_PROCESS = r"""
-import json, sys
-import numpy as np
-from PIL import Image
-from transformers import AutoModel, AutoProcessor
-
-folder, scene_path, question = sys.argv[1:]
-scene = np.load(scene_path)
-model = AutoModel.from_pretrained(folder, trust_remote_code=True).eval()
-processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
-messages = [{"role": "user", "content": [
-    {"type": "image", "image": Image.fromarray(scene["rgb"]), "depth": scene["depth"]},
-    {"type": "text", "text": question},
-]}]
-inputs = processor.apply_chat_template(messages, tokenize=True, return_dict=True, add_generation_prompt=True,
-                                       return_tensors="pt")
-generated = model.generate(**inputs, max_new_tokens=16, do_sample=False)
-answer = processor.decode(generated[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-print(json.dumps({"model_class": type(model).__module__ + "." + type(model).__name__, "answer": answer}))
-"""
 
 
 def test_scene(index: int) -> tuple[np.ndarray, np.ndarray, str, str]:
@@ -93,37 +71,24 @@ def main(argv: list[str] | None = None) -> dict:
     hub_folder = out / "hub" / "qwen2_5_vl_depth_demo"
     export_args = [
         "--model", depth_run["model"], "--out", str(hub_folder), "--overwrite",
-        "--results", str(out / "experiment" / "eval" / "add-seed0" / "results.json"),
-        "--base-model", "Qwen/Qwen2.5-VL-3B-Instruct", "--license", "apache-2.0",
+        "--results", str(out / "experiment" / "eval" / "add-seed0" / "results.json"), "--license", "apache-2.0",
         "--model-name", "Qwen2.5-VL-Depth demo (mini model trained from scratch on the rendered world)",
     ]  # fmt: skip
     print(f"[demo] export: python -m training.export {' '.join(export_args)}", flush=True)
     subprocess.run([sys.executable, "-m", "training.export", *export_args], check=True)
 
     rgb, depth, question, true_answer = test_scene(args.scene)
-    np.savez(out / "scene.npz", rgb=rgb, depth=depth)
     draw_depth(rgb, depth, out / "scene_depth.png")
-    environment = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    reloaded = subprocess.run(
-        [sys.executable, "-c", ANSWER_IN_FRESH_PROCESS, str(hub_folder), str(out / "scene.npz"), question],
-        capture_output=True,
-        text=True,
-        env=environment,
-        cwd=out,
-        check=False,
-    )
-    if reloaded.returncode != 0:
-        raise RuntimeError(f"Reloading the exported folder failed:\n{reloaded.stderr[-4000:]}")
-    answer = json.loads(reloaded.stdout.strip().splitlines()[-1])
+    reloaded, _ = reload_in_fresh_process(hub_folder, rgb, depth, question, max_new_tokens=16)
 
     summary = {
         "comparison_table": str(out / "experiment" / "results.md"),
         "comparison_plot": str(out / "experiment" / "results.png"),
         "hub_folder": str(hub_folder),
-        "reloaded_class": answer["model_class"],
+        "reloaded_class": reloaded["AutoModelForImageTextToText"],
         "question": question,
         "true_answer": true_answer,
-        "model_answer": answer["answer"],
+        "model_answer": reloaded["answer"],
         "depth_picture": str(out / "scene_depth.png"),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

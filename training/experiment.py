@@ -286,10 +286,11 @@ class Experiment:
         target = self.out / "data" / name
         done = target / "rows.parquet"
         if not done.exists():
-            from datasets import concatenate_datasets, load_dataset
+            from datasets import concatenate_datasets
 
-            files = sorted(str(file) for file in source.glob("*.parquet"))
-            rows = load_dataset("parquet", data_files=files, split="train")
+            from training.load import load_rows
+
+            rows = load_rows(source)
             # Reading only the type column: a row-wise filter would decode every image.
             rows = rows.filter(
                 lambda question_type: question_type in RGB_ONLY_QUESTION_TYPES, input_columns="question_type"

@@ -2,8 +2,7 @@
 validated by loading it in a fresh offline Python process; optionally uploaded.
 
     python -m training.export --model runs/sft-add/merged --out runs/hub/qwen2_5_vl_3b_depth \\
-        --results runs/eval/add/results.json runs/eval/add-cvbench/results.json \\
-        --base-model Qwen/Qwen2.5-VL-3B-Instruct --repo-id you/qwen2_5_vl_3b_depth
+        --results runs/eval/add/results.json runs/eval/add-cvbench/results.json --repo-id you/qwen2_5_vl_3b_depth
     python -m training.export ... --push-to-hub you/qwen2_5_vl_3b_depth [--private]
 
 The folder holds `model.safetensors` (or shards and their index), `config.json` with a complete `auto_map`,
@@ -14,7 +13,12 @@ card, from the template `model_card.md` through `huggingface_hub.ModelCard.from_
 Validation (skipped only with `--no-validate`): a fresh Python process with `HF_HUB_OFFLINE=1`, run from elsewhere,
 loads the folder through `AutoConfig`, `AutoModel`, `AutoModelForImageTextToText` and `AutoProcessor` with
 `trust_remote_code=True`, checks every class comes from the folder's own code, and runs one forward pass on a
-synthetic image (with depth when the model has depth); its logits must equal this process's on the same inputs.
+synthetic image (with depth when the model has depth); its logits must equal this process's on the same inputs
+(`reload_in_fresh_process`, which `training.demo` uses to ask the exported model a question).
+
+Base model: the card's `base_model` is the Hub model the depth model was built from, as its config records it
+(`base_model_name_or_path`, written by `training.load.load_depth_model` and kept through alignment, SFT and merging).
+A model built from a local folder names no `base_model` (a path means nothing on the Hub); `--base-model` overrides.
 
 Licence: `--license` sets it. Without it, a known base's licence is used (Qwen2.5-VL-3B-Instruct: "qwen-research",
 written as `license: other` with its name and link; Qwen2.5-VL-72B-Instruct: "qwen"), and Apache-2.0 otherwise (the
@@ -38,7 +42,6 @@ import numpy as np
 
 CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "model_card.md"
 REMOTE_CODE_FILES = ("configuration_depth.py", "modeling_qwen2_5_vl_depth.py", "processing_depth.py")
-DEFAULT_BASE_MODEL = "Qwen/Qwen2.5-VL-3B-Instruct"
 # A metric checkpoint: the card's "without a depth map" example should give metres, which relative ones cannot.
 EXAMPLE_DEPTH_ESTIMATOR = "depth-anything/Depth-Anything-V2-Metric-Indoor-Small-hf"
 TRANSFORMERS_REQUIREMENT = "transformers>=5.24,<5.25"
@@ -67,9 +70,9 @@ FUSION_DETAILS = {
         "`g` starts at 0, so an untrained depth model is exactly the base model."
     ),
     "concat": (
-        "With `concat` fusion they follow the image as `<|vision_end|><|vision_start|><|depth_pad|>…`, each depth "
-        "token carrying the M-RoPE position of the RGB patch it covers; the text after them is positioned as if they "
-        "were absent."
+        "With `concat` fusion they follow the image's own tokens inside its placeholder run (an image with depth "
+        "takes twice as many `<|image_pad|>`), each depth token carrying the M-RoPE position of the RGB patch it "
+        "covers."
     ),
     "none": 'This checkpoint has `depth_fusion="none"`: no depth encoder is used.',
 }
@@ -79,7 +82,7 @@ METRIC_LABELS = {"delta1": "δ₁", "abs_rel": "AbsRel", "within_2x": "within 2x
 # ----------------------------------------------------------------------------------------------------------------
 # Card
 # ----------------------------------------------------------------------------------------------------------------
-def resolve_license(license: str | None, base_model: str) -> tuple[str, str | None, str | None, str]:
+def resolve_license(license: str | None, base_model: str | None) -> tuple[str, str | None, str | None, str]:
     """(license, license_name, license_link, note for the card) for `--license` or the base model's licence."""
     if license is None and base_model in BASE_LICENSES:
         license, name, link = BASE_LICENSES[base_model]
@@ -89,10 +92,12 @@ def resolve_license(license: str | None, base_model: str) -> tuple[str, str | No
         )
         return license, name, link, note
     license = license or "apache-2.0"
-    note = (
-        f"Released under `{license}`. It is a derivative of [{base_model}](https://huggingface.co/{base_model}): "
-        "its licence terms apply as well."
-    )
+    note = f"Released under `{license}`."
+    if base_model is not None:
+        note += (
+            f" It is a derivative of [{base_model}](https://huggingface.co/{base_model}): its licence terms apply as "
+            "well."
+        )
     return license, None, None, note
 
 
@@ -154,18 +159,24 @@ def build_model_card(
     results_list: list[dict],
     model_name: str,
     repo_id: str,
-    base_model: str = DEFAULT_BASE_MODEL,
+    base_model: str | None = None,
     license: str | None = None,
     training_summary: str | None = None,
     template_path: str | Path = CARD_TEMPLATE,
 ):
-    """The filled model card (`huggingface_hub.ModelCard`) of a depth model and its evaluation results."""
+    """The filled model card (`huggingface_hub.ModelCard`) of a depth model and its evaluation results.
+
+    `base_model`: the Hub id it derives from; by default the one its config records (`training.load.hub_base_model`),
+    none for a model built from a local folder.
+    """
     from huggingface_hub import ModelCard, ModelCardData
 
-    from modeling_qwen2_5_vl_depth import DEPTH_MODULE_PREFIXES
+    from modeling_qwen2_5_vl_depth import DEPTH_ENCODER_PREFIX, DEPTH_GATE_PREFIX
     from training.evaluate import ANSWER_INSTRUCTION
+    from training.load import hub_base_model
 
     config = model.config
+    base_model = base_model or hub_base_model(config)
     license, license_name, license_link, license_note = resolve_license(license, base_model)
     card_data = ModelCardData(
         model_name=model_name,
@@ -178,7 +189,9 @@ def build_model_card(
         tags=[*TAGS, f"depth-fusion-{config.depth_fusion}"],
         eval_results=[result for results in results_list for result in eval_results_from(results)] or None,
     )
-    depth_parameters = sum(p.numel() for n, p in model.named_parameters() if n.startswith(DEPTH_MODULE_PREFIXES))
+    depth_parameters = sum(
+        p.numel() for n, p in model.named_parameters() if n.startswith((DEPTH_ENCODER_PREFIX, DEPTH_GATE_PREFIX))
+    )
     depth_config = getattr(config, "depth_config", None)
     instructions = {r.get("instruction") or ANSWER_INSTRUCTION for r in results_list}
     return ModelCard.from_template(
@@ -214,13 +227,14 @@ def build_model_card(
 # ----------------------------------------------------------------------------------------------------------------
 # Validation in a fresh process
 # ----------------------------------------------------------------------------------------------------------------
-FRESH_PROCESS_VALIDATION = r"""
+VALIDATION_QUESTION = "How far is the cube?"
+FRESH_PROCESS_RELOAD = r"""
 import json, sys
 import numpy as np, torch
 from PIL import Image
 from transformers import AutoConfig, AutoModel, AutoModelForImageTextToText, AutoProcessor
 
-folder, arrays_path, report_path = sys.argv[1:]
+folder, arrays_path, question, max_new_tokens, report_path = sys.argv[1:]
 arrays = np.load(arrays_path)
 report = {}
 config = AutoConfig.from_pretrained(folder, trust_remote_code=True)
@@ -228,7 +242,7 @@ processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
 report["AutoConfig"] = type(config).__module__ + "." + type(config).__name__
 report["AutoProcessor"] = type(processor).__module__ + "." + type(processor).__name__
 report["depth_fusion"] = processor.depth_fusion
-messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How far is the cube?"}]}]
+messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
 prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
 depth = {"depth": [arrays["depth"]]} if processor.depth_fusion != "none" else {}
 inputs = processor(images=[Image.fromarray(arrays["image"])], text=[prompt], return_tensors="pt", **depth)
@@ -242,6 +256,9 @@ with torch.no_grad():
     logits = model(**inputs).logits
 report["logits_shape"] = list(logits.shape)
 report["logits_finite"] = bool(torch.isfinite(logits).all())
+if int(max_new_tokens):
+    generated = model.generate(**inputs, max_new_tokens=int(max_new_tokens), do_sample=False)
+    report["answer"] = processor.decode(generated[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
 torch.save(logits, report_path + ".pt")
 json.dump(report, open(report_path, "w"))
 """
@@ -255,40 +272,43 @@ def validation_arrays(height: int = 84, width: int = 112) -> tuple[np.ndarray, n
     return image, depth
 
 
-def reference_inputs(processor, image: np.ndarray, depth: np.ndarray):
-    """The validation inputs as this process's processor makes them (the fresh process must make the same)."""
+def reference_inputs(processor, image: np.ndarray, depth: np.ndarray, question: str = VALIDATION_QUESTION):
+    """The inputs `FRESH_PROCESS_RELOAD` makes, as this process's processor makes them (they must be the same)."""
     from PIL import Image
 
-    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How far is the cube?"}]}]
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
     extra = {"depth": [depth]} if getattr(processor, "depth_fusion", "none") != "none" else {}
     return processor(images=[Image.fromarray(image)], text=[prompt], return_tensors="pt", **extra)
 
 
-def validate_in_fresh_process(
-    folder: str | Path, expected_logits, expected_input_ids: list, timeout: int = 1800
-) -> dict:
-    """Load `folder` offline in a new Python process through every Auto class; compare one forward to `expected`."""
+def reload_in_fresh_process(
+    folder: str | Path,
+    image: np.ndarray,
+    depth: np.ndarray,
+    question: str = VALIDATION_QUESTION,
+    max_new_tokens: int = 0,
+    timeout: int = 1800,
+):
+    """Load `folder` in a new Python process, offline, through every Auto class with `trust_remote_code=True`, and
+    ask it `question` about `image` (uint8 RGB) with `depth` (metres; used when the model has depth).
+
+    The process runs from elsewhere and without this checkout on its path, so only the folder's own files can make it
+    work. Returns its report (each Auto class, `depth_fusion`, `input_ids`, `logits_shape`, and with `max_new_tokens`
+    the greedy `answer`) and its logits. Raises if it fails or a class is not the folder's remote code.
+    """
     import torch
 
     folder = Path(folder).resolve()
-    with tempfile.TemporaryDirectory(prefix="export_validation_") as scratch:
+    with tempfile.TemporaryDirectory(prefix="fresh_process_") as scratch:
         scratch = Path(scratch)
-        image, depth = validation_arrays()
         np.savez(scratch / "arrays.npz", image=image, depth=depth)
         report_path = scratch / "report.json"
-        # Offline, outside the checkout, without its path: only the folder's own files can make this work.
         environment = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         environment.update(HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
+        arguments = [str(folder), str(scratch / "arrays.npz"), question, str(max_new_tokens), str(report_path)]
         result = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                FRESH_PROCESS_VALIDATION,
-                str(folder),
-                str(scratch / "arrays.npz"),
-                str(report_path),
-            ],
+            [sys.executable, "-c", FRESH_PROCESS_RELOAD, *arguments],
             cwd=scratch,
             env=environment,
             capture_output=True,
@@ -304,6 +324,18 @@ def validate_in_fresh_process(
             raise RuntimeError(f"{key} gave {report[key]}, not the folder's remote code.")
     if not report["logits_finite"]:
         raise RuntimeError("The reloaded model's logits are not finite.")
+    return report, logits
+
+
+def validate_in_fresh_process(
+    folder: str | Path, expected_logits, expected_input_ids: list, timeout: int = 1800
+) -> dict:
+    """`reload_in_fresh_process` on the validation image; its tokens and logits must equal `expected_*` (this
+    process's, from `reference_inputs`)."""
+    import torch
+
+    image, depth = validation_arrays()
+    report, logits = reload_in_fresh_process(folder, image, depth, timeout=timeout)
     if report["input_ids"] != expected_input_ids:
         raise RuntimeError("The reloaded processor tokenised the validation prompt differently.")
     torch.testing.assert_close(logits, expected_logits, msg="The reloaded model's logits differ from the source's.")
@@ -326,10 +358,11 @@ def _prepare_out_dir(out: Path, source: Path, overwrite: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
 
-def load_depth_model(model_dir: str | Path):
-    """The source folder's model (its saved dtype) and processor, through the checkout's classes."""
-    from modeling_qwen2_5_vl_depth import Qwen2_5_VLDepthForConditionalGeneration
-    from processing_depth import Qwen2_5_VLDepthProcessor
+def load_exportable_model(model_dir: str | Path):
+    """The source folder's depth model (its saved dtype, eval mode) and processor, through the checkout's classes
+    (`training.load.load_depth_model`), so the export carries the current remote code. Refuses adapters and plain
+    Qwen2.5-VL folders, which are not what a depth-model repo should hold."""
+    from training.load import load_depth_model
 
     model_dir = Path(model_dir)
     if (model_dir / "adapter_config.json").exists():
@@ -345,18 +378,15 @@ def load_depth_model(model_dir: str | Path):
             f"{model_dir} has model_type {model_type!r}, not 'qwen2_5_vl_depth': build a depth model first "
             "(python -m training.build_depth_model)."
         )
-    model = Qwen2_5_VLDepthForConditionalGeneration.from_pretrained(model_dir, dtype="auto").eval()
-    # trust_remote_code only silences the prompt its tokenizer loading raises on a folder with an auto_map: the
-    # class used is this checkout's, so the export carries the current remote code.
-    processor = Qwen2_5_VLDepthProcessor.from_pretrained(model_dir, trust_remote_code=True)
-    return model, processor
+    model, processor = load_depth_model(model_dir, dtype="auto")
+    return model.eval(), processor
 
 
 def export(
     model_dir: str | Path,
     out: str | Path,
     results_paths: list[str | Path] = (),
-    base_model: str = DEFAULT_BASE_MODEL,
+    base_model: str | None = None,
     repo_id: str | None = None,
     model_name: str | None = None,
     license: str | None = None,
@@ -364,11 +394,14 @@ def export(
     validate: bool = True,
     overwrite: bool = False,
 ) -> dict:
-    """Write the Hub folder and validate it; returns a summary (folder, files, validation report)."""
+    """Write the Hub folder and validate it; returns a summary (folder, files, validation report).
+
+    `base_model`: the card's `base_model` (default: the Hub base the model's config records, see `build_model_card`).
+    """
     import torch
 
     out, source = Path(out), Path(model_dir)
-    model, processor = load_depth_model(source)
+    model, processor = load_exportable_model(source)
     _prepare_out_dir(out, source, overwrite)
     results_list = [json.loads(Path(p).read_text(encoding="utf-8")) for p in results_paths]
     model_name = model_name or (repo_id.split("/")[-1] if repo_id else out.name)
@@ -415,7 +448,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--model", required=True, help="depth model folder (e.g. training.sft's merged export)")
     parser.add_argument("--out", required=True, type=Path, help="the Hub folder to write")
     parser.add_argument("--results", nargs="*", default=[], help="results.json files of training.evaluate")
-    parser.add_argument("--base-model", default=DEFAULT_BASE_MODEL, help="the Qwen2.5-VL it was built from")
+    parser.add_argument(
+        "--base-model",
+        default=None,
+        help="the Hub Qwen2.5-VL it was built from (default: what the model records; none for a local base)",
+    )
     parser.add_argument("--repo-id", default=None, help="Hub id shown in the card (default: --push-to-hub's)")
     parser.add_argument("--model-name", default=None, help="card title (default: the repo name)")
     parser.add_argument("--license", default=None, help="licence id (default: the base model's; see above)")

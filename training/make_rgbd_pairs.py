@@ -42,9 +42,9 @@ Bad images never stop the job: corrupt, truncated, too small (< 16 px side) or t
 50 MP; PIL's decompression-bomb guard is caught too) images are skipped and listed; grayscale, CMYK, palette, RGBA
 (composited on white), 16-bit and float images are converted to 8-bit RGB.
 
-For training, `RGBDPairs(DIR, augment=True)` (a torch Dataset) and `load_rgbd_pair(row, augment, rng)` decode rows
-and apply the same random horizontal flip and small rotation (default +-10 degrees) to image and depth, at load time:
-the stored pairs stay unaugmented.
+For training, `RGBDPairs(DIR, augment=True)` (a torch Dataset of `RGBDPair`s; Stage 1 alignment reads its pairs with
+it too) and `load_rgbd_pair(row, augment, rng)` decode rows and apply the same random horizontal flip and small
+rotation (default +-10 degrees) to image and depth, at load time: the stored pairs stay unaugmented.
 """
 
 from __future__ import annotations
@@ -58,6 +58,7 @@ import sys
 import time
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,7 +69,13 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from tqdm import tqdm
 
 from processing_depth import DEFAULT_DEPTH_ESTIMATOR, MonocularDepthEstimator, to_rgb_image
-from training.depth_png import PNG_COMPRESS_LEVEL, decode_depth_png, decode_image_cell, encode_depth_png
+from training.depth_png import (
+    PNG_COMPRESS_LEVEL,
+    decode_depth_cell,
+    decode_image_cell,
+    encode_depth_png,
+)
+from training.load import find_data_files, load_rows
 
 
 FORMAT_VERSION = 1
@@ -84,7 +91,8 @@ EXIF_ORIENTATION_TAG = 0x0112
 # which bounds memory when a collection has many aspect ratios.
 MAX_BUFFERED_BATCHES = 4
 DEFAULT_MAX_ROTATION_DEGREES = 10.0
-SHARD_GLOB = "shard-*.parquet"
+# Columns of a pair besides its image (`RGBDPair`).
+PAIR_COLUMNS = ("depth", "depth_is_metric", "source_id")
 CARD_SKIPPED_LISTED = 200
 
 
@@ -257,20 +265,11 @@ class DatasetSource:
     """One image column of a `datasets.Dataset`; source ids are row indices."""
 
     def __init__(self, dataset, image_column: str | None, description: str):
-        from datasets import Image as ImageFeature
-        from datasets import LargeList, List
-
         column = image_column or find_image_column(dataset.features)
         if column not in dataset.features:
             raise SystemExit(f"--image-column {column!r} is not a column; the columns are {list(dataset.features)}.")
-        dataset = dataset.select_columns([column])
-        feature = dataset.features[column]
         # Raw bytes, decoded by prepare_image: one code path with the same guards for every input kind.
-        if isinstance(feature, ImageFeature):
-            dataset = dataset.cast_column(column, ImageFeature(decode=False))
-        elif isinstance(feature, (List, LargeList)) and isinstance(feature.feature, ImageFeature):
-            dataset = dataset.cast_column(column, List(ImageFeature(decode=False)))
-        self.dataset = dataset
+        self.dataset = without_image_decoding(dataset.select_columns([column]), column)
         self.column = column
         self.description = description
         self.source_ids = [str(index) for index in range(len(dataset))]
@@ -298,8 +297,11 @@ class DatasetSource:
         raise SkippedImage("unreadable", f"unsupported value of type {type(value).__name__} in {self.column!r}")
 
 
-def _parquet_files(folder: Path) -> list[Path]:
-    return sorted(path for path in folder.rglob("*.parquet") if not path.name.startswith("."))
+def _has_parquet_files(folder: Path) -> bool:
+    try:
+        return bool(find_data_files(folder))
+    except FileNotFoundError:
+        return False
 
 
 def _has_images(folder: Path) -> bool:
@@ -315,7 +317,7 @@ def detect_input_type(source: str) -> str:
     if path.is_dir():
         if any((path / name).exists() for name in ("dataset_dict.json", "state.json", "dataset_info.json")):
             return "disk"
-        if _parquet_files(path) and not _has_images(path):
+        if _has_parquet_files(path) and not _has_images(path):
             return "parquet"
         return "folder"
     if source.startswith((".", "/", "~")) or source.count("/") > 1:
@@ -342,9 +344,10 @@ def open_source(source: str, input_type: str = "auto", split: str = "train", ima
         return DatasetSource(loaded, image_column, f"dataset `{Path(source).resolve().name}` ({split})")
     if input_type == "parquet":
         path = Path(source)
-        files = [path] if path.is_file() else _parquet_files(path)
-        if not files:
-            raise SystemExit(f"No parquet files under {source}.")
+        try:
+            files = find_data_files(path)
+        except FileNotFoundError as error:
+            raise SystemExit(str(error)) from error
         loaded = datasets.Dataset.from_parquet([str(file) for file in files])
         return DatasetSource(loaded, image_column, f"parquet files `{path.resolve().name}`")
     if input_type == "hub":
@@ -780,9 +783,9 @@ row = pairs[0]
 depth = np.asarray(Image.open(io.BytesIO(row["depth"])), dtype=np.float32) / 1000  # {"metres" if metric else "x median depth"}; 0 = invalid
 ```
 
-With the Qwen2.5-VL-Depth code, `training.make_rgbd_pairs.RGBDPairs(<folder>, augment=True)` yields
-`{{"image", "depth", ...}}` with the same random horizontal flip and rotation (up to {DEFAULT_MAX_ROTATION_DEGREES:g}
-degrees; depth resampled nearest, 0 outside) applied to both.
+With the Qwen2.5-VL-Depth code, `training.make_rgbd_pairs.RGBDPairs(<folder>, augment=True)` yields `RGBDPair`s
+(`image`, `depth`, `depth_is_metric`, `source_id`) with the same random horizontal flip and rotation (up to
+{DEFAULT_MAX_ROTATION_DEGREES:g} degrees; depth resampled nearest, 0 outside) applied to both.
 
 ## Skipped images
 
@@ -813,19 +816,37 @@ Large and Giant checkpoints: CC-BY-NC-4.0). Set `license` to what applies before
 # --------------------------------------------------------------------------------------------------------------
 # Training-time loading and augmentation
 # --------------------------------------------------------------------------------------------------------------
+@dataclass
+class RGBDPair:
+    """An RGB image and its depth map, float32 (H, W): metres for metric rows, else median-relative; 0 = invalid.
+
+    `depth_is_metric` and `source_id` are the row's, when its table has them. Not a dict, so the Trainer's removal of
+    columns the model does not take passes it through to the collator untouched.
+    """
+
+    image: Image.Image
+    depth: np.ndarray
+    depth_is_metric: bool | None = None
+    source_id: str | None = None
+
+
 def transform_rgbd_pair(
     image: Image.Image, depth: np.ndarray, horizontal_flip: bool, rotation_degrees: float
 ) -> tuple[Image.Image, np.ndarray]:
-    """One geometric transform applied identically to an image and its depth map (same size).
+    """One geometric transform applied identically to an image and its depth map.
 
-    Depth is resampled nearest (every value is a real prediction, none is invented across an edge) and is 0 (invalid)
-    where the rotated frame falls outside the original; the image is bilinear and black there. Rotation is
-    counter-clockwise about the centre, like `PIL.Image.rotate`. No vertical flip: upside-down scenes are not
-    physically plausible.
+    The depth map may have another resolution than the image, but not another aspect ratio: both are flipped and
+    rotated about their own centre, which is the same transform of the scene. Depth is resampled nearest (every value
+    is a real prediction, none is invented across an edge) and is 0 (invalid) where the rotated frame falls outside
+    the original; the image is bilinear and black there. Rotation is counter-clockwise about the centre, like
+    `PIL.Image.rotate`. No vertical flip: upside-down scenes are not physically plausible.
     """
     depth = np.asarray(depth, dtype=np.float32)
-    if depth.shape != (image.height, image.width):
-        raise ValueError(f"Depth {depth.shape} does not match the image {(image.height, image.width)}.")
+    depth_height, depth_width = depth.shape
+    if abs(depth_width - depth_height * image.width / image.height) > 1:
+        raise ValueError(
+            f"Depth {depth.shape} does not have the aspect ratio of the image {(image.height, image.width)}."
+        )
     if horizontal_flip:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         depth = depth[:, ::-1]
@@ -849,64 +870,95 @@ def augment_rgbd_pair(
     return transform_rgbd_pair(image, depth, horizontal_flip, rotation_degrees)
 
 
+def decode_first_image(value) -> Image.Image:
+    """An image cell (see `decode_image_cell`); an `images` column holds a list, whose first image is the scene's."""
+    return decode_image_cell(value[0] if isinstance(value, (list, tuple)) else value)
+
+
+def image_column_of(rows) -> str:
+    for name in ("image", "images"):
+        if name in rows.column_names:
+            return name
+    raise ValueError(f"RGB-D pairs need an 'image' or 'images' column; the columns are {rows.column_names}.")
+
+
+def without_image_decoding(dataset, column: str):
+    """`dataset` with its image column (of images, or of lists of images) left as raw `{"bytes", "path"}` cells, for
+    our own decoding (upright RGB, with its guards) instead of `datasets`' PIL objects."""
+    from datasets import Image as ImageFeature
+    from datasets import LargeList, List
+
+    feature = dataset.features[column]
+    if isinstance(feature, ImageFeature):
+        return dataset.cast_column(column, ImageFeature(decode=False))
+    if isinstance(feature, (List, LargeList)) and isinstance(feature.feature, ImageFeature):
+        return dataset.cast_column(column, List(ImageFeature(decode=False)))
+    return dataset
+
+
 def load_rgbd_pair(
-    row: dict, augment: bool = False, rng: np.random.Generator | None = None
+    row: dict,
+    augment: bool = False,
+    rng: np.random.Generator | None = None,
+    max_rotation_degrees: float = DEFAULT_MAX_ROTATION_DEGREES,
 ) -> tuple[Image.Image, np.ndarray]:
     """A stored row -> (RGB image, depth float32 (H, W)), optionally augmented (see `augment_rgbd_pair`).
 
     Depth is in metres for metric rows (`depth_is_metric`), else median-relative (1.0 = the image median); 0 = invalid.
-    `row["image"]` may be decoded (PIL) or raw (`{"bytes", "path"}`).
+    The image is `row["image"]`, or the first of `row["images"]` (rendered-world rows), decoded (PIL) or raw
+    (`{"bytes", "path"}`).
     """
-    image = decode_image_cell(row["image"])
-    depth = decode_depth_png(row["depth"])
+    image = decode_first_image(row["image"] if "image" in row else row["images"])
+    depth = decode_depth_cell(row["depth"])
     if augment:
-        image, depth = augment_rgbd_pair(image, depth, rng if rng is not None else np.random.default_rng())
+        rng = rng if rng is not None else np.random.default_rng()
+        image, depth = augment_rgbd_pair(image, depth, rng, max_rotation_degrees)
     return image, depth
 
 
-def _shard_files(path: str | Path) -> list[Path]:
-    path = Path(path)
-    if path.is_file():
-        return [path]
-    files = sorted((path / "data").glob(SHARD_GLOB)) or sorted(path.glob(SHARD_GLOB))
-    if not files:
-        raise FileNotFoundError(f"No {SHARD_GLOB} files in {path} or {path / 'data'}.")
-    return files
-
-
 class RGBDPairs(torch.utils.data.Dataset):
-    """The pairs written by this script as a torch Dataset of `{"image", "depth", "depth_is_metric", "source_id"}`.
+    """RGB-D pairs as a torch Dataset of `RGBDPair`s, decoded (and augmented) at load time.
 
-    With `augment=True` each item gets a random flip/rotation drawn from (seed, epoch, index): reproducible, the same
-    in any DataLoader worker, and new every epoch once `set_epoch` is called.
+    `pairs`: what this script writes (its output folder), any folder or file `training.load.load_rows` reads, or a
+    `datasets.Dataset`, with an `image` (or `images`: the first is used) and a `depth` column; `indices` picks rows
+    (default: all). With `augment=True` each item gets a random horizontal flip and rotation (up to
+    `max_rotation_degrees`; 0: flips only) drawn from (seed, epoch, position): reproducible, the same in any
+    DataLoader worker and on every rank, new every epoch once `set_epoch` is called, and the same again on resume.
     """
 
-    def __init__(self, path: str | Path, augment: bool = False, seed: int = 0):
+    def __init__(
+        self,
+        pairs,
+        indices: Sequence[int] | None = None,
+        augment: bool = False,
+        seed: int = 0,
+        max_rotation_degrees: float = DEFAULT_MAX_ROTATION_DEGREES,
+    ):
         from datasets import Dataset
-        from datasets import Image as ImageFeature
 
-        rows = Dataset.from_parquet([str(file) for file in _shard_files(path)])
-        self.rows = rows.cast_column("image", ImageFeature(decode=False))  # decoded by load_rgbd_pair, in RGB
+        rows = pairs if isinstance(pairs, Dataset) else load_rows(pairs)
+        image_column = image_column_of(rows)
+        if "depth" not in rows.column_names:
+            raise ValueError(f"RGB-D pairs need a 'depth' column; the columns are {rows.column_names}.")
+        columns = [name for name in (image_column, *PAIR_COLUMNS) if name in rows.column_names]
+        self.rows = without_image_decoding(rows.select_columns(columns), image_column)
+        self.indices = list(range(len(rows))) if indices is None else [int(index) for index in indices]
         self.augment = augment
         self.seed = seed
+        self.max_rotation_degrees = max_rotation_degrees
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.indices)
 
-    def __getitem__(self, index: int) -> dict:
-        row = self.rows[index]
+    def __getitem__(self, index: int) -> RGBDPair:
+        row = self.rows[self.indices[index]]
         rng = np.random.default_rng([self.seed, self.epoch, index])
-        image, depth = load_rgbd_pair(row, self.augment, rng)
-        return {
-            "image": image,
-            "depth": depth,
-            "depth_is_metric": row["depth_is_metric"],
-            "source_id": row["source_id"],
-        }
+        image, depth = load_rgbd_pair(row, self.augment, rng, self.max_rotation_degrees)
+        return RGBDPair(image, depth, row.get("depth_is_metric"), row.get("source_id"))
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -45,7 +45,7 @@ from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_res
 
 from training import world
 from training.depth_png import decode_image_cell
-from training.sft import load_rows
+from training.load import load_rows, resume_checkpoint
 
 
 COLOUR_CLASSES = tuple(world.COLORS)  # then "no object"
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> dict:
     if eval_rows is not None:
         metrics["before"] = token_accuracies(model, eval_rows, collator)
     trainer = Trainer(model=model, args=training_args, train_dataset=train_rows, data_collator=collator)
-    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    result = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
     metrics["train_loss"] = result.metrics["train_loss"]
     metrics["train_samples_per_second"] = result.metrics["train_samples_per_second"]
     if eval_rows is not None:

@@ -11,7 +11,8 @@ Data: rows in TRL conversational format with depth, as written by `python -m tra
 `images`, `depth` as 16-bit millimetre PNGs); see `training/collator.py`. `--depth_fusion none` trains the RGB-only
 baseline on the very same rows (depth is ignored).
 
-GPU (defaults when CUDA is available: bf16 weights and autocast, gradient checkpointing, batch 8, lr 2e-4)::
+GPU (defaults when CUDA is available: bf16 weights and autocast, with the trained depth merger and gate kept in fp32,
+gradient checkpointing, batch 8, lr 2e-4)::
 
     accelerate launch -m training.sft \\
         --model_name_or_path Qwen/Qwen2.5-VL-3B-Instruct --depth_fusion add \\
@@ -43,9 +44,14 @@ them one gloo group. A launch whose processes do not form one group is refused::
     accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no \\
         -m training.sft ...   # or --config_file training/accelerate_configs/ddp_cpu.yaml
 
-Every `SFTConfig` / `TrainingArguments` flag and TRL's `ModelConfig` LoRA flags (`--lora_r`, `--lora_alpha`,
-`--lora_target_modules`, `--lora_modules_to_save`, ...) apply; `--use_peft false` fine-tunes the whole language model
-instead (still with the vision tower and depth encoder blocks frozen). `--config run.yaml` reads any of them from YAML.
+Every `SFTConfig` / `TrainingArguments` flag and TRL's `ModelConfig` flags apply: LoRA (`--lora_r`, `--lora_alpha`,
+`--lora_target_modules`, `--lora_modules_to_save`, ...) and loading (`--load_in_4bit` / `--load_in_8bit` for QLoRA,
+which quantizes the language model only and merges the adapter into a rebuilt unquantized model at the end;
+`--model_revision`, `--attn_implementation`, `--dtype`, `--trust_remote_code`, `--model_init_kwargs`), all handed to
+`from_pretrained` as TRL's own `sft` script hands them. `--use_peft false` fine-tunes the whole language model instead
+(still with the vision tower and depth encoder blocks frozen). `--resume_from_checkpoint latest` resumes from the
+newest complete checkpoint (one whose save was killed is skipped), `auto` likewise or starts fresh when there is none.
+`--config run.yaml` reads any of them from YAML.
 """
 
 from __future__ import annotations
@@ -58,13 +64,22 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
-from trl import ModelConfig, ScriptArguments, SFTConfig, SFTTrainer, TrlParser, get_peft_config
+from accelerate import PartialState
+from datasets import Dataset
+from trl import (
+    ModelConfig,
+    ScriptArguments,
+    SFTConfig,
+    SFTTrainer,
+    TrlParser,
+    get_peft_config,
+    get_quantization_config,
+)
 
 from modeling_qwen2_5_vl_depth import Qwen2_5_VLDepthForConditionalGeneration
 from processing_depth import Qwen2_5_VLDepthProcessor
-from training.build_depth_model import build_depth_model
 from training.collator import DepthVLMCollator
+from training.load import keep_in_float32, load_depth_model, load_rows, resume_checkpoint
 
 
 # LoRA goes on every attention and MLP projection of the language model, and nowhere else: the vision tower and the
@@ -77,6 +92,9 @@ LLM_LORA_TARGET_MODULES = (
 # maps depth features into the LLM's embedding space, and the "add" fusion gate.
 DEPTH_MERGER = "depth_encoder.merger"
 DEPTH_GATE = "depth_gate"
+# Modules bitsandbytes leaves unquantized under --load_in_4bit/8bit (start-of-name regexes; `lm_head` is transformers'
+# own default, which an explicit list replaces).
+UNQUANTIZED_MODULES = (r"model\.visual", r"model\.depth_encoder", "lm_head")
 
 
 @dataclass
@@ -184,73 +202,53 @@ def parse_args(argv: list[str] | None = None) -> tuple[SpatialSFTScriptArguments
     return script_args, training_args, model_args
 
 
-def load_rows(path: str, split: str = "train", max_samples: int | None = None) -> Dataset:
-    """Rows from a folder of parquet shards, a parquet file, a `save_to_disk` folder, or a hub dataset id."""
-    local = Path(path)
-    if local.is_dir() and any((local / name).exists() for name in ("state.json", "dataset_dict.json")):
-        dataset = load_from_disk(str(local))
-        if isinstance(dataset, DatasetDict):
-            dataset = dataset[split]
-    elif local.is_dir() or local.suffix == ".parquet":
-        # A make_world folder holds one split as `<split>-NNNNN-of-MMMMM.parquet` shards (plus generation.json).
-        files = sorted(str(file) for file in local.rglob("*.parquet")) if local.is_dir() else [str(local)]
-        if not files:
-            raise FileNotFoundError(f"No parquet files under {path}.")
-        dataset = load_dataset("parquet", data_files=files, split="train")
-    else:
-        dataset = load_dataset(path, split=split)
-    if max_samples is not None:
-        dataset = dataset.select(range(min(max_samples, len(dataset))))
-    return dataset
+def kbit_device_map() -> dict[str, int] | None:
+    """Each process's quantized model whole on its own accelerator (bitsandbytes weights are placed as they load and
+    cannot be moved later), as TRL's `get_kbit_device_map` did; None without an accelerator."""
+    if torch.cuda.is_available() or torch.xpu.is_available():
+        return {"": PartialState().local_process_index}
+    return None
 
 
-def load_depth_model(
-    script_args: SpatialSFTScriptArguments, model_args: ModelConfig
+def model_init_kwargs(model_args: ModelConfig, training_args: SFTConfig, quantize: bool = True) -> dict:
+    """`from_pretrained` keyword arguments of the starting model, built as TRL's own `sft` script builds them.
+
+    `--model_revision`, `--trust_remote_code`, `--attn_implementation` and `--dtype`, then `--model_init_kwargs` over
+    them; with `--load_in_4bit` / `--load_in_8bit` (and `quantize`) TRL's bitsandbytes config
+    (`get_quantization_config`) and a device map per process (`kbit_device_map`). Only the language model is
+    quantized (QLoRA): the vision towers are small next to it, the depth encoder is aligned to the unquantized RGB
+    tower, and its merger trains in full.
+    """
+    kwargs = {
+        "revision": model_args.model_revision,
+        "trust_remote_code": training_args.trust_remote_code,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+    }
+    kwargs.update(training_args.model_init_kwargs or {})
+    quantization_config = get_quantization_config(model_args) if quantize else None
+    if quantization_config is not None:
+        quantization_config.llm_int8_skip_modules = list(UNQUANTIZED_MODULES)
+        kwargs["quantization_config"] = quantization_config
+        kwargs["device_map"] = kbit_device_map()
+    return kwargs
+
+
+def load_starting_model(
+    script_args: SpatialSFTScriptArguments, model_args: ModelConfig, training_args: SFTConfig, quantize: bool = True
 ) -> tuple[Qwen2_5_VLDepthForConditionalGeneration, Qwen2_5_VLDepthProcessor]:
     """The depth model and processor training starts from, deterministically (the adapter merge rebuilds it).
 
-    From a base checkpoint every base weight is kept, so add/concat/none models share them exactly. From a Stage-1
-    folder its weights are loaded as they are, with the fusion switched if asked; its depth encoder must load in full.
+    From a base checkpoint (`--model_name_or_path`) every base weight is kept, so add/concat/none models share them
+    exactly. From a Stage-1 folder (`--aligned_depth_model`) its weights are loaded as they are, with the fusion
+    switched to `--depth_fusion`; its depth encoder must load in full (`training.load.load_depth_model`).
     """
-    fusion = script_args.depth_fusion
-    load_kwargs = {"dtype": model_args.dtype}
-    if model_args.attn_implementation is not None:
-        load_kwargs["attn_implementation"] = model_args.attn_implementation
-    # Anything left to random initialisation (a new gate is zero, a new encoder copies the RGB tower) must come out
-    # the same on every rank and when the model is rebuilt for the merge; the caller's RNG stream is left alone.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        if script_args.aligned_depth_model is None:
-            return build_depth_model(
-                model_args.model_name_or_path, fusion, depth_estimator=script_args.depth_estimator, **load_kwargs
-            )
-        return _load_aligned_depth_model(
-            script_args.aligned_depth_model, fusion, script_args.depth_estimator, load_kwargs
-        )
-
-
-def _load_aligned_depth_model(
-    folder: str, fusion: str, depth_estimator: str | None, load_kwargs: dict
-) -> tuple[Qwen2_5_VLDepthForConditionalGeneration, Qwen2_5_VLDepthProcessor]:
-    """A Stage-1 folder with its fusion switched to `fusion`; refuses a folder whose depth encoder does not load."""
-    # The folder carries remote code for the Auto classes; ours are imported, so never run (or prompt for) it.
-    processor_kwargs = {"depth_fusion": fusion, "trust_remote_code": False}
-    if depth_estimator is not None:
-        processor_kwargs["depth_estimator"] = depth_estimator
-    processor = Qwen2_5_VLDepthProcessor.from_pretrained(folder, **processor_kwargs)
-    model, loading_info = Qwen2_5_VLDepthForConditionalGeneration.from_pretrained(
-        folder,
-        depth_fusion="none" if fusion == "image" else fusion,
-        depth_token_id=processor.depth_token_id,
-        output_loading_info=True,
-        **load_kwargs,
+    return load_depth_model(
+        script_args.aligned_depth_model or model_args.model_name_or_path,
+        script_args.depth_fusion,
+        depth_estimator=script_args.depth_estimator,
+        **model_init_kwargs(model_args, training_args, quantize),
     )
-    missing_encoder = [key for key in loading_info["missing_keys"] if key.startswith("model.depth_encoder.")]
-    if missing_encoder:
-        raise ValueError(
-            f"{folder} is not a Stage-1 depth model: its depth encoder weights are missing ({missing_encoder[:3]}...)."
-        )
-    return model, processor
 
 
 def depth_modules_to_train(model: Qwen2_5_VLDepthForConditionalGeneration) -> list[str]:
@@ -310,13 +308,13 @@ def build_trainer(
             eval_dataset = load_rows(
                 script_args.eval_dataset_path, script_args.dataset_test_split, script_args.max_eval_samples
             )
-    model, processor = load_depth_model(script_args, model_args)
+    model, processor = load_starting_model(script_args, model_args, training_args)
     peft_config = make_lora_config(model_args, model)
     if peft_config is None:
         freeze_for_full_finetuning(model, script_args.train_vision_tower)
     elif script_args.train_vision_tower:
         raise ValueError("--train_vision_tower needs --use_peft false (full fine-tuning).")
-    return SFTTrainer(
+    trainer = SFTTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
@@ -325,19 +323,33 @@ def build_trainer(
         data_collator=DepthVLMCollator(processor, max_length=training_args.max_length),
         peft_config=peft_config,
     )
+    if training_args.bf16 or training_args.fp16:
+        # Under mixed precision the depth merger and gate (PEFT's trainable copies, or the modules themselves) keep
+        # fp32 weights, whatever `--dtype` loaded them in and TRL's QLoRA cast to bf16 made of them.
+        keep_in_float32(
+            parameter
+            for name, parameter in trainer.model.named_parameters()
+            if parameter.requires_grad and is_depth_module_parameter(name)
+        )
+    return trainer
+
+
+def is_depth_module_parameter(name: str) -> bool:
+    """Whether a parameter (plain or PEFT-wrapped name) belongs to the depth merger or the fusion gate."""
+    return any(f".{module}." in f".{name}" for module in (DEPTH_MERGER, DEPTH_GATE))
 
 
 def merged_model_from_adapter(
-    adapter_dir: str | Path, script_args: SpatialSFTScriptArguments, model_args: ModelConfig
+    adapter_dir: str | Path, script_args: SpatialSFTScriptArguments, model_args: ModelConfig, training_args: SFTConfig
 ) -> Qwen2_5_VLDepthForConditionalGeneration:
-    """Rebuild the starting model, load the saved adapter (and full depth modules) into it and merge.
+    """Rebuild the starting model (unquantized), load the saved adapter (and full depth modules) into it and merge.
 
     Used when training sharded the weights (FSDP, DeepSpeed): the adapter saved by `trainer.save_model` is gathered,
-    the in-memory model is not.
+    the in-memory model is not; and after QLoRA, whose 4/8-bit weights the adapter must not be merged into.
     """
     from peft import PeftModel
 
-    model, _ = load_depth_model(script_args, model_args)
+    model, _ = load_starting_model(script_args, model_args, training_args, quantize=False)
     return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
 
 
@@ -351,18 +363,19 @@ def export_merged_model(
 
     Call on every rank. Unsharded (single process, DDP), the main process merges the trained model in place, which
     leaves `trainer.model` merged. Sharded, the adapter is first gathered into `output_dir` and merged into a rebuilt
-    copy of the starting model.
+    copy of the starting model; so is a QLoRA adapter (saved there by `finish`), into the unquantized model.
     """
     accelerator = trainer.accelerator
     export_dir = Path(export_dir)
     model = accelerator.unwrap_model(trainer.model)
     is_peft = hasattr(model, "merge_and_unload")
     sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
+    quantized = model_args.load_in_4bit or model_args.load_in_8bit
     if sharded:
         trainer.save_model(trainer.args.output_dir)  # collective: gathers the full adapter / weights
     if accelerator.is_main_process:
-        if sharded and is_peft:
-            model = merged_model_from_adapter(trainer.args.output_dir, script_args, model_args)
+        if (sharded or quantized) and is_peft:
+            model = merged_model_from_adapter(trainer.args.output_dir, script_args, model_args, trainer.args)
         elif sharded:
             model = Qwen2_5_VLDepthForConditionalGeneration.from_pretrained(trainer.args.output_dir)
         elif is_peft:
@@ -413,7 +426,7 @@ def train(
         # accelerate then never wraps it in DDP, so the ranks would silently train apart (transformers 5.24,
         # accelerate 1.15).
         trainer.args.eval_on_start = True
-    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    result = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
     first_eval = next((entry for entry in trainer.state.log_history if "eval_loss" in entry), None)
     if trainer.args.eval_on_start and first_eval is not None:
         summary["eval_loss_before"] = first_eval["eval_loss"]
