@@ -104,6 +104,9 @@ class Qwen2_5_VLDepthConfig(Qwen2_5_VLConfig):
         depth_invalid_value (`float`, *optional*, defaults to -2.0):
             Encoder input for invalid pixels (depth that is 0, negative, NaN or inf: sensor holes, sky). It lies
             outside [-1, 1] so the encoder can tell "no measurement" from "near".
+        base_model_name_or_path (`str`, *optional*):
+            The Qwen2.5-VL checkpoint the depth model was built from: a hub id, or a local folder's absolute path.
+            Saved with the config (unlike `_name_or_path`), so a model card can name its real base.
     """
 
     model_type = "qwen2_5_vl_depth"
@@ -119,6 +122,7 @@ class Qwen2_5_VLDepthConfig(Qwen2_5_VLConfig):
     depth_min_meters: float = 0.1
     depth_max_meters: float = 100.0
     depth_invalid_value: float = -2.0
+    base_model_name_or_path: str | None = None
 
     def __post_init__(self, **kwargs):
         # A base Qwen2.5-VL config.json says `model_type: qwen2_5_vl`; keep this class's own type, never that one.

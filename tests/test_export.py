@@ -17,6 +17,7 @@ from huggingface_hub import ModelCard
 from PIL import Image
 from safetensors import safe_open
 
+from configuration_depth import Qwen2_5_VLDepthConfig
 from training import evaluate, export
 from training.benchmarks import read_benchmark
 from training.load import base_model_provenance, hub_base_model, load_depth_model
@@ -264,3 +265,11 @@ def test_export_refuses_plain_base_folders_and_non_empty_outputs(tiny_base, expo
     with pytest.raises(FileExistsError, match="does not look like a model folder"):
         export._prepare_out_dir(tmp_path, Path(exported["folder"]), overwrite=True)
     assert (tmp_path / "keep.txt").exists()
+
+
+def test_build_depth_model_records_its_base_through_save(depth_models, tiny_base, tmp_path):
+    model, _ = depth_models["add"]
+    assert model.config.base_model_name_or_path == str(tiny_base.resolve())
+    model.save_pretrained(tmp_path)
+    reloaded = Qwen2_5_VLDepthConfig.from_pretrained(tmp_path)
+    assert reloaded.base_model_name_or_path == str(tiny_base.resolve())

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from modeling_qwen2_5_vl_depth import Qwen2_5_VLDepthForConditionalGeneration
 from processing_depth import Qwen2_5_VLDepthProcessor
+from training.load import base_model_provenance
 from training.spatialbot import TRAINING_ARMS, model_depth_fusion, processor_for_arm
 
 
@@ -27,8 +28,14 @@ def build_depth_model(
 
     `depth_fusion` is one of the model's modes, or "image": an RGB-only model with `training.spatialbot`'s processor.
     """
-    processor = processor_for_arm(base, depth_fusion, depth_estimator=depth_estimator)
-    config_overrides = {"depth_fusion": model_depth_fusion(depth_fusion), "depth_init_from_rgb": init_from_rgb}
+    revision = {"revision": from_pretrained_kwargs["revision"]} if "revision" in from_pretrained_kwargs else {}
+    processor = processor_for_arm(base, depth_fusion, depth_estimator=depth_estimator, **revision)
+    config_overrides = {
+        "depth_fusion": model_depth_fusion(depth_fusion),
+        "depth_init_from_rgb": init_from_rgb,
+        # What the exported model card names as `base_model` (a hub id; a local folder is left out there).
+        "base_model_name_or_path": base_model_provenance(base),
+    }
     if depth_layers is not None:
         config_overrides["depth_config"] = {"depth": depth_layers}
     model = Qwen2_5_VLDepthForConditionalGeneration.from_pretrained(base, **config_overrides, **from_pretrained_kwargs)
