@@ -57,7 +57,6 @@ import hashlib
 import io
 import json
 import os
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -80,17 +79,15 @@ from training.make_rgbd_pairs import (
     SkippedImage,
     WorkItem,
     _exif_orientation,
-    check_generation_info,
     dataset_features,
     distributed_state,
     find_image_column,
     num_shards_for,
     prepare_image,
     read_shard_logs,
-    remove_stale_temp_files,
+    run_shard_job,
     shard_item_range,
     shard_path,
-    shards_for_rank,
     write_shard,
 )
 
@@ -808,41 +805,6 @@ def shard_layout_info(source_ids: list[str], shard_size: int) -> dict:
         # The shard slices are only stable while the sorted input list is: a changed folder must not mix in.
         "items_sha256": hashlib.sha256("\n".join(source_ids).encode()).hexdigest(),
     }
-
-
-def run_shard_job(state, out_dir: Path, info: dict, write_pending, write_card, unit: str) -> dict:
-    """What every rank of a sharded pairs job does once its settings (`info`) are known; `make_rgbd_pairs.main` runs
-    the same steps: record/check the settings, take this rank's shards, clear what a killed run left, write the missing
-    ones (`write_pending(shards, rank_name)`, returning counts), then the main process writes the card."""
-    # Every rank checks (so all fail together, before any barrier); the main one records.
-    check_generation_info(out_dir, info, write=state.is_main_process)
-    state.wait_for_everyone()
-    num_shards = info["num_shards"]
-    my_shards = shards_for_rank(num_shards, state.process_index, state.num_processes)
-    remove_stale_temp_files(out_dir, my_shards)
-    pending = [shard for shard in my_shards if not shard_path(out_dir, shard).exists()]
-    rank_name = f"rank {state.process_index}/{state.num_processes}: " if state.num_processes > 1 else ""
-    print(
-        f"{rank_name}{info['num_items']} {unit}s in {num_shards} shards; {len(my_shards)} mine, {len(pending)} to write",
-        file=sys.stderr,
-    )
-    result = write_pending(pending, rank_name)
-    rate = result["items"] / result["seconds"] if result["seconds"] > 0 else float("nan")
-    print(
-        f"{rank_name}{result['items']} {unit}s ({result['rows']} rows, {result['skipped']} skipped) in "
-        f"{result['seconds']:.1f} s: {rate:.1f} {unit}s/s",
-        file=sys.stderr,
-    )
-    state.wait_for_everyone()
-    if state.is_main_process:
-        totals = write_card()
-        result["totals"] = totals
-        print(
-            f"{out_dir}: {totals['rows']} rows, {totals['skipped']} skipped {totals['skipped_by_reason']}; "
-            f"{num_shards - len(totals['missing_shards'])}/{num_shards} shards",
-            file=sys.stderr,
-        )
-    return result
 
 
 if __name__ == "__main__":

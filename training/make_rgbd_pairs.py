@@ -636,12 +636,11 @@ def generate_shards(
         bar.close()
     seconds = time.perf_counter() - start
     return {
-        "images": len(items),
+        "items": len(items),
         "rows": writer.rows_written,
         "skipped": writer.skipped,
         "shards_written": writer.shards_written,
         "seconds": seconds,
-        "images_per_second": len(items) / seconds if seconds > 0 else float("nan"),
     }
 
 
@@ -1035,44 +1034,56 @@ def main(argv: list[str] | None = None) -> dict:
         # The shard slices are only stable while the sorted input list is: a changed folder must not mix in.
         "items_sha256": hashlib.sha256("\n".join(source.source_ids[:num_items]).encode()).hexdigest(),
     }
+
+    def write_pending(pending: list[int], rank_name: str) -> dict:
+        return generate_shards(
+            source,
+            pending,
+            num_items,
+            estimator,
+            out_dir,
+            args.shard_size,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            max_side=args.max_side,
+            max_pixels=args.max_pixels,
+            encode_threads=args.encode_threads,
+            progress=args.progress and state.is_local_main_process,
+            description=f"{rank_name}RGB-D pairs",
+        )
+
+    return run_shard_job(state, out_dir, info, write_pending, lambda: write_card(out_dir, info, args.license), "image")
+
+
+def run_shard_job(state, out_dir: Path, info: dict, write_pending, write_card, unit: str) -> dict:
+    """What every rank of a sharded pairs job does once its settings (`info`) are known; `make_rgbd_pairs.main` and
+    `ingest_sensor.main` both run it: record/check the settings, take this rank's shards, clear what a killed run left, write the missing
+    ones (`write_pending(shards, rank_name)`, returning counts), then the main process writes the card."""
     # Every rank checks (so all fail together, before any barrier); the main one records.
     check_generation_info(out_dir, info, write=state.is_main_process)
     state.wait_for_everyone()
-
+    num_shards = info["num_shards"]
     my_shards = shards_for_rank(num_shards, state.process_index, state.num_processes)
     remove_stale_temp_files(out_dir, my_shards)
     pending = [shard for shard in my_shards if not shard_path(out_dir, shard).exists()]
     rank_name = f"rank {state.process_index}/{state.num_processes}: " if state.num_processes > 1 else ""
     print(
-        f"{rank_name}{num_items} images in {num_shards} shards; {len(my_shards)} mine, {len(pending)} to write",
+        f"{rank_name}{info['num_items']} {unit}s in {num_shards} shards; {len(my_shards)} mine, {len(pending)} to write",
         file=sys.stderr,
     )
-    result = generate_shards(
-        source,
-        pending,
-        num_items,
-        estimator,
-        out_dir,
-        args.shard_size,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        max_side=args.max_side,
-        max_pixels=args.max_pixels,
-        encode_threads=args.encode_threads,
-        progress=args.progress and state.is_local_main_process,
-        description=f"{rank_name}RGB-D pairs",
-    )
+    result = write_pending(pending, rank_name)
+    rate = result["items"] / result["seconds"] if result["seconds"] > 0 else float("nan")
     print(
-        f"{rank_name}{result['images']} images ({result['rows']} pairs, {result['skipped']} skipped) in "
-        f"{result['seconds']:.1f} s: {result['images_per_second']:.1f} images/s",
+        f"{rank_name}{result['items']} {unit}s ({result['rows']} rows, {result['skipped']} skipped) in "
+        f"{result['seconds']:.1f} s: {rate:.1f} {unit}s/s",
         file=sys.stderr,
     )
     state.wait_for_everyone()
     if state.is_main_process:
-        totals = write_card(out_dir, info, args.license)
+        totals = write_card()
         result["totals"] = totals
         print(
-            f"{out_dir}: {totals['rows']} pairs, {totals['skipped']} skipped {totals['skipped_by_reason']}; "
+            f"{out_dir}: {totals['rows']} rows, {totals['skipped']} skipped {totals['skipped_by_reason']}; "
             f"{num_shards - len(totals['missing_shards'])}/{num_shards} shards",
             file=sys.stderr,
         )
