@@ -96,3 +96,31 @@ def test_host_ops_benchmark_counts_by_region(tmp_path):
     assert ours["vision blocks"] < stock["vision blocks"]
     assert ours["total"] < stock["total"] == sum(stock[region] for region in bench_host_ops.REGIONS)
     assert rows["ours, add"]["depth blocks"] > 0 == stock["depth blocks"]
+
+
+def test_sft_throughput_benchmark_runs_tiny(tmp_path):
+    from bench import bench_sft_throughput
+
+    out = tmp_path / "sft_throughput.json"
+    payload = bench_sft_throughput.main(["--tiny", "--out", str(out)])
+    assert json.loads(out.read_text())["rows"] == payload["rows"]
+    plain, plain_trl_loss, raw, processed = payload["rows"]
+    assert [row["path"] for row in payload["rows"]] == [
+        bench_sft_throughput.PLAIN_LOOP,
+        bench_sft_throughput.PLAIN_LOOP_TRL_LOSS,
+        bench_sft_throughput.SFT_RAW_ROWS,
+        bench_sft_throughput.SFT_PROCESSED_ROWS,
+    ]
+    # 2 scenes x 6 questions, batches of 4; 2 timed steps per path, one per round, each after one warm-up step.
+    assert payload["dataset_rows"] == 12 and payload["rounds"] == 2
+    assert all(
+        row["steps"] == 2 and row["batch"] == 4 and len(row["rounds_samples_per_s"]) == 2 for row in payload["rows"]
+    )
+    assert payload["batches_identical"] is True and payload["processed_rows_mib"] > 0
+    # Only the processed rows have a one-time setup; each ratio is against the plain loop of the same run.
+    assert [plain["setup_s"], plain_trl_loss["setup_s"], raw["setup_s"]] == [None, None, None]
+    assert processed["setup_s"] > 0
+    for row in payload["rows"]:
+        assert row["samples_per_s"] == pytest.approx(row["batch"] * 1000 / row["step_ms"])
+        assert row["vs_plain_loop"] == pytest.approx(row["samples_per_s"] / plain["samples_per_s"])
+        assert row["cpu_vs_plain_loop"] == pytest.approx(row["samples_per_cpu_s"] / plain["samples_per_cpu_s"])

@@ -19,6 +19,10 @@ placeholders (depth tokens included: ``concat`` gives an image with depth twice 
 Too-long samples raise instead of being truncated or dropped. Truncation could cut through an image's placeholder
 tokens (the processor refuses that too), and silently dropping samples would change the batch size per rank under
 DDP and hide a misconfigured ``max_length``/``max_pixels``. The error names the offending rows and their lengths.
+
+Rows can also be processed once, ahead of training (`training.processed_cache.process_rows`): each row is then stored
+as the tensors `process_row` returns, and the collator only pads and concatenates them into exactly the batch it would
+have built from the raw rows.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from transformers import BatchFeature
 
 from training.depth_png import decode_depth_cell, decode_image_cell
 
@@ -35,6 +40,18 @@ from training.depth_png import decode_depth_cell, decode_image_cell
 IGNORE_INDEX = -100
 # Tokens that are never a training target even inside an assistant turn: visual placeholders and their delimiters.
 VISUAL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+# What `process_row` keeps of a row's batch, flattened to 1-D (per token: input_ids, labels, mm_token_type_ids; per
+# image: image_grid_thw, image_has_depth; per patch: pixel_values, depth_values), with the dtype each is stored in. The
+# attention mask of a row alone is all ones, so it is rebuilt rather than stored.
+PROCESSED_ROW_DTYPES = {
+    "input_ids": torch.int64,
+    "labels": torch.int64,
+    "mm_token_type_ids": torch.int64,
+    "pixel_values": torch.float32,
+    "image_grid_thw": torch.int64,
+    "depth_values": torch.float32,
+    "image_has_depth": torch.bool,
+}
 
 
 def _depth_maps_of_row(depth: Any, num_images: int, row_index: int) -> list:
@@ -73,6 +90,14 @@ class DepthVLMCollator:
         return self.processor.depth_fusion != "none"
 
     def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
+        processed = ["input_ids" in row for row in rows]
+        if any(processed):
+            if not all(processed):
+                raise ValueError(
+                    "The batch mixes processed rows (training.processed_cache) with raw rows: process every row of "
+                    "a dataset, or none."
+                )
+            return self.collate_processed(rows)
         texts = [self.processor.apply_chat_template(row["messages"]) for row in rows]
         images = [[decode_image_cell(image) for image in row["images"]] for row in rows]
         processor_kwargs = {}
@@ -88,8 +113,12 @@ class DepthVLMCollator:
                 )
             processor_kwargs["depth"] = depth
         batch = self.processor(images=images, text=texts, return_tensors="pt", padding=True, **processor_kwargs)
+        self._check_lengths(batch["attention_mask"])
+        batch["labels"] = self.assistant_labels(batch["input_ids"], batch["attention_mask"])
+        return batch
 
-        lengths = batch["attention_mask"].sum(dim=1)
+    def _check_lengths(self, attention_mask: torch.Tensor) -> None:
+        lengths = attention_mask.sum(dim=1)
         if self.max_length is not None and int(lengths.max()) > self.max_length:
             too_long = {i: int(n) for i, n in enumerate(lengths.tolist()) if n > self.max_length}
             raise ValueError(
@@ -97,7 +126,70 @@ class DepthVLMCollator:
                 "truncated, which could cut through image/depth tokens: raise max_length, or lower the image "
                 "processor's max_pixels."
             )
-        batch["labels"] = self.assistant_labels(batch["input_ids"], batch["attention_mask"])
+
+    def process_row(self, row: dict) -> dict[str, torch.Tensor]:
+        """One raw row as the flat tensors of `PROCESSED_ROW_DTYPES`: its batch of one, unpadded, labels included.
+
+        `collate_processed` pads and concatenates such rows into the batch `__call__` builds from the raw rows, bit for
+        bit. Processing is deterministic (no random augmentation anywhere in it), which is what makes storing it valid.
+        """
+        batch = self([row])
+        if "image_grid_thw" in batch:  # no depth in this row: say so per image, another row of a batch may have it
+            batch.setdefault("image_has_depth", torch.zeros(len(batch["image_grid_thw"]), dtype=torch.bool))
+            batch.setdefault("depth_values", torch.zeros(0, dtype=torch.float32))
+        if set(batch) != {*PROCESSED_ROW_DTYPES, "attention_mask"}:
+            raise ValueError(
+                f"The processor returned {sorted(batch)} for row {row.get('messages')!r}; processed rows store exactly "
+                f"{sorted(PROCESSED_ROW_DTYPES)}. Train on the raw rows, or teach DepthVLMCollator.process_row the "
+                "difference."
+            )
+        processed = {}
+        for key, dtype in PROCESSED_ROW_DTYPES.items():
+            if batch[key].dtype != dtype:
+                raise TypeError(f"The processor returned {key} as {batch[key].dtype}; processed rows store {dtype}.")
+            processed[key] = batch[key].reshape(-1)
+        return processed
+
+    def collate_processed(self, rows: Sequence[dict]) -> BatchFeature:
+        """Rows made by `process_row` (tensors, arrays or lists) -> the batch `__call__` builds from their raw rows:
+        per-token inputs padded on the tokenizer's side (pad token, attention 0, token type 0, label -100), images and
+        patches concatenated in row order, `depth_values`/`image_has_depth` only when an image has depth."""
+        rows = [{key: np.asarray(row[key]) for key in PROCESSED_ROW_DTYPES} for row in rows]
+        tokenizer = self.processor.tokenizer
+        lengths = [len(row["input_ids"]) for row in rows]
+        longest = max(lengths)
+        padding_values = {"input_ids": tokenizer.pad_token_id, "attention_mask": 0, "mm_token_type_ids": 0}
+        padded = {key: np.full((len(rows), longest), value, dtype=np.int64) for key, value in padding_values.items()}
+        padded["labels"] = np.full((len(rows), longest), IGNORE_INDEX, dtype=np.int64)
+        for index, (row, length) in enumerate(zip(rows, lengths)):
+            tokens = slice(longest - length, longest) if tokenizer.padding_side == "left" else slice(0, length)
+            padded["attention_mask"][index, tokens] = 1
+            for key in ("input_ids", "mm_token_type_ids", "labels"):
+                padded[key][index, tokens] = row[key]
+
+        grids = [row["image_grid_thw"].reshape(-1, 3) for row in rows]
+        has_depth = np.concatenate([row["image_has_depth"] for row in rows]).astype(bool)
+        patches = np.concatenate(
+            [row["pixel_values"].reshape(int(grid.prod(-1).sum()), -1) for row, grid in zip(rows, grids)]
+        )
+        batch = {
+            "input_ids": padded["input_ids"],
+            "attention_mask": padded["attention_mask"],
+            "mm_token_type_ids": padded["mm_token_type_ids"],
+            "pixel_values": patches.astype(np.float32, copy=False),
+            "image_grid_thw": np.concatenate(grids).astype(np.int64, copy=False),
+        }
+        if has_depth.any():
+            depth = [
+                row["depth_values"].reshape(int(grid[row["image_has_depth"].astype(bool)].prod(-1).sum()), -1)
+                for row, grid in zip(rows, grids)
+                if row["image_has_depth"].any()
+            ]
+            batch["depth_values"] = np.concatenate(depth).astype(np.float32, copy=False)
+            batch["image_has_depth"] = has_depth
+        batch["labels"] = padded["labels"]
+        batch = BatchFeature({key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in batch.items()})
+        self._check_lengths(batch["attention_mask"])
         return batch
 
     def assistant_labels(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
