@@ -257,6 +257,17 @@ class TestModelSetup:
             )
             assert parameter.requires_grad != frozen, name
 
+    def test_processing_rows_ahead_gives_the_same_batches(self, tiny_base, world_dir, tmp_path):
+        fresh = build_trainer(*sft_args(tiny_base, world_dir, tmp_path / "fresh", "concat"))
+        ahead = build_trainer(*sft_args(tiny_base, world_dir, tmp_path / "ahead", "concat", "--process_rows_ahead"))
+        assert "input_ids" in ahead.train_dataset.column_names  # processed once, before training
+        rows = [fresh.train_dataset[i] for i in range(3)]
+        processed = [ahead.train_dataset[i] for i in range(3)]
+        expected, actual = fresh.data_collator(rows), ahead.data_collator(processed)
+        assert expected.keys() == actual.keys() and "depth_values" in actual
+        for key in expected:
+            assert torch.equal(expected[key], actual[key]), key
+
     def test_cpu_defaults(self):
         if torch.cuda.is_available():
             pytest.skip("the CPU defaults apply only without CUDA")

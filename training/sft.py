@@ -80,6 +80,7 @@ from modeling_qwen2_5_vl_depth import Qwen2_5_VLDepthForConditionalGeneration
 from processing_depth import Qwen2_5_VLDepthProcessor
 from training.collator import DepthVLMCollator
 from training.load import keep_in_float32, load_depth_model, load_rows, resume_checkpoint
+from training.processed_cache import process_rows
 
 
 # LoRA goes on every attention and MLP projection of the language model, and nowhere else: the vision tower and the
@@ -136,6 +137,14 @@ class SpatialSFTScriptArguments(ScriptArguments):
     )
     depth_estimator: str | None = field(
         default=None, metadata={"help": "DepthAnything id/folder, only for rows that have no depth."}
+    )
+    process_rows_ahead: bool = field(
+        default=False,
+        metadata={
+            "help": "Process every row once before training (chat template, image processor, depth patches; "
+            "training.processed_cache) instead of in every step's collator: bit-identical batches, ~350 KB of disk "
+            "per 112-px row. Pays off from about one epoch on."
+        },
     )
     train_vision_tower: bool = field(
         default=False,
@@ -314,13 +323,19 @@ def build_trainer(
         freeze_for_full_finetuning(model, script_args.train_vision_tower)
     elif script_args.train_vision_tower:
         raise ValueError("--train_vision_tower needs --use_peft false (full fine-tuning).")
+    collator = DepthVLMCollator(processor, max_length=training_args.max_length)
+    if script_args.process_rows_ahead:
+        with training_args.main_process_first(desc="processing the rows"):
+            train_dataset = process_rows(train_dataset, collator, num_proc=training_args.dataset_num_proc)
+            if eval_dataset is not None:
+                eval_dataset = process_rows(eval_dataset, collator, num_proc=training_args.dataset_num_proc)
     trainer = SFTTrainer(
         model=model,
         args=training_args,
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=processor,
-        data_collator=DepthVLMCollator(processor, max_length=training_args.max_length),
+        data_collator=collator,
         peft_config=peft_config,
     )
     if training_args.bf16 or training_args.fp16:
