@@ -98,6 +98,25 @@ class Preset:
     # stay frozen) instead of a LoRA adapter on it. LoRA preserves a pretrained base; the from-scratch stand-in bases
     # here have no such skills to preserve, and LoRA on them stays at the answer priors (results/experiment_cpu_long).
     sft_full_finetune: bool = False
+    # Stage 2 trains (every arm, same rows) and evaluation reads only these question types; None: all twelve. A
+    # 1 M-parameter stand-in spreads one pass over twelve types too thin to learn any one metric type from depth.
+    sft_question_types: tuple[str, ...] | None = None
+    # Question types of the test set that are evaluated; None: `sft_question_types` plus the RGB-only types when
+    # stage 2 trains on a subset (those check that depth does not hurt), else all.
+    eval_question_types: tuple[str, ...] | None = None
+    # How the depth path starts in stage 2 (training.sft's flags; the defaults are its own):
+    # `depth_merger_zero_init` zeroes the depth projector's last layer, so a fresh model still equals the base while
+    # the projector gets the full gradient; `depth_gate_init` opens the 'add' gate (tanh(1.0) = 0.76) instead of
+    # the zero gate through which the projector's gradient is ~0; `depth_lr` is the depth modules' own rate;
+    # `train_depth_encoder` trains the depth encoder's blocks too (full fine-tuning only).
+    depth_merger_zero_init: bool = False
+    depth_gate_init: float | None = None
+    depth_lr: float | None = None
+    train_depth_encoder: bool = False
+    # Stage 1 for the main arms: "dense" (token-matched InfoNCE), "global", or None (no alignment: the depth encoder
+    # stays the copy of the RGB tower it is initialised as, which keeps the most metric information, see
+    # shared/FACTS.md "Where depth's information goes").
+    main_alignment: str | None = "dense"
 
 
 PRESETS = {
@@ -367,9 +386,35 @@ class Experiment:
             args += ["--use_peft", "false"]
         else:
             args += ["--lora_r", str(self.preset.lora_r), "--lora_alpha", str(2 * self.preset.lora_r)]
+        if self.preset.sft_question_types:
+            args += ["--question_types", *self.preset.sft_question_types]
+        args += self.depth_path_args(arm)
         summary = folder / "trainer" / "sft_summary.json"
         self.run(f"sft-{name}-seed{seed}", "training.sft", args, summary, launch=True, shared=True)
         return folder / "model"
+
+    def depth_path_args(self, arm: str) -> list[str]:
+        """training.sft flags that set how the depth path of `arm` starts and trains (none for RGB-only arms)."""
+        preset, args = self.preset, []
+        if arm not in ("add", "concat"):
+            return args
+        if preset.depth_merger_zero_init:
+            args += ["--depth_merger_zero_init", "true"]
+        if preset.depth_gate_init is not None and arm == "add":
+            args += ["--depth_gate_init", str(preset.depth_gate_init)]
+        if preset.depth_lr is not None:
+            args += ["--depth_lr", str(preset.depth_lr)]
+        if preset.train_depth_encoder:
+            args += ["--train_depth_encoder", "true"]
+        return args
+
+    def eval_question_types(self) -> tuple[str, ...] | None:
+        if self.preset.eval_question_types:
+            return self.preset.eval_question_types
+        if self.preset.sft_question_types:
+            extra = [t for t in RGB_ONLY_QUESTION_TYPES if t not in self.preset.sft_question_types]
+            return (*self.preset.sft_question_types, *extra)
+        return None
 
     def evaluate(self, model: Path, test: Path, label: str) -> dict:
         folder = self.out / "eval" / label
@@ -379,6 +424,8 @@ class Experiment:
         ]  # fmt: skip
         if self.preset.test_questions:
             args += ["--limit", str(self.preset.test_questions)]
+        if self.eval_question_types():
+            args += ["--question-types", *self.eval_question_types()]
         self.run(f"eval-{label}", "training.evaluate", args, folder / "results.json", shared=True)
         return json.loads((folder / "results.json").read_text())
 
@@ -397,7 +444,11 @@ class Experiment:
         rgb_val = self.stage0_rows(val, "val-stage0")
 
         base = self.stage0(rgb_train, rgb_val, train, val)
-        aligned = self.align(base, pairs[1], val, "dense", "dense")
+        aligned = (
+            self.align(base, pairs[1], val, preset.main_alignment, preset.main_alignment)
+            if preset.main_alignment
+            else None  # the depth arms build their encoder from the base (a copy of its RGB tower)
+        )
         # Seed-major, so every arm has a result before any arm has three: an interrupted run still compares arms.
         plan = [  # (run name, fusion arm, start: aligned folder, None, or an ablation's (level, pair multiplier), seed)
             (arm, arm, aligned if arm in ("add", "concat") else None, seed)

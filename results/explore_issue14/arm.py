@@ -23,6 +23,8 @@ parser.add_argument("--batch", type=int, default=32)
 parser.add_argument("--types", nargs="+", default=None)
 parser.add_argument("--eval-types", nargs="+", default=None)
 parser.add_argument("--seed", type=int, default=0)
+parser.add_argument("--val", default="val", help="folder under BASE/data for the eval loss")
+parser.add_argument("--eval-steps", type=int, default=0, help="eval loss every N steps (0: none)")
 parser.add_argument("--threads", type=int, default=1)
 parser.add_argument("--out", type=Path, default=Path("runs/explore"))
 parser.add_argument("extra", nargs=argparse.REMAINDER)
@@ -31,7 +33,11 @@ extra = [x for x in a.extra if x != "--"]
 folder = a.out / f"{a.name}-seed{a.seed}"
 folder.mkdir(parents=True, exist_ok=True)
 env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
-if a.fusion == "none" or a.start == "base":
+if a.start == "init":  # a random base (no stage 0a, no stage 0)
+    start = ["--model_name_or_path", str(BASE / "stage0" / "init")]
+elif a.start == "vision":  # stage 0a's output: the pre-trained RGB tower, a random language model (no stage 0)
+    start = ["--model_name_or_path", os.environ.get("VISION_BASE", str(BASE / "stage0" / "vision"))]
+elif a.fusion == "none" or a.start == "base":
     start = ["--model_name_or_path", str(BASE / "stage0" / "base")]
 elif a.start == "aligned":
     start = ["--aligned_depth_model", str(BASE / "align" / "dense")]
@@ -43,9 +49,10 @@ types = ["--question_types", *a.types] if a.types else []
 steps = a.steps
 sft = [
     sys.executable, "-m", "training.sft", *start, "--depth_fusion", a.fusion,
-    "--dataset_path", str(BASE / "data" / "train"), "--eval_dataset_path", str(BASE / "data" / "val"), *types,
+    "--dataset_path", str(BASE / "data" / "train"), "--eval_dataset_path", str(BASE / "data" / a.val), *types,
     "--output_dir", str(folder / "trainer"), "--export_dir", str(folder / "model"),
-    "--loss_curve", str(folder / "loss_curve.png"), "--eval_strategy", "no", "--use_peft", "false",
+    "--loss_curve", str(folder / "loss_curve.png"), "--use_peft", "false",
+    *(["--eval_strategy", "steps", "--eval_steps", str(a.eval_steps)] if a.eval_steps else ["--eval_strategy", "no"]),
     "--max_steps", str(steps), "--learning_rate", str(a.lr), "--seed", str(a.seed), "--data_seed", str(a.seed),
     "--lr_scheduler_type", "cosine", "--warmup_steps", str(max(1, steps // 20)),
     "--per_device_train_batch_size", str(a.batch), "--per_device_eval_batch_size", str(a.batch),
