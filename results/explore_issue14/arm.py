@@ -27,9 +27,9 @@ parser.add_argument("--val", default="val", help="folder under BASE/data for the
 parser.add_argument("--eval-steps", type=int, default=0, help="eval loss every N steps (0: none)")
 parser.add_argument("--threads", type=int, default=1)
 parser.add_argument("--out", type=Path, default=Path("runs/explore"))
-parser.add_argument("extra", nargs=argparse.REMAINDER)
-a = parser.parse_args()
-extra = [x for x in a.extra if x != "--"]
+argv = sys.argv[1:]
+extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+a = parser.parse_args(argv[: argv.index("--")] if "--" in argv else argv)
 folder = a.out / f"{a.name}-seed{a.seed}"
 folder.mkdir(parents=True, exist_ok=True)
 env = dict(os.environ, OMP_NUM_THREADS=str(a.threads))
