@@ -193,6 +193,21 @@ PRESETS = {
 # `cpu` with stage 2 as full fine-tuning of the language model, at stage 0's rate, for every arm alike.
 # 900 steps at batch 32 is one pass over the 30,000 training rows.
 PRESETS["cpu-full"] = replace(PRESETS["cpu"], sft_full_finetune=True, sft_lr=1e-3, sft_steps=900)
+# Issue 14's candidate (not yet run at full scale, see results/explore_issue14/NOTES.md): `cpu-full` with stage 2 on
+# the three depth-readable question types only (4x the samples per type in the same 900 steps, same rows for both
+# arms; the RGB-only types are still evaluated), the depth encoder unaligned (the copy of the RGB tower keeps the most
+# metric information), and the depth path opened: the projector's last layer zero (the fresh model is still exactly the
+# base) with the gate at tanh(1) = 0.76, so the projector gets the full gradient from the first step. RGB-only vs
+# `add`, 3 seeds, about 60 minutes on 2 free cores (no alignment; six SFT runs two at a time).
+PRESETS["cpu-depth"] = replace(
+    PRESETS["cpu-full"],
+    sft_question_types=("distance_to_camera", "point_depth", "closer"),
+    depth_merger_zero_init=True,
+    depth_gate_init=1.0,
+    main_alignment=None,
+    arms=("none", "add"),
+    alignment_ablations=(),
+)
 # The README's demo: `tiny` at smoke scale, one seed, RGB-only against depth `add`, no ablations (part of a 10-minute
 # CPU job). The sequential stages get every core; the two SFT runs and their evaluations go side by side, one core each.
 PRESETS["demo"] = replace(
