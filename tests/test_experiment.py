@@ -231,6 +231,7 @@ def test_depth_path_options_and_question_types_reach_the_depth_arms_only(tmp_pat
         "point_depth",
     ]
     assert "--depth_lr" not in none and "--depth_merger_zero_init" not in none
+
     def value(args, flag):
         return args[args.index(flag) + 1]
 

@@ -4,6 +4,7 @@ set (optionally only some question types), one thread. Skips what is done.
     python results/explore_issue14/arm.py NAME FUSION [--start aligned|unaligned|base|PATH] [--steps N] [--lr X]
         [--types t1 t2 ...] [--seed S] [-- extra training.sft flags]
 """
+
 import argparse
 import json
 import os
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
 
 BASE = Path(os.environ.get("BASE_DIR", "runs/base_cpu"))
 parser = argparse.ArgumentParser()
@@ -48,16 +50,53 @@ else:
 types = ["--question_types", *a.types] if a.types else []
 steps = a.steps
 sft = [
-    sys.executable, "-m", "training.sft", *start, "--depth_fusion", a.fusion,
-    "--dataset_path", str(BASE / "data" / "train"), "--eval_dataset_path", str(BASE / "data" / a.val), *types,
-    "--output_dir", str(folder / "trainer"), "--export_dir", str(folder / "model"),
-    "--loss_curve", str(folder / "loss_curve.png"), "--use_peft", "false",
+    sys.executable,
+    "-m",
+    "training.sft",
+    *start,
+    "--depth_fusion",
+    a.fusion,
+    "--dataset_path",
+    str(BASE / "data" / "train"),
+    "--eval_dataset_path",
+    str(BASE / "data" / a.val),
+    *types,
+    "--output_dir",
+    str(folder / "trainer"),
+    "--export_dir",
+    str(folder / "model"),
+    "--loss_curve",
+    str(folder / "loss_curve.png"),
+    "--use_peft",
+    "false",
     *(["--eval_strategy", "steps", "--eval_steps", str(a.eval_steps)] if a.eval_steps else ["--eval_strategy", "no"]),
-    "--max_steps", str(steps), "--learning_rate", str(a.lr), "--seed", str(a.seed), "--data_seed", str(a.seed),
-    "--lr_scheduler_type", "cosine", "--warmup_steps", str(max(1, steps // 20)),
-    "--per_device_train_batch_size", str(a.batch), "--per_device_eval_batch_size", str(a.batch),
-    "--logging_steps", str(max(1, steps // 20)), "--save_strategy", "no", "--report_to", "none",
-    "--dataloader_num_workers", "0", "--disable_tqdm", "true", *extra,
+    "--max_steps",
+    str(steps),
+    "--learning_rate",
+    str(a.lr),
+    "--seed",
+    str(a.seed),
+    "--data_seed",
+    str(a.seed),
+    "--lr_scheduler_type",
+    "cosine",
+    "--warmup_steps",
+    str(max(1, steps // 20)),
+    "--per_device_train_batch_size",
+    str(a.batch),
+    "--per_device_eval_batch_size",
+    str(a.batch),
+    "--logging_steps",
+    str(max(1, steps // 20)),
+    "--save_strategy",
+    "no",
+    "--report_to",
+    "none",
+    "--dataloader_num_workers",
+    "0",
+    "--disable_tqdm",
+    "true",
+    *extra,
 ]
 timings = {}
 (folder / "command.json").write_text(json.dumps({"argv": sys.argv, "sft": sft}, indent=1))
@@ -68,9 +107,25 @@ if not (folder / "trainer" / "sft_summary.json").exists():
     timings["sft_s"] = time.time() - t
 eval_types = a.eval_types or a.types
 ev = [
-    sys.executable, "-m", "training.evaluate", "run", "--model", str(folder / "model"),
-    "--data", str(BASE / "data" / "test"), "--out", str(folder / "eval"), "--instruction", "",
-    "--batch-size", "32", "--max-new-tokens", "16", "--label", a.name, "--no-progress",
+    sys.executable,
+    "-m",
+    "training.evaluate",
+    "run",
+    "--model",
+    str(folder / "model"),
+    "--data",
+    str(BASE / "data" / "test"),
+    "--out",
+    str(folder / "eval"),
+    "--instruction",
+    "",
+    "--batch-size",
+    "32",
+    "--max-new-tokens",
+    "16",
+    "--label",
+    a.name,
+    "--no-progress",
     *(["--question-types", *eval_types] if eval_types else []),
 ]
 if not (folder / "eval" / "results.json").exists():

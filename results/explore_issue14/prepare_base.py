@@ -1,8 +1,11 @@
 """Build the shared, reusable part of the cpu-full experiment (data, stage 0a, stage 0, dense alignment) into
 runs/base_cpu, so stage-2 arms can be run against it without redoing it."""
+
 import sys
 from pathlib import Path
+
 from training.experiment import PRESETS, Experiment
+
 
 out = Path(sys.argv[1] if len(sys.argv) > 1 else "runs/base_cpu")
 e = Experiment(PRESETS["cpu-full"], out)

@@ -5,6 +5,7 @@
 Prints R² and δ₁ of the probe (fit on half the scenes, tested on the other half) for the depth encoder's merged
 tokens, the RGB tokens, and (for 'add') the fused tokens image + tanh(g) * depth.
 """
+
 import argparse
 import json
 
@@ -15,6 +16,7 @@ from modeling_qwen2_5_vl_depth import Qwen2_5_VLDepthForConditionalGeneration
 from processing_depth import Qwen2_5_VLDepthProcessor
 from training.collator import DepthVLMCollator
 from training.sft import load_rows
+
 
 parser = argparse.ArgumentParser()
 parser.add_argument("model")
