@@ -5,7 +5,14 @@ from dataclasses import replace
 
 import pytest
 
-from training.experiment import PRESETS, Experiment, aggregate, summary_of, write_report
+from training.experiment import (
+    PRESETS,
+    RGB_ONLY_QUESTION_TYPES,
+    Experiment,
+    aggregate,
+    summary_of,
+    write_report,
+)
 
 
 def evaluation(delta1: float, accuracy: float, answers: list[str]) -> dict:
@@ -198,3 +205,38 @@ def test_sft_loss_curves_gather_every_run(tmp_path):
         "add-seed1": [[10, 1.7]],
         "none-seed0": [[10, 2.0], [20, 1.5]],  # training loss only: the eval entry is left out
     }
+
+
+def test_depth_path_options_and_question_types_reach_the_depth_arms_only(tmp_path, monkeypatch):
+    calls = []
+
+    def record(self, name, module, args, done, launch=False, shared=False):
+        calls.append((module, args))
+
+    monkeypatch.setattr(Experiment, "run", record)
+    preset = replace(
+        PRESETS["cpu-full"],
+        sft_question_types=("distance_to_camera", "point_depth"),
+        depth_merger_zero_init=True,
+        depth_gate_init=1.0,
+        depth_lr=3e-3,
+        train_depth_encoder=True,
+    )
+    experiment = Experiment(preset, tmp_path)
+    for arm in ("none", "add", "concat"):
+        experiment.sft(arm, 0, tmp_path / "base", None, tmp_path / "train", tmp_path / "val", arm)
+    (_, none), (_, add), (_, concat) = calls
+    assert none[none.index("--question_types") + 1 : none.index("--question_types") + 3] == [
+        "distance_to_camera",
+        "point_depth",
+    ]
+    assert "--depth_lr" not in none and "--depth_merger_zero_init" not in none
+
+    def value(args, flag):
+        return args[args.index(flag) + 1]
+
+    assert value(add, "--depth_merger_zero_init") == "true" and value(add, "--depth_gate_init") == "1.0"
+    assert value(add, "--depth_lr") == "0.003" and value(add, "--train_depth_encoder") == "true"
+    assert "--depth_gate_init" not in concat and "--depth_merger_zero_init" in concat
+    assert experiment.eval_question_types() == ("distance_to_camera", "point_depth", *RGB_ONLY_QUESTION_TYPES)
+    assert Experiment(PRESETS["cpu-full"], tmp_path).eval_question_types() is None

@@ -651,3 +651,62 @@ def test_two_cpu_processes_under_accelerate_launch_agree(sft_base, world_dir, tm
     assert summary["train_steps"] == 4
     assert json.loads((output_dir / "loss_curve.json").read_text())[-1]["epoch"] == pytest.approx(1.0)
     assert (output_dir / "merged" / "model.safetensors").is_file()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Depth-path options: zero-initialised projector with an open gate, depth learning rate, what trains, norms logged
+# --------------------------------------------------------------------------------------------------------------
+class TestDepthPathOptions:
+    def test_a_zero_initialised_projector_with_an_open_gate_leaves_the_model_exactly_the_base(
+        self, sft_base, world_dir, rows, tmp_path
+    ):
+        extra = ["--use_peft", "false", "--depth_merger_zero_init", "true", "--depth_gate_init", "1.0"]
+        script_args, training_args, model_args = sft_args(sft_base, world_dir, tmp_path / "add", "add", *extra)
+        trainer = build_trainer(script_args, training_args, model_args)
+        model = trainer.model.eval()
+        assert torch.all(model.model.depth_gate.gate == 1.0)
+        assert model.model.depth_encoder.merger.mlp[2].weight.abs().sum() == 0
+        base_args = sft_args(sft_base, world_dir, tmp_path / "none", "none")
+        base = load_starting_model(base_args[0], base_args[2], base_args[1])[0].eval()
+        add_batch = DepthVLMCollator(trainer.processing_class)([rows[i] for i in range(3)])
+        none_batch = DepthVLMCollator(load_starting_model(base_args[0], base_args[2], base_args[1])[1])(
+            [rows[i] for i in range(3)]
+        )
+        with torch.no_grad():
+            add_logits = model(**{k: v for k, v in add_batch.items() if k != "labels"}).logits
+            none_logits = base(**{k: v for k, v in none_batch.items() if k != "labels"}).logits
+        torch.testing.assert_close(add_logits, none_logits, rtol=0, atol=0)
+
+    def test_depth_lr_puts_the_depth_modules_in_their_own_group_and_norms_are_logged(
+        self, sft_base, world_dir, tmp_path
+    ):
+        extra = [
+            "--use_peft", "false", "--depth_lr", "0.05", "--depth_merger_zero_init", "true", "--depth_gate_init", "1",
+            "--max_steps", "4", "--logging_steps", "2",
+        ]  # fmt: skip
+        script_args, training_args, model_args = sft_args(sft_base, world_dir, tmp_path, "add", *extra)
+        with one_torch_thread():
+            trainer, _ = train(script_args, training_args, model_args)
+        names = {id(p): n for n, p in trainer.model.named_parameters()}
+        by_lr = {}
+        for group in trainer.optimizer.param_groups:
+            by_lr.setdefault(group["initial_lr"], set()).update(names[id(p)] for p in group["params"])
+        assert set(by_lr) == {3e-3, 0.05}
+        assert all(n.startswith(("model.depth_encoder.merger.", "model.depth_gate.")) for n in by_lr[0.05])
+        assert not any("depth" in n for n in by_lr[3e-3])
+        logged = [entry for entry in trainer.state.log_history if "loss" in entry]
+        keys = ("depth_gate_abs_mean", "depth_merger_out_norm", "rgb_token_norm", "depth_to_rgb_norm_ratio")
+        assert logged and all(key in logged[-1] for key in keys)
+        assert logged[-1]["depth_merger_out_norm"] > 0, "the zeroed projector layer learned"
+
+    def test_train_only_depth_and_train_depth_encoder_choose_what_trains(self, sft_base, world_dir, tmp_path):
+        extra = ["--use_peft", "false", "--train_only_depth", "true", "--train_depth_encoder", "true"]
+        script_args, training_args, model_args = sft_args(sft_base, world_dir, tmp_path, "add", *extra)
+        trainer = build_trainer(script_args, training_args, model_args)
+        trains = {name for name, p in trainer.model.named_parameters() if p.requires_grad}
+        assert trains and all(name.startswith(("model.depth_encoder.", "model.depth_gate.")) for name in trains)
+        assert any(name.startswith("model.depth_encoder.blocks.") for name in trains)
+
+    def test_question_types_filter_the_rows(self, world_dir):
+        rows = load_rows(str(world_dir), question_types=["distance_to_camera", "closer"])
+        assert len(rows) > 0 and set(rows["question_type"]) <= {"distance_to_camera", "closer"}

@@ -470,7 +470,10 @@ def load_data(data: str | None, benchmark: str | None, data_path: str | None) ->
 
 def run(args: argparse.Namespace) -> dict:
     benchmark, data_path, data = load_data(args.data, args.benchmark, args.data_path)
-    samples = data.samples[: args.limit] if args.limit else data.samples
+    samples = data.samples
+    if getattr(args, "question_types", None):
+        samples = [sample for sample in samples if sample.question_type in args.question_types]
+    samples = samples[: args.limit] if args.limit else samples
     if not samples:
         raise SystemExit(f"No samples read from {data_path} (skipped: {dict(data.skipped)}).")
     model, processor = load_model_and_processor(args.model, args.device, args.dtype)
@@ -545,6 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--batch-size", type=int, default=8)
     run_parser.add_argument("--max-new-tokens", type=int, default=16)
     run_parser.add_argument("--limit", type=int, default=None, help="only the first N questions")
+    run_parser.add_argument("--question-types", nargs="+", default=None, help="only questions of these types")
     run_parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, or auto (device_map)")
     run_parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     run_parser.add_argument("--depth-estimator", default=None, help="DepthAnything id/folder for rows without depth")

@@ -98,6 +98,25 @@ class Preset:
     # stay frozen) instead of a LoRA adapter on it. LoRA preserves a pretrained base; the from-scratch stand-in bases
     # here have no such skills to preserve, and LoRA on them stays at the answer priors (results/experiment_cpu_long).
     sft_full_finetune: bool = False
+    # Stage 2 trains (every arm, same rows) and evaluation reads only these question types; None: all twelve. A
+    # 1 M-parameter stand-in spreads one pass over twelve types too thin to learn any one metric type from depth.
+    sft_question_types: tuple[str, ...] | None = None
+    # Question types of the test set that are evaluated; None: `sft_question_types` plus the RGB-only types when
+    # stage 2 trains on a subset (those check that depth does not hurt), else all.
+    eval_question_types: tuple[str, ...] | None = None
+    # How the depth path starts in stage 2 (training.sft's flags; the defaults are its own):
+    # `depth_merger_zero_init` zeroes the depth projector's last layer, so a fresh model still equals the base while
+    # the projector gets the full gradient; `depth_gate_init` opens the 'add' gate (tanh(1.0) = 0.76) instead of
+    # the zero gate through which the projector's gradient is ~0; `depth_lr` is the depth modules' own rate;
+    # `train_depth_encoder` trains the depth encoder's blocks too (full fine-tuning only).
+    depth_merger_zero_init: bool = False
+    depth_gate_init: float | None = None
+    depth_lr: float | None = None
+    train_depth_encoder: bool = False
+    # Stage 1 for the main arms: "dense" (token-matched InfoNCE), "global", or None (no alignment: the depth encoder
+    # stays the copy of the RGB tower it is initialised as, which keeps the most metric information, see
+    # shared/FACTS.md "Where depth's information goes").
+    main_alignment: str | None = "dense"
 
 
 PRESETS = {
@@ -174,6 +193,21 @@ PRESETS = {
 # `cpu` with stage 2 as full fine-tuning of the language model, at stage 0's rate, for every arm alike.
 # 900 steps at batch 32 is one pass over the 30,000 training rows.
 PRESETS["cpu-full"] = replace(PRESETS["cpu"], sft_full_finetune=True, sft_lr=1e-3, sft_steps=900)
+# Issue 14's candidate (not yet run at full scale, see results/explore_issue14/NOTES.md): `cpu-full` with stage 2 on
+# the three depth-readable question types only (4x the samples per type in the same 900 steps, same rows for both
+# arms; the RGB-only types are still evaluated), the depth encoder unaligned (the copy of the RGB tower keeps the most
+# metric information), and the depth path opened: the projector's last layer zero (the fresh model is still exactly the
+# base) with the gate at tanh(1) = 0.76, so the projector gets the full gradient from the first step. RGB-only vs
+# `add`, 3 seeds, about 60 minutes on 2 free cores (no alignment; six SFT runs two at a time).
+PRESETS["cpu-depth"] = replace(
+    PRESETS["cpu-full"],
+    sft_question_types=("distance_to_camera", "point_depth", "closer"),
+    depth_merger_zero_init=True,
+    depth_gate_init=1.0,
+    main_alignment=None,
+    arms=("none", "add"),
+    alignment_ablations=(),
+)
 # The README's demo: `tiny` at smoke scale, one seed, RGB-only against depth `add`, no ablations (part of a 10-minute
 # CPU job). The sequential stages get every core; the two SFT runs and their evaluations go side by side, one core each.
 PRESETS["demo"] = replace(
@@ -368,9 +402,35 @@ class Experiment:
             args += ["--use_peft", "false"]
         else:
             args += ["--lora_r", str(self.preset.lora_r), "--lora_alpha", str(2 * self.preset.lora_r)]
+        if self.preset.sft_question_types:
+            args += ["--question_types", *self.preset.sft_question_types]
+        args += self.depth_path_args(arm)
         summary = folder / "trainer" / "sft_summary.json"
         self.run(f"sft-{name}-seed{seed}", "training.sft", args, summary, launch=True, shared=True)
         return folder / "model"
+
+    def depth_path_args(self, arm: str) -> list[str]:
+        """training.sft flags that set how the depth path of `arm` starts and trains (none for RGB-only arms)."""
+        preset, args = self.preset, []
+        if arm not in ("add", "concat"):
+            return args
+        if preset.depth_merger_zero_init:
+            args += ["--depth_merger_zero_init", "true"]
+        if preset.depth_gate_init is not None and arm == "add":
+            args += ["--depth_gate_init", str(preset.depth_gate_init)]
+        if preset.depth_lr is not None:
+            args += ["--depth_lr", str(preset.depth_lr)]
+        if preset.train_depth_encoder:
+            args += ["--train_depth_encoder", "true"]
+        return args
+
+    def eval_question_types(self) -> tuple[str, ...] | None:
+        if self.preset.eval_question_types:
+            return self.preset.eval_question_types
+        if self.preset.sft_question_types:
+            extra = [t for t in RGB_ONLY_QUESTION_TYPES if t not in self.preset.sft_question_types]
+            return (*self.preset.sft_question_types, *extra)
+        return None
 
     def evaluate(self, model: Path, test: Path, label: str) -> dict:
         folder = self.out / "eval" / label
@@ -380,6 +440,8 @@ class Experiment:
         ]  # fmt: skip
         if self.preset.test_questions:
             args += ["--limit", str(self.preset.test_questions)]
+        if self.eval_question_types():
+            args += ["--question-types", *self.eval_question_types()]
         self.run(f"eval-{label}", "training.evaluate", args, folder / "results.json", shared=True)
         return json.loads((folder / "results.json").read_text())
 
@@ -398,7 +460,11 @@ class Experiment:
         rgb_val = self.stage0_rows(val, "val-stage0")
 
         base = self.stage0(rgb_train, rgb_val, train, val)
-        aligned = self.align(base, pairs[1], val, "dense", "dense")
+        aligned = (
+            self.align(base, pairs[1], val, preset.main_alignment, preset.main_alignment)
+            if preset.main_alignment
+            else None  # the depth arms build their encoder from the base (a copy of its RGB tower)
+        )
         # Seed-major, so every arm has a result before any arm has three: an interrupted run still compares arms.
         plan = [  # (run name, fusion arm, start: aligned folder, None, or an ablation's (level, pair multiplier), seed)
             (arm, arm, aligned if arm in ("add", "concat") else None, seed)

@@ -71,9 +71,12 @@ def find_data_files(path: str | Path, patterns: Sequence[str] = PARQUET_PATTERNS
     raise FileNotFoundError(f"No data files under {path} (looked for {', '.join(patterns)}).")
 
 
-def load_rows(path: str | Path, split: str = "train", max_samples: int | None = None) -> Dataset:
+def load_rows(
+    path: str | Path, split: str = "train", max_samples: int | None = None, question_types: list[str] | None = None
+) -> Dataset:
     """Rows from a parquet file, a folder of parquet files (any depth), a `save_to_disk` folder (of a `Dataset`, or of
-    a `DatasetDict`: its `split`, or its only split), or else a hub dataset id (its `split`)."""
+    a `DatasetDict`: its `split`, or its only split), or else a hub dataset id (its `split`); only those of
+    `question_types` when given (before `max_samples`)."""
     import datasets
 
     local = Path(path)
@@ -88,6 +91,12 @@ def load_rows(path: str | Path, split: str = "train", max_samples: int | None = 
         rows = datasets.load_dataset("parquet", data_files=[str(file) for file in files], split="train")
     else:
         rows = datasets.load_dataset(str(path), split=split)
+    if question_types:
+        # Reading only the type column: a row-wise filter would decode every image.
+        keep = set(question_types)
+        rows = rows.filter(lambda question_type: question_type in keep, input_columns="question_type")
+        if len(rows) == 0:
+            raise ValueError(f"No rows of question types {sorted(keep)} in {path}.")
     if max_samples is not None:
         rows = rows.select(range(min(max_samples, len(rows))))
     return rows

@@ -96,6 +96,7 @@ DEPTH_GATE = "depth_gate"
 # Modules bitsandbytes leaves unquantized under --load_in_4bit/8bit (start-of-name regexes; `lm_head` is transformers'
 # own default, which an explicit list replaces).
 UNQUANTIZED_MODULES = (r"model\.visual", r"model\.depth_encoder", "lm_head")
+DEPTH_PARAMETER_PREFIXES = ("model.depth_encoder.", "model.depth_gate.")
 
 
 @dataclass
@@ -122,6 +123,10 @@ class SpatialSFTScriptArguments(ScriptArguments):
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation rows."})
+    question_types: list[str] | None = field(
+        default=None,
+        metadata={"help": "Train and evaluate only on rows of these question types (the `question_type` column)."},
+    )
     eval_before_training: bool = field(
         default=True,
         metadata={
@@ -155,6 +160,39 @@ class SpatialSFTScriptArguments(ScriptArguments):
     )
     export_dir: str | None = field(
         default=None, metadata={"help": "Where the merged model + processor are saved (default: OUTPUT_DIR/merged)."}
+    )
+    depth_lr: float | None = field(
+        default=None,
+        metadata={
+            "help": "Learning rate of the depth modules that train (merger, gate, and the encoder blocks with "
+            "--train_depth_encoder); default: --learning_rate. The same schedule scales both rates."
+        },
+    )
+    depth_gate_init: float | None = field(
+        default=None,
+        metadata={
+            "help": "'add' only: set every channel of the fusion gate to this value before training (tanh(1.0) = "
+            "0.76). Default: leave it as loaded (zero for a new gate). Use with --depth_merger_zero_init so the "
+            "fresh model still equals the base exactly."
+        },
+    )
+    depth_merger_zero_init: bool = field(
+        default=False,
+        metadata={
+            "help": "Zero the depth projector's last layer (weight and bias) before training: depth then adds "
+            "exactly nothing, whatever the gate, and the last layer gets the full gradient from the first step."
+        },
+    )
+    train_depth_encoder: bool = field(
+        default=False,
+        metadata={"help": "With --use_peft false, also train the depth encoder's blocks (not only its merger)."},
+    )
+    train_only_depth: bool = field(
+        default=False,
+        metadata={
+            "help": "With --use_peft false, train only the depth modules (merger, gate, encoder blocks with "
+            "--train_depth_encoder) and freeze the language model: a projector warm-up stage (LLaVA's stage 1)."
+        },
     )
     loss_curve: str | None = field(
         default=None,
@@ -290,14 +328,124 @@ def make_lora_config(model_args: ModelConfig, model: Qwen2_5_VLDepthForCondition
 
 
 def freeze_for_full_finetuning(
-    model: Qwen2_5_VLDepthForConditionalGeneration, train_vision_tower: bool = False
+    model: Qwen2_5_VLDepthForConditionalGeneration,
+    train_vision_tower: bool = False,
+    train_depth_encoder: bool = False,
+    train_only_depth: bool = False,
 ) -> None:
-    """Without LoRA: train the language model, depth merger and gate (and the RGB tower if asked); freeze the rest."""
+    """Without LoRA: train the language model, depth merger and gate (and the RGB tower, the depth encoder's blocks if
+    asked); freeze the rest. `train_only_depth`: the depth modules alone (the language model and RGB tower frozen)."""
     for name, parameter in model.named_parameters():
-        frozen = (name.startswith("model.visual.") and not train_vision_tower) or (
-            name.startswith("model.depth_encoder.") and not name.startswith(f"model.{DEPTH_MERGER}.")
-        )
-        parameter.requires_grad_(not frozen)
+        is_depth = name.startswith(DEPTH_PARAMETER_PREFIXES)
+        if is_depth:
+            trains = name.startswith((f"model.{DEPTH_MERGER}.", f"model.{DEPTH_GATE}.")) or train_depth_encoder
+        elif train_only_depth:
+            trains = False
+        else:
+            trains = not name.startswith("model.visual.") or train_vision_tower
+        parameter.requires_grad_(trains)
+
+
+def is_depth_parameter(name: str) -> bool:
+    """A depth-module parameter (encoder, merger, gate), also under a PEFT wrapper's prefix."""
+    return any(prefix in name for prefix in DEPTH_PARAMETER_PREFIXES)
+
+
+@torch.no_grad()
+def reinitialise_depth_fusion(
+    model: Qwen2_5_VLDepthForConditionalGeneration, gate_init: float | None, merger_zero_init: bool
+) -> None:
+    """`--depth_merger_zero_init`: zero the depth projector's last linear layer, so depth adds exactly nothing yet
+    gets the full gradient (not one scaled by tanh(0) = 0); `--depth_gate_init`: set the 'add' gate's channels."""
+    if merger_zero_init:
+        if not hasattr(model.model, "depth_encoder"):
+            raise ValueError("--depth_merger_zero_init needs a depth fusion (add, concat).")
+        last = model.model.depth_encoder.merger.mlp[-1]
+        last.weight.zero_()
+        if last.bias is not None:
+            last.bias.zero_()
+    if gate_init is not None:
+        if not hasattr(model.model, "depth_gate"):
+            raise ValueError("--depth_gate_init needs depth_fusion='add'.")
+        model.model.depth_gate.gate.fill_(gate_init)
+
+
+def depth_fusion_stats(model: torch.nn.Module) -> dict[str, float]:
+    """Scalars of the depth path to log during training: mean and max |tanh(gate)| ('add'), and the Frobenius norm
+    of the depth projector's last layer (only trainable copies: a PEFT wrapper also holds the frozen original)."""
+    stats = {}
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        if name.endswith(f"{DEPTH_GATE}.gate") or f"{DEPTH_GATE}.modules_to_save" in name:
+            gate = parameter.detach().float().tanh().abs()
+            stats.update(depth_gate_abs_mean=float(gate.mean()), depth_gate_abs_max=float(gate.max()))
+        elif DEPTH_MERGER in name and name.endswith("mlp.2.weight"):
+            stats["depth_merger_out_norm"] = float(parameter.detach().float().norm())
+    return stats
+
+
+class DepthFusionProbe:
+    """Forward hooks that keep, for the last training batch, the mean L2 norm per token of the RGB image tokens and of
+    what depth adds to them ('add': tanh(gate) * projector output; 'concat': the depth tokens)."""
+
+    def __init__(self, model: torch.nn.Module):
+        self.norms: dict[str, float] = {}
+        modules = dict(model.named_modules())
+        # 'add' adds the gate's output; 'concat' the merger's (a PEFT wrapper keeps the module's name as a suffix).
+        depth_suffix = DEPTH_GATE if any(name.endswith(DEPTH_GATE) for name in modules) else DEPTH_MERGER
+        for name, module in modules.items():
+            if name.endswith("visual.merger"):
+                module.register_forward_hook(self._hook("rgb_token_norm"))
+            elif name.endswith(depth_suffix):
+                module.register_forward_hook(self._hook("depth_added_norm"))
+
+    def _hook(self, key: str):
+        def hook(module, inputs, output):
+            if torch.is_tensor(output):
+                self.norms[key] = float(output.detach().float().norm(dim=-1).mean())
+
+        return hook
+
+    def stats(self) -> dict[str, float]:
+        stats = dict(self.norms)
+        if "rgb_token_norm" in stats and "depth_added_norm" in stats and stats["rgb_token_norm"] > 0:
+            stats["depth_to_rgb_norm_ratio"] = stats["depth_added_norm"] / stats["rgb_token_norm"]
+        return stats
+
+
+class DepthSFTTrainer(SFTTrainer):
+    """`SFTTrainer` with a separate learning rate for the depth modules (`depth_lr`) and the depth path's gate,
+    projector and token norms logged next to the loss (so they land in `log_history` and the loss-curve JSON)."""
+
+    def __init__(self, *args, depth_lr: float | None = None, **kwargs):
+        self.depth_lr = depth_lr
+        super().__init__(*args, **kwargs)
+        self.depth_probe = DepthFusionProbe(self.model)
+
+    def create_optimizer(self, model=None):
+        optimizer = super().create_optimizer(model)
+        if self.depth_lr is None:
+            return optimizer
+        names = {id(parameter): name for name, parameter in (model or self.model).named_parameters()}
+        groups = []
+        for group in optimizer.param_groups:
+            params = group.pop("params")
+            depth = [p for p in params if is_depth_parameter(names.get(id(p), ""))]
+            rest = [p for p in params if not is_depth_parameter(names.get(id(p), ""))]
+            if rest:
+                groups.append({**group, "params": rest})
+            if depth:
+                groups.append({**group, "params": depth, "lr": self.depth_lr})
+        optimizer.param_groups = []
+        for group in groups:
+            optimizer.add_param_group(group)
+        return optimizer
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if "loss" in logs:  # training logs only
+            logs = {**logs, **depth_fusion_stats(self.model), **self.depth_probe.stats()}
+        super().log(logs, *args, **kwargs)
 
 
 def build_trainer(
@@ -311,25 +459,37 @@ def build_trainer(
     with training_args.main_process_first(desc="loading the datasets"):
         if train_dataset is None:
             train_dataset = load_rows(
-                script_args.dataset_path, script_args.dataset_train_split, script_args.max_train_samples
+                script_args.dataset_path,
+                script_args.dataset_train_split,
+                script_args.max_train_samples,
+                script_args.question_types,
             )
         if eval_dataset is None and script_args.eval_dataset_path is not None:
             eval_dataset = load_rows(
-                script_args.eval_dataset_path, script_args.dataset_test_split, script_args.max_eval_samples
+                script_args.eval_dataset_path,
+                script_args.dataset_test_split,
+                script_args.max_eval_samples,
+                script_args.question_types,
             )
     model, processor = load_starting_model(script_args, model_args, training_args)
+    reinitialise_depth_fusion(model, script_args.depth_gate_init, script_args.depth_merger_zero_init)
     peft_config = make_lora_config(model_args, model)
     if peft_config is None:
-        freeze_for_full_finetuning(model, script_args.train_vision_tower)
-    elif script_args.train_vision_tower:
-        raise ValueError("--train_vision_tower needs --use_peft false (full fine-tuning).")
+        freeze_for_full_finetuning(
+            model, script_args.train_vision_tower, script_args.train_depth_encoder, script_args.train_only_depth
+        )
+    else:
+        for flag in ("train_vision_tower", "train_depth_encoder", "train_only_depth"):
+            if getattr(script_args, flag):
+                raise ValueError(f"--{flag} needs --use_peft false (full fine-tuning).")
     collator = DepthVLMCollator(processor, max_length=training_args.max_length)
     if script_args.process_rows_ahead:
         with training_args.main_process_first(desc="processing the rows"):
             train_dataset = process_rows(train_dataset, collator, num_proc=training_args.dataset_num_proc)
             if eval_dataset is not None:
                 eval_dataset = process_rows(eval_dataset, collator, num_proc=training_args.dataset_num_proc)
-    trainer = SFTTrainer(
+    trainer = DepthSFTTrainer(
+        depth_lr=script_args.depth_lr,
         model=model,
         args=training_args,
         train_dataset=train_dataset,
