@@ -11,7 +11,9 @@ from transformers.configuration_utils import SubConfigSpec
 from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLConfig, Qwen2_5_VLVisionConfig
 
 
-DEPTH_FUSION_MODES = ("concat", "add", "none")
+DEPTH_FUSION_MODES = ("concat", "add", "rgbd", "none")
+# The modes whose depth goes through a separate depth encoder (`rgbd` feeds depth to the RGB tower itself).
+DEPTH_ENCODER_FUSION_MODES = ("concat", "add")
 
 # Where each Auto class finds this model's code inside a saved folder. One class serves `AutoModel` and
 # `AutoModelForImageTextToText`: both should give a model that can `generate`.
@@ -93,6 +95,9 @@ class Qwen2_5_VLDepthConfig(Qwen2_5_VLConfig):
             - `"concat"`: each image's depth tokens follow its RGB tokens inside the image's own run of placeholders
               (an image with depth has twice as many `<|image_pad|>`), and each depth token gets the M-RoPE (t, h, w)
               position of the RGB patch it covers.
+            - `"rgbd"`: direct RGB-D input, the seed's baseline: the RGB tower's patch embedding gets a fourth (depth)
+              channel, a zero-initialised `Conv3d` over the encoded depth added to the RGB patch embeddings, so a fresh
+              model is exactly the base model. No depth encoder; depth goes through the RGB tower's own blocks.
             - `"none"`: the RGB-only baseline. No depth modules are built and depth input is an error.
         depth_init_from_rgb (`bool`, *optional*, defaults to `True`):
             When the depth encoder is newly created from a base checkpoint, copy the RGB tower's first blocks, merger
@@ -175,9 +180,21 @@ class Qwen2_5_VLDepthConfig(Qwen2_5_VLConfig):
 
     @property
     def has_depth(self) -> bool:
+        """Whether the model takes depth input at all."""
         return self.depth_fusion != "none"
+
+    @property
+    def has_depth_encoder(self) -> bool:
+        """Whether depth goes through a separate depth encoder (`add`, `concat`)."""
+        return self.depth_fusion in DEPTH_ENCODER_FUSION_MODES
 
 
 Qwen2_5_VLDepthConfig.register_for_auto_class()
 
-__all__ = ["Qwen2_5_VLDepthConfig", "Qwen2_5_VLDepthEncoderConfig", "DEPTH_FUSION_MODES", "MLP_WIDTH_MULTIPLE"]
+__all__ = [
+    "Qwen2_5_VLDepthConfig",
+    "Qwen2_5_VLDepthEncoderConfig",
+    "DEPTH_ENCODER_FUSION_MODES",
+    "DEPTH_FUSION_MODES",
+    "MLP_WIDTH_MULTIPLE",
+]

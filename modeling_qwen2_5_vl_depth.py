@@ -8,6 +8,8 @@ features, chosen by `config.depth_fusion`:
 - `"add"`: the RGB tokens plus the depth tokens through a zero-initialised gate, so a fresh model is the base model;
 - `"concat"`: the RGB tokens followed by the depth tokens (the image's placeholder run is twice as long), each depth
   token with the M-RoPE position of the RGB patch it covers;
+- `"rgbd"`: direct RGB-D input (the seed's baseline): the RGB tower's patch embedding gets a zero-initialised fourth,
+  depth channel, and depth goes through the RGB tower's own blocks; no depth encoder, no extra tokens;
 - `"none"`: no depth at all (the RGB-only baseline).
 
 Everything after the image features is stock Qwen2.5-VL, so transformers' generation machinery (pre-encoding before
@@ -47,9 +49,9 @@ from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position
 
 
 try:  # loaded as remote code: a module of a package built from the model folder
-    from .configuration_depth import Qwen2_5_VLDepthConfig, Qwen2_5_VLDepthEncoderConfig
+    from .configuration_depth import DEPTH_ENCODER_FUSION_MODES, Qwen2_5_VLDepthConfig, Qwen2_5_VLDepthEncoderConfig
 except ImportError:  # imported from a checkout, where the three remote-code files are top-level modules
-    from configuration_depth import Qwen2_5_VLDepthConfig, Qwen2_5_VLDepthEncoderConfig
+    from configuration_depth import DEPTH_ENCODER_FUSION_MODES, Qwen2_5_VLDepthConfig, Qwen2_5_VLDepthEncoderConfig
 
 
 logger = logging.get_logger(__name__)
@@ -57,6 +59,8 @@ logger = logging.get_logger(__name__)
 # Parameter names of the modules a base Qwen2.5-VL checkpoint does not have.
 DEPTH_ENCODER_PREFIX = "model.depth_encoder."
 DEPTH_GATE_PREFIX = "model.depth_gate."
+DEPTH_PATCH_EMBED_PREFIX = "model.depth_patch_embed."
+DEPTH_MODULE_PREFIXES = (DEPTH_ENCODER_PREFIX, DEPTH_GATE_PREFIX, DEPTH_PATCH_EMBED_PREFIX)
 
 
 @functools.lru_cache(maxsize=256)
@@ -235,12 +239,35 @@ class Qwen2_5_VLDepthGate(nn.Module):
         return torch.tanh(self.gate).to(depth_embeds.dtype) * depth_embeds
 
 
+class Qwen2_5_VLDepthPatchEmbed(nn.Conv3d):
+    """The depth channel of the `rgbd` fusion: a bias-free convolution from one depth patch to the RGB tower's width,
+    zero-initialised, whose output is added to the RGB patch embedding.
+
+    That is the RGB patch embedding widened from 3 to 4 input channels with the new channel at zero: a convolution is
+    linear in its input channels. The RGB tower sees each image as 2 identical frames (`temporal_patch_size`); depth is
+    one frame, which a 4th channel over 2 identical frames would see through the sum of its two temporal kernels.
+    """
+
+    def __init__(self, vision_config) -> None:
+        kernel_size = (1, vision_config.patch_size, vision_config.patch_size)
+        super().__init__(1, vision_config.hidden_size, kernel_size=kernel_size, stride=kernel_size, bias=False)
+        self.patch_size = vision_config.patch_size
+
+    def forward(self, depth_patches: torch.Tensor) -> torch.Tensor:
+        """`(num_patches, patch_size**2)` encoded depth -> `(num_patches, hidden_size)` patch embeddings."""
+        depth_patches = depth_patches.view(-1, 1, 1, self.patch_size, self.patch_size).to(self.weight.dtype)
+        return super().forward(depth_patches).view(-1, self.out_channels)
+
+
 class Qwen2_5_VLDepthPreTrainedModel(Qwen2_5_VLPreTrainedModel):
     config: Qwen2_5_VLDepthConfig
     input_modalities = ("image", "video", "text")
     _no_split_modules = ["Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock", "Qwen2_5_VLDepthBlock"]
 
     def _init_weights(self, module):
+        if isinstance(module, Qwen2_5_VLDepthPatchEmbed):  # a Conv3d, which the parent would draw at random
+            init.zeros_(module.weight)
+            return
         super()._init_weights(module)
         if isinstance(module, Qwen2_5_VLDepthGate):
             init.zeros_(module.gate)
@@ -378,10 +405,12 @@ class Qwen2_5_VLDepthModel(Qwen2_5_VLDepthPreTrainedModel, Qwen2_5_VLModel):
         # The RGB tower keeps its classes and weights; only its attention's per-window loop becomes one batched call.
         for block in self.visual.blocks:
             block.attn = Qwen2_5_VLBatchedVisionAttention(config=config.vision_config)
-        if config.has_depth:
+        if config.has_depth_encoder:
             self.depth_encoder = Qwen2_5_VLDepthEncoder._from_config(config.depth_config)
         if config.depth_fusion == "add":
             self.depth_gate = Qwen2_5_VLDepthGate(config.depth_config.out_hidden_size)
+        if config.depth_fusion == "rgbd":
+            self.depth_patch_embed = Qwen2_5_VLDepthPatchEmbed(config.vision_config)
         # The parent's post_init ran before the depth modules existed; this one initialises only those.
         self.post_init()
 
@@ -396,8 +425,9 @@ class Qwen2_5_VLDepthModel(Qwen2_5_VLDepthPreTrainedModel, Qwen2_5_VLModel):
     ) -> BaseModelOutputWithPooling:
         r"""
         Each image's features, with its depth fused in per `config.depth_fusion`: `add` gives the RGB tokens plus the
-        gated depth tokens, `concat` the RGB tokens followed by the depth tokens. Images without depth get their stock
-        RGB features, so without `depth_values` this is exactly Qwen2.5-VL's `get_image_features`.
+        gated depth tokens, `concat` the RGB tokens followed by the depth tokens, `rgbd` the RGB tower's tokens of the
+        image with depth as a fourth input channel. Images without depth get their stock RGB features, so without
+        `depth_values` this is exactly Qwen2.5-VL's `get_image_features`.
 
         The tower's index bookkeeping (rotary position ids, window permutation and window lengths) comes from a
         per-grid cache instead of being rebuilt image by image: same values, a few ops instead of thousands per batch
@@ -420,8 +450,18 @@ class Qwen2_5_VLDepthModel(Qwen2_5_VLDepthPreTrainedModel, Qwen2_5_VLModel):
                 kwargs["image_window_index"] = window_index
                 kwargs["image_cu_window_seqlens"] = cu_window_seqlens
         kwargs["return_dict"] = True
-        image_outputs = super().get_image_features(pixel_values, image_grid_thw, **kwargs)
         has_depth = self.images_with_depth(depth_values, image_has_depth, image_grid_thw)
+        if has_depth is not None and self.config.depth_fusion == "rgbd":
+            depth_embeds = self.depth_patch_embeds(depth_values, image_grid_thw, has_depth)
+            # The tower's forward embeds its patches first; the depth channel's embeddings join them right there.
+            hook = self.visual.patch_embed.register_forward_hook(
+                lambda module, args, rgb_embeds: rgb_embeds + depth_embeds.to(rgb_embeds.dtype)
+            )
+            try:
+                return super().get_image_features(pixel_values, image_grid_thw, **kwargs)
+            finally:
+                hook.remove()
+        image_outputs = super().get_image_features(pixel_values, image_grid_thw, **kwargs)
         if has_depth is None:
             return image_outputs
 
@@ -470,6 +510,27 @@ class Qwen2_5_VLDepthModel(Qwen2_5_VLDepthPreTrainedModel, Qwen2_5_VLModel):
         """Metric depth (metres) to depth-encoder input; see `encode_metric_depth`."""
         return encode_metric_depth(depth_meters, self.config)
 
+    def check_depth_values(self, depth_values: torch.Tensor, image_grid_thw: torch.LongTensor, patch_dim: int) -> None:
+        """Refuse depth that is not one row of `patch_dim` values per patch of the images with depth."""
+        num_patches = int(image_grid_thw.prod(-1).sum())
+        if depth_values.ndim != 2 or tuple(depth_values.shape) != (num_patches, patch_dim):
+            raise ValueError(
+                f"depth_values has shape {tuple(depth_values.shape)} but the grids {image_grid_thw.tolist()} of the "
+                f"images with depth need ({num_patches}, {patch_dim}): one row of {patch_dim} depth values per patch. "
+                "Depth must be patchified on its image's grid (use Qwen2_5_VLDepthProcessor)."
+            )
+
+    def depth_patch_embeds(
+        self, depth_values: torch.Tensor, image_grid_thw: torch.LongTensor, has_depth: torch.BoolTensor
+    ) -> torch.Tensor:
+        """`rgbd`: the depth channel's patch embeddings of every image's patches (zero for images without depth)."""
+        depth_grids = image_grid_thw[has_depth]
+        self.check_depth_values(depth_values, depth_grids, self.depth_patch_embed.patch_size**2)
+        embeds = self.depth_patch_embed(self.encode_depth(depth_values))
+        patch_has_depth = has_depth.repeat_interleave(image_grid_thw.prod(-1))
+        all_embeds = embeds.new_zeros(patch_has_depth.shape[0], embeds.shape[-1])
+        return all_embeds.masked_scatter(patch_has_depth[:, None].to(embeds.device), embeds)
+
     @can_return_tuple
     def get_depth_features(
         self, depth_values: torch.Tensor, image_grid_thw: torch.LongTensor, **kwargs
@@ -482,17 +543,14 @@ class Qwen2_5_VLDepthModel(Qwen2_5_VLDepthPreTrainedModel, Qwen2_5_VLModel):
             image_grid_thw (`torch.LongTensor` of shape `(num_images, 3)`):
                 The grids of the images the depth maps belong to: depth maps share them by construction.
         """
-        if not self.config.has_depth:
-            raise ValueError("This model has depth_fusion='none' (RGB only): it takes no depth_values.")
+        if not self.config.has_depth_encoder:
+            raise ValueError(
+                f"This model has depth_fusion={self.config.depth_fusion!r}: it has no depth encoder (only 'add' and "
+                "'concat' do)."
+            )
         encoder_config = self.depth_encoder.config
         patch_dim = encoder_config.in_channels * encoder_config.temporal_patch_size * encoder_config.patch_size**2
-        num_patches = int(image_grid_thw.prod(-1).sum())
-        if depth_values.ndim != 2 or tuple(depth_values.shape) != (num_patches, patch_dim):
-            raise ValueError(
-                f"depth_values has shape {tuple(depth_values.shape)} but the grids {image_grid_thw.tolist()} of the "
-                f"images with depth need ({num_patches}, {patch_dim}): one row of {patch_dim} depth values per patch. "
-                "Depth must be patchified on its image's grid (use Qwen2_5_VLDepthProcessor)."
-            )
+        self.check_depth_values(depth_values, image_grid_thw, patch_dim)
         encoder_input = self.encode_depth(depth_values).to(self.depth_encoder.dtype)
         depth_outputs = self.depth_encoder(encoder_input, grid_thw=image_grid_thw)
         split_sizes = (image_grid_thw.prod(-1) // self.depth_encoder.spatial_merge_size**2).tolist()
@@ -588,15 +646,18 @@ class Qwen2_5_VLDepthModel(Qwen2_5_VLDepthPreTrainedModel, Qwen2_5_VLModel):
 
 def new_depth_module_prefixes(source_config: dict, config: Qwen2_5_VLDepthConfig) -> tuple[str, ...]:
     """The depth modules of `config` that a checkpoint with `source_config` (its config.json) does not have by design:
-    all of them for a base Qwen2.5-VL checkpoint, the `add` gate for a depth checkpoint saved in another fusion mode."""
+    all of them for a base Qwen2.5-VL checkpoint; for a depth checkpoint saved in another fusion mode, the depth
+    encoder (from `none` or `rgbd`), the `add` gate and the `rgbd` depth channel when it had none."""
     if source_config.get("model_type") != config.model_type:
-        return (DEPTH_ENCODER_PREFIX, DEPTH_GATE_PREFIX)
+        return DEPTH_MODULE_PREFIXES
     source_fusion = source_config.get("depth_fusion", "add")
     new = []
-    if source_fusion == "none" and config.has_depth:
+    if source_fusion not in DEPTH_ENCODER_FUSION_MODES and config.has_depth_encoder:
         new.append(DEPTH_ENCODER_PREFIX)
     if source_fusion != "add" and config.depth_fusion == "add":
         new.append(DEPTH_GATE_PREFIX)
+    if source_fusion != "rgbd" and config.depth_fusion == "rgbd":
+        new.append(DEPTH_PATCH_EMBED_PREFIX)
     return tuple(new)
 
 
@@ -636,8 +697,7 @@ class Qwen2_5_VLDepthForConditionalGeneration(
         source_config, _ = PreTrainedConfig.get_config_dict(pretrained_model_name_or_path, **hub_kwargs)
         new_prefixes = new_depth_module_prefixes(source_config, model.config)
         missing = set(loading_info["missing_keys"])
-        depth_prefixes = (DEPTH_ENCODER_PREFIX, DEPTH_GATE_PREFIX)
-        missing_depth = sorted(key for key in missing if key.startswith(depth_prefixes))
+        missing_depth = sorted(key for key in missing if key.startswith(DEPTH_MODULE_PREFIXES))
         unexpectedly_missing = [key for key in missing_depth if not key.startswith(new_prefixes)]
         if unexpectedly_missing:
             raise ValueError(
@@ -645,10 +705,14 @@ class Qwen2_5_VLDepthForConditionalGeneration(
                 f"depth weights, e.g. {unexpectedly_missing[:5]}: they would be initialised instead of loaded. Save the "
                 "model again with save_pretrained, or load the base Qwen2.5-VL checkpoint to start depth afresh."
             )
-        if model.config.has_depth and model.config.depth_init_from_rgb and DEPTH_ENCODER_PREFIX in new_prefixes:
+        if (
+            model.config.has_depth_encoder
+            and model.config.depth_init_from_rgb
+            and DEPTH_ENCODER_PREFIX in new_prefixes
+        ):
             model.model.depth_encoder.init_from_rgb(model.model.visual)
             logger.info("New depth encoder initialised from the RGB tower of %s.", pretrained_model_name_or_path)
-        missing_base = sorted(key for key in missing if not key.startswith(depth_prefixes))
+        missing_base = sorted(key for key in missing if not key.startswith(DEPTH_MODULE_PREFIXES))
         if missing_base:
             logger.warning("Base weights missing from %s: %s", pretrained_model_name_or_path, missing_base[:10])
         return (model, loading_info) if output_loading_info else model

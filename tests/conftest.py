@@ -31,7 +31,7 @@ def world_dir(tmp_path_factory) -> Path:
 def depth_models(tiny_base):
     """One (model, processor) per fusion mode, built from the base folder, in eval mode."""
     built = {}
-    for fusion in ("add", "concat", "none"):
+    for fusion in ("add", "concat", "rgbd", "none"):
         torch.manual_seed(0)
         model, processor = build_depth_model(tiny_base, depth_fusion=fusion)
         built[fusion] = (model.eval(), processor)

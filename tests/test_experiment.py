@@ -240,3 +240,17 @@ def test_depth_path_options_and_question_types_reach_the_depth_arms_only(tmp_pat
     assert "--depth_gate_init" not in concat and "--depth_merger_zero_init" in concat
     assert experiment.eval_question_types() == ("distance_to_camera", "point_depth", *RGB_ONLY_QUESTION_TYPES)
     assert Experiment(PRESETS["cpu-full"], tmp_path).eval_question_types() is None
+
+
+def test_the_report_holds_every_evaluation_in_out_not_only_this_invocations(tmp_path):
+    """`--seeds 2` after a `--seeds 0 1` run adds seed 2 to the same report: mean ± std over all three."""
+    for label, delta1 in (("none-seed0", 0.3), ("none-seed1", 0.5), ("rgbd-seed0", 0.7)):
+        folder = tmp_path / "eval" / label
+        folder.mkdir(parents=True)
+        (folder / "results.json").write_text(json.dumps(evaluation(delta1, 0.5, ["1 m"])))
+    preset = replace(PRESETS["tiny"], arms=("none", "add"), single_seed_arms=("rgbd",), seeds=(2,))
+    results = {"preset": {}, "runs": [], "alignment": {}}
+    Experiment(preset, tmp_path).report(results)
+    assert [(run["arm"], run["seed"]) for run in results["runs"]] == [("none", 0), ("none", 1), ("rgbd", 0)]
+    assert results["aggregate"]["none"]["distance_to_camera"]["delta1"]["n"] == 2
+    assert results["aggregate"]["none"]["distance_to_camera"]["delta1"]["mean"] == pytest.approx(0.4)

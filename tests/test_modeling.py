@@ -6,10 +6,14 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import Qwen2_5_VLForConditionalGeneration
-from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VisionTransformerPretrainedModel
+from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
+    Qwen2_5_VisionPatchEmbed,
+    Qwen2_5_VisionTransformerPretrainedModel,
+)
 
 from configuration_depth import Qwen2_5_VLDepthConfig
 from modeling_qwen2_5_vl_depth import (
+    DEPTH_MODULE_PREFIXES,
     Qwen2_5_VLDepthEncoder,
     Qwen2_5_VLDepthForConditionalGeneration,
     Qwen2_5_VLDepthModel,
@@ -44,7 +48,7 @@ def base_model(tiny_base):
 
 
 class TestEquivalenceWithBase:
-    @pytest.mark.parametrize("fusion", ["add", "concat", "none"])
+    @pytest.mark.parametrize("fusion", ["add", "concat", "rgbd", "none"])
     def test_no_depth_gives_base_logits(self, depth_models, base_model, fusion):
         model, processor = depth_models[fusion]
         inputs = make_inputs(processor, IMAGES)
@@ -60,6 +64,47 @@ class TestEquivalenceWithBase:
         assert inputs["image_has_depth"].tolist() == [True, True]
         with torch.no_grad():
             torch.testing.assert_close(model(**inputs).logits, base_model(**rgb_inputs(inputs)).logits, rtol=0, atol=0)
+
+    def test_rgbd_with_its_zero_depth_channel_gives_base_logits_exactly(self, depth_models, base_model):
+        model, processor = depth_models["rgbd"]
+        assert not hasattr(model.model, "depth_encoder") and not hasattr(model.model, "depth_gate")
+        assert not model.model.depth_patch_embed.weight.any()
+        inputs = make_inputs(processor, IMAGES, DEPTHS)
+        assert inputs["image_has_depth"].tolist() == [True, True]
+        with torch.no_grad():
+            torch.testing.assert_close(model(**inputs).logits, base_model(**rgb_inputs(inputs)).logits, rtol=0, atol=0)
+
+    def test_rgbd_is_the_rgb_tower_with_a_fourth_input_channel(self, depth_models):
+        """The `rgbd` features equal a stock tower whose patch embedding is a 4-channel Conv3d: RGB weights on the
+        first three channels, and the depth channel over the depth map repeated on the 2 frames (half the depth
+        kernel per frame)."""
+        model, processor = depth_models["rgbd"]
+        model = sharpen(model)
+        inputs = make_inputs(processor, IMAGES, DEPTHS)
+        grid = inputs["image_grid_thw"]
+        vision = model.config.vision_config
+        frames, patch = vision.temporal_patch_size, vision.patch_size
+        widened = copy.deepcopy(model.model.visual)
+        rgb_weight = widened.patch_embed.proj.weight
+        depth_weight = model.model.depth_patch_embed.weight  # (width, 1, 1, patch, patch)
+        widened.patch_embed = Qwen2_5_VisionPatchEmbed(patch, frames, 4, vision.hidden_size)
+        with torch.no_grad():
+            widened.patch_embed.proj.weight.copy_(
+                torch.cat([rgb_weight, (depth_weight / frames).expand(-1, -1, frames, -1, -1)], dim=1)
+            )
+        encoded_depth = model.model.encode_depth(inputs["depth_values"]).view(-1, 1, 1, patch, patch)
+        four_channels = torch.cat(
+            [inputs["pixel_values"].view(-1, 3, frames, patch, patch), encoded_depth.expand(-1, 1, frames, -1, -1)],
+            dim=1,
+        ).flatten(1)
+        with torch.no_grad():
+            expected = widened(four_channels, grid_thw=grid).pooler_output
+            fused = model.model.get_image_features(
+                inputs["pixel_values"], grid, depth_values=inputs["depth_values"]
+            ).pooler_output
+            rgb_only = model.model.get_image_features(inputs["pixel_values"], grid).pooler_output
+        torch.testing.assert_close(torch.cat(fused), expected, rtol=1e-4, atol=1e-4)  # float order only
+        assert (torch.cat(fused) - torch.cat(rgb_only)).abs().max() > 1e-2  # depth really entered the tower
 
     def test_add_with_open_gate_uses_depth(self, depth_models):
         model, processor = depth_models["add"]
@@ -107,7 +152,7 @@ class TestEquivalenceWithBase:
 class TestPerImageDepth:
     """A batch may mix images with and without depth; each sample's result is that of the sample run alone."""
 
-    @pytest.mark.parametrize("fusion", ["add", "concat"])
+    @pytest.mark.parametrize("fusion", ["add", "concat", "rgbd"])
     def test_mixed_batch_equals_each_sample_alone(self, depth_models, base_model, fusion):
         model, processor = depth_models[fusion]
         model = sharpen(model)
@@ -136,8 +181,10 @@ class TestPerImageDepth:
 class TestTraining:
     # Depth into the RGB-only model is an error, tested with the other bad inputs.
     @pytest.mark.parametrize(
-        "fusion, with_depth", [("add", True), ("add", False), ("concat", True), ("concat", False), ("none", False)]
-    )
+        "fusion, with_depth",
+        [("add", True), ("add", False), ("concat", True), ("concat", False), ("rgbd", True), ("rgbd", False),
+         ("none", False)],
+    )  # fmt: skip
     def test_forward_backward(self, depth_models, fusion, with_depth):
         model, processor = depth_models[fusion]
         model = copy.deepcopy(model).train()
@@ -157,6 +204,9 @@ class TestTraining:
         if fusion == "concat" and with_depth:
             encoder_gradient = sum(g.abs().sum() for n, g in gradients.items() if n.startswith("model.depth_encoder."))
             assert encoder_gradient > 0
+        if fusion == "rgbd" and with_depth:
+            # The zero depth channel learns from the first step: its gradient comes back through the RGB tower.
+            assert gradients["model.depth_patch_embed.weight"].abs().sum() > 0
         if not with_depth:
             assert not any(name.startswith("model.depth_") for name in gradients)
 
@@ -474,12 +524,13 @@ class TestBaseCheckpointLoading:
                     (base_folder / file.name).write_bytes(file.read_bytes())
             state = {modern_key(key): value for key, value in state.items()}
             save_file(state, base_folder / "model.safetensors", metadata={"format": "pt"})
-        for fusion in ("add", "concat"):
+        for fusion in ("add", "concat", "rgbd"):
             model, info = Qwen2_5_VLDepthForConditionalGeneration.from_pretrained(
                 base_folder, depth_fusion=fusion, output_loading_info=True
             )
             assert not info["unexpected_keys"] and not info["mismatched_keys"]
-            depth_keys = {k for k in model.state_dict() if k.startswith(("model.depth_encoder.", "model.depth_gate."))}
+            depth_keys = {k for k in model.state_dict() if k.startswith(DEPTH_MODULE_PREFIXES)}
+            assert depth_keys
             assert set(info["missing_keys"]) == depth_keys
             loaded = model.state_dict()
             for key, value in state.items():
@@ -500,9 +551,13 @@ class TestBaseCheckpointLoading:
 
         assert GenerationMixin in Qwen2_5_VLDepthForConditionalGeneration.__bases__
 
-    @pytest.mark.parametrize("dropped", ["model.depth_gate.gate", "model.depth_encoder.merger.mlp.0.weight"])
-    def test_depth_checkpoint_missing_depth_weights_is_refused(self, depth_models, tmp_path, dropped):
-        model, _ = depth_models["add"]
+    @pytest.mark.parametrize(
+        "fusion, dropped",
+        [("add", "model.depth_gate.gate"), ("add", "model.depth_encoder.merger.mlp.0.weight"),
+         ("rgbd", "model.depth_patch_embed.weight")],
+    )  # fmt: skip
+    def test_depth_checkpoint_missing_depth_weights_is_refused(self, depth_models, tmp_path, fusion, dropped):
+        model, _ = depth_models[fusion]
         model.save_pretrained(tmp_path)
         state = load_file(tmp_path / "model.safetensors")
         del state[dropped]
@@ -517,6 +572,16 @@ class TestBaseCheckpointLoading:
         assert not reloaded.model.depth_gate.gate.any()
         for name, value in model.model.depth_encoder.state_dict().items():
             assert torch.equal(reloaded.model.depth_encoder.state_dict()[name], value), name
+
+    def test_rgbd_checkpoint_switches_to_add_with_a_new_encoder_from_the_rgb_tower(self, depth_models, tmp_path):
+        model, _ = depth_models["rgbd"]
+        model.save_pretrained(tmp_path)
+        reloaded = Qwen2_5_VLDepthForConditionalGeneration.from_pretrained(tmp_path, depth_fusion="add")
+        assert not reloaded.model.depth_gate.gate.any()
+        rgb_block = model.model.visual.blocks[0].attn.qkv.weight
+        assert torch.equal(reloaded.model.depth_encoder.blocks[0].attn.qkv.weight, rgb_block)
+        with pytest.raises(ValueError, match="'rgbd': it has no depth encoder"):
+            model.get_depth_features(torch.zeros(48, 196), torch.tensor([[1, 6, 8]]))
 
 
 def rgb_tower_with_mlp_width_100(seed: int = 0):

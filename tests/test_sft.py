@@ -47,11 +47,12 @@ LORA_PARAMETER = re.compile(
     r"base_model\.model\.model\.language_model\.layers\.(\d+)\.(?:self_attn|mlp)\.(\w+_proj)\.lora_[AB]\.default\.weight"
 )
 FULLY_TRAINED_PARAMETER = re.compile(
-    r"base_model\.model\.model\.(depth_encoder\.merger|depth_gate)\.modules_to_save\.default\..+"
+    r"base_model\.model\.model\.(depth_encoder\.merger|depth_gate|depth_patch_embed)\.modules_to_save\.default\..+"
 )
 FULLY_TRAINED_BY_FUSION = {
     "add": {"depth_encoder.merger", "depth_gate"},
     "concat": {"depth_encoder.merger"},
+    "rgbd": {"depth_patch_embed"},
     "none": set(),
 }
 # Short but decisive CPU training: a constant, high LoRA learning rate on 24 rows the eval then re-reads.
@@ -233,7 +234,7 @@ class TestModelSetup:
                     [gate] * model.config.text_config.hidden_size
                 )
 
-    @pytest.mark.parametrize("fusion", ["add", "concat", "none"])
+    @pytest.mark.parametrize("fusion", ["add", "concat", "rgbd", "none"])
     def test_lora_sits_on_llm_projections_and_depth_modules_train_in_full(
         self, tiny_base, world_dir, tmp_path, fusion
     ):
@@ -412,7 +413,7 @@ def original_name(peft_name: str) -> str:
     return name.replace(".base_layer.", ".").replace(".original_module.", ".")
 
 
-@pytest.fixture(scope="module", params=["add", "concat", "none"])
+@pytest.fixture(scope="module", params=["add", "concat", "rgbd", "none"])
 def trained(request, sft_base, world_dir, rows, tmp_path_factory):
     """One short SFT run per fusion mode, then the CLI's `finish` (adapter, merged export, loss curve)."""
     fusion = request.param
@@ -441,6 +442,11 @@ def trained(request, sft_base, world_dir, rows, tmp_path_factory):
         if fusion == "add"
         else None
     )
+    depth_channel_norm = (
+        float(peft_model.base_model.model.model.depth_patch_embed.modules_to_save.default.weight.detach().norm())
+        if fusion == "rgbd"
+        else None
+    )
 
     batch = DepthVLMCollator(trainer.processing_class)([rows[i] for i in range(4)])
     inputs = {key: value for key, value in batch.items() if key != "labels"}
@@ -458,6 +464,7 @@ def trained(request, sft_base, world_dir, rows, tmp_path_factory):
         "frozen_changed": frozen_changed,
         "trained_unchanged": trained_unchanged,
         "gate": gate,
+        "trained_depth_channel_norm": depth_channel_norm,
         "peft_logits": peft_logits,
         "exported": exported,
         "exported_logits": exported_logits,
@@ -480,7 +487,7 @@ class TestTraining:
     def test_only_lora_and_depth_modules_change(self, trained):
         checked = trained["frozen_checked"]
         frozen_parts = ["model.visual.blocks.", "model.language_model.layers.", "model.language_model.embed_tokens."]
-        if trained["fusion"] != "none":
+        if trained["fusion"] in ("add", "concat"):
             frozen_parts += [
                 "model.depth_encoder.blocks.",
                 "model.depth_encoder.patch_embed.",
@@ -489,6 +496,8 @@ class TestTraining:
         assert all(any(name.startswith(part) for name in checked) for part in frozen_parts)
         assert trained["frozen_changed"] == []
         assert trained["trained_unchanged"] == []
+        if trained["fusion"] == "rgbd":  # the only depth weights: the zero-initialised channel, trained in full
+            assert trained["trained_depth_channel_norm"] > 0
         if trained["fusion"] == "add":
             gate = trained["gate"]
             assert bool((gate != 0).all()), "every channel's gate moved off zero"

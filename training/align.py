@@ -250,8 +250,10 @@ class DepthAlignmentModel(nn.Module):
 
     @classmethod
     def from_depth_model(cls, depth_model: Qwen2_5_VLDepthForConditionalGeneration, **kwargs) -> DepthAlignmentModel:
-        if not depth_model.config.has_depth:
-            raise ValueError("The model has depth_fusion='none': it has no depth encoder to align.")
+        if not depth_model.config.has_depth_encoder:
+            raise ValueError(
+                f"The model has depth_fusion={depth_model.config.depth_fusion!r}: it has no depth encoder to align."
+            )
         inner = depth_model.model
         return cls(inner.visual, inner.depth_encoder, depth_model.config, **kwargs)
 

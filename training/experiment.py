@@ -47,6 +47,7 @@ from pathlib import Path
 
 import numpy as np
 
+from training.spatialbot import TRAINING_ARMS
 from training.tiny import save_tiny_base
 
 
@@ -84,6 +85,8 @@ class Preset:
         ("add-dense-10x", "dense", 10),
     )
     ablation_seeds: tuple[int, ...] = (0,)  # the ablations are read against the main comparison's seed spread
+    # Arms run only on `ablation_seeds`, beside the main comparison's `arms` (the baselines reported on one seed).
+    single_seed_arms: tuple[str, ...] = ()
     threads: int | None = None  # torch threads per stage; None: the machine's cores shared by the parallel runs
     eval_batch: int = 32
     # SFT+evaluation runs that go at once after stage 0 and alignment. A small model leaves a GPU mostly idle, so
@@ -206,7 +209,11 @@ PRESETS["cpu-depth"] = replace(
     depth_gate_init=1.0,
     main_alignment=None,
     arms=("none", "add"),
-    alignment_ablations=(),
+    # On seed 0 only: the other fusions under the same recipe (concat vs add is the seed's ablation), SpatialBot's
+    # depth-as-image and direct RGB-D input (the seed's baselines), and the seed's alignment stage put back, on the
+    # preset's pairs and on 10x as many (how much stage 1 helps or hurts this recipe).
+    single_seed_arms=("concat", "image", "rgbd"),
+    alignment_ablations=(("add-dense", "dense", 1), ("add-dense-10x", "dense", 10)),
 )
 # The README's demo: `tiny` at smoke scale, one seed, RGB-only against depth `add`, no ablations (part of a 10-minute
 # CPU job). The sequential stages get every core; the two SFT runs and their evaluations go side by side, one core each.
@@ -472,18 +479,19 @@ class Experiment:
             for arm in preset.arms
         ]
         plan += [
+            (arm, arm, aligned if arm in ("add", "concat") else None, seed)
+            for arm in preset.single_seed_arms
+            for seed in preset.ablation_seeds
+        ]
+        plan += [
             (name, "add", (level, multiplier), seed)
             for name, level, multiplier in preset.alignment_ablations
             for seed in preset.ablation_seeds
         ]
         results = {"preset": asdict(preset), "runs": [], "alignment": {}}
         # The stage-0 base before any spatial SFT: what the RGB questions start from, and the answer priors.
-        base_model = self.out / "stage0" / "model"
-        base_result = self.evaluate(base_model, test, f"{STAGE0_ARM}-seed0")
-        results["runs"].append({"arm": STAGE0_ARM, "seed": 0, "model": str(base_model), **summary_of(base_result)})
+        self.evaluate(self.out / "stage0" / "model", test, f"{STAGE0_ARM}-seed0")
         report_lock = threading.Lock()
-        order = {(name, seed): index for index, (name, _, _, seed) in enumerate(plan)}  # runs finish out of order
-        order[(STAGE0_ARM, 0)] = -1
 
         def run_arm(name: str, arm: str, start, seed: int) -> None:
             if isinstance(start, tuple):  # an ablation's own alignment, or none
@@ -494,10 +502,8 @@ class Experiment:
                     else None
                 )
             model = self.sft(arm, seed, base, start, train, val, name)
-            result = self.evaluate(model, test, f"{name}-seed{seed}")
+            self.evaluate(model, test, f"{name}-seed{seed}")
             with report_lock:
-                results["runs"].append({"arm": name, "seed": seed, "model": str(model), **summary_of(result)})
-                results["runs"].sort(key=lambda run: order[(run["arm"], run["seed"])])
                 # Written after every run, so an interrupted experiment still leaves what it has measured.
                 self.report(results)
 
@@ -515,16 +521,24 @@ class Experiment:
     def report_existing(self) -> dict:
         """Rebuild the report from the evaluations already on disk (for an interrupted experiment)."""
         results = {"preset": asdict(self.preset), "runs": [], "alignment": {}, "partial": True}
-        for result_file in sorted((self.out / "eval").glob("*/results.json")):
-            arm, _, seed = result_file.parent.name.rpartition("-seed")
-            result = json.loads(result_file.read_text())
-            results["runs"].append({"arm": arm, "seed": int(seed), "model": result.get("model"), **summary_of(result)})
-        order = {arm: index for index, arm in enumerate((STAGE0_ARM, *self.preset.arms))}
-        results["runs"].sort(key=lambda run: (order.get(run["arm"], len(order)), run["arm"], run["seed"]))
         self.report(results)
         return results
 
+    def evaluated_runs(self) -> list[dict]:
+        """Every evaluation in `out`, whichever invocation ran it (`--seeds 2` after `--seeds 0 1` adds to them), in
+        the preset's arm order, then by name and seed."""
+        runs = []
+        for result_file in sorted((self.out / "eval").glob("*/results.json")):
+            arm, _, seed = result_file.parent.name.rpartition("-seed")
+            result = json.loads(result_file.read_text())
+            runs.append({"arm": arm, "seed": int(seed), "model": result.get("model"), **summary_of(result)})
+        order = {
+            arm: index for index, arm in enumerate((STAGE0_ARM, *self.preset.arms, *self.preset.single_seed_arms))
+        }
+        return sorted(runs, key=lambda run: (order.get(run["arm"], len(order)), run["arm"], run["seed"]))
+
     def report(self, results: dict) -> None:
+        results["runs"] = self.evaluated_runs()
         for metrics_file in sorted((self.out / "align").glob("*/alignment_metrics.json")):
             results["alignment"][metrics_file.parent.name] = json.loads(metrics_file.read_text())
         results["aggregate"] = aggregate(results["runs"])
@@ -723,8 +737,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the preset's seeds")
-    parser.add_argument("--arms", nargs="+", default=None, choices=["none", "concat", "add", "image"])
-    parser.add_argument("--no-ablations", action="store_true")
+    parser.add_argument("--arms", nargs="+", default=None, choices=TRAINING_ARMS)
+    parser.add_argument(
+        "--no-ablations", action="store_true", help="only the main comparison (no single-seed arms, no ablations)"
+    )
     parser.add_argument("--parallel-runs", type=int, default=None, help="override the preset's parallel_runs")
     parser.add_argument("--sft-steps", type=int, default=None, help="override the preset's sft_steps")
     parser.add_argument("--launcher", default="", help='e.g. "accelerate launch --num_processes 8"')
@@ -738,6 +754,7 @@ def main(argv: list[str] | None = None) -> dict:
         overrides["arms"] = tuple(args.arms)
     if args.no_ablations:
         overrides["alignment_ablations"] = ()
+        overrides["single_seed_arms"] = ()
     if args.parallel_runs:
         overrides["parallel_runs"] = args.parallel_runs
     if args.sft_steps:

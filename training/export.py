@@ -171,7 +171,7 @@ def build_model_card(
     """
     from huggingface_hub import ModelCard, ModelCardData
 
-    from modeling_qwen2_5_vl_depth import DEPTH_ENCODER_PREFIX, DEPTH_GATE_PREFIX
+    from modeling_qwen2_5_vl_depth import DEPTH_MODULE_PREFIXES
     from training.evaluate import ANSWER_INSTRUCTION
     from training.load import hub_base_model
 
@@ -189,9 +189,7 @@ def build_model_card(
         tags=[*TAGS, f"depth-fusion-{config.depth_fusion}"],
         eval_results=[result for results in results_list for result in eval_results_from(results)] or None,
     )
-    depth_parameters = sum(
-        p.numel() for n, p in model.named_parameters() if n.startswith((DEPTH_ENCODER_PREFIX, DEPTH_GATE_PREFIX))
-    )
+    depth_parameters = sum(p.numel() for n, p in model.named_parameters() if n.startswith(DEPTH_MODULE_PREFIXES))
     depth_config = getattr(config, "depth_config", None)
     instructions = {r.get("instruction") or ANSWER_INSTRUCTION for r in results_list}
     return ModelCard.from_template(

@@ -90,24 +90,28 @@ LLM_LORA_TARGET_MODULES = (
     r".*\.language_model\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj))"
 )
 # Depth modules trained in full next to the adapter (PEFT matches module names by suffix): the depth projector, which
-# maps depth features into the LLM's embedding space, and the "add" fusion gate.
+# maps depth features into the LLM's embedding space, the "add" fusion gate, and the "rgbd" depth channel of the RGB
+# tower's patch embedding.
 DEPTH_MERGER = "depth_encoder.merger"
 DEPTH_GATE = "depth_gate"
+DEPTH_PATCH_EMBED = "depth_patch_embed"
+DEPTH_TRAINED_MODULES = (DEPTH_MERGER, DEPTH_GATE, DEPTH_PATCH_EMBED)
 # Modules bitsandbytes leaves unquantized under --load_in_4bit/8bit (start-of-name regexes; `lm_head` is transformers'
 # own default, which an explicit list replaces).
-UNQUANTIZED_MODULES = (r"model\.visual", r"model\.depth_encoder", "lm_head")
-DEPTH_PARAMETER_PREFIXES = ("model.depth_encoder.", "model.depth_gate.")
+UNQUANTIZED_MODULES = (r"model\.visual", r"model\.depth_encoder", r"model\.depth_patch_embed", "lm_head")
+DEPTH_PARAMETER_PREFIXES = ("model.depth_encoder.", "model.depth_gate.", "model.depth_patch_embed.")
 
 
 @dataclass
 class SpatialSFTScriptArguments(ScriptArguments):
     """Script arguments of Stage 2, besides TRL's `ScriptArguments` (whose `dataset_name` is `dataset_path`'s alias)."""
 
-    depth_fusion: Literal["add", "concat", "none", "image"] = field(
+    depth_fusion: Literal["add", "concat", "rgbd", "none", "image"] = field(
         default="add",
         metadata={
-            "help": "How depth reaches the LLM: add | concat | none (the RGB-only baseline) | image (depth drawn as "
-            "a second picture through the RGB tower of an RGB-only model: SpatialBot's baseline)."
+            "help": "How depth reaches the LLM: add | concat | rgbd (a 4th, depth input channel of the RGB tower) | "
+            "none (the RGB-only baseline) | image (depth drawn as a second picture through the RGB tower of an "
+            "RGB-only model: SpatialBot's baseline)."
         },
     )
     dataset_path: str | None = field(
@@ -299,12 +303,14 @@ def load_starting_model(
 
 
 def depth_modules_to_train(model: Qwen2_5_VLDepthForConditionalGeneration) -> list[str]:
-    """The depth modules trained in full for this fusion mode: merger (add, concat) and gate (add)."""
+    """The depth modules trained in full for this fusion mode: merger (add, concat), gate (add), depth channel (rgbd)."""
     names = []
     if hasattr(model.model, "depth_encoder"):
         names.append(DEPTH_MERGER)
     if hasattr(model.model, "depth_gate"):
         names.append(DEPTH_GATE)
+    if hasattr(model.model, DEPTH_PATCH_EMBED):
+        names.append(DEPTH_PATCH_EMBED)
     return names
 
 
@@ -338,7 +344,9 @@ def freeze_for_full_finetuning(
     for name, parameter in model.named_parameters():
         is_depth = name.startswith(DEPTH_PARAMETER_PREFIXES)
         if is_depth:
-            trains = name.startswith((f"model.{DEPTH_MERGER}.", f"model.{DEPTH_GATE}.")) or train_depth_encoder
+            trains = (
+                name.startswith(tuple(f"model.{module}." for module in DEPTH_TRAINED_MODULES)) or train_depth_encoder
+            )
         elif train_only_depth:
             trains = False
         else:
@@ -382,20 +390,28 @@ def depth_fusion_stats(model: torch.nn.Module) -> dict[str, float]:
             stats.update(depth_gate_abs_mean=float(gate.mean()), depth_gate_abs_max=float(gate.max()))
         elif DEPTH_MERGER in name and name.endswith("mlp.2.weight"):
             stats["depth_merger_out_norm"] = float(parameter.detach().float().norm())
+        elif DEPTH_PATCH_EMBED in name and name.endswith(".weight"):
+            stats["depth_patch_embed_norm"] = float(parameter.detach().float().norm())
     return stats
 
 
 class DepthFusionProbe:
     """Forward hooks that keep, for the last training batch, the mean L2 norm per token of the RGB image tokens and of
-    what depth adds to them ('add': tanh(gate) * projector output; 'concat': the depth tokens)."""
+    what depth adds to them ('add': tanh(gate) * projector output; 'concat': the depth tokens; 'rgbd': per patch, the
+    RGB patch embedding and the depth channel's)."""
 
     def __init__(self, model: torch.nn.Module):
         self.norms: dict[str, float] = {}
         modules = dict(model.named_modules())
-        # 'add' adds the gate's output; 'concat' the merger's (a PEFT wrapper keeps the module's name as a suffix).
-        depth_suffix = DEPTH_GATE if any(name.endswith(DEPTH_GATE) for name in modules) else DEPTH_MERGER
+        # 'add' adds the gate's output; 'concat' the merger's; 'rgbd' the depth channel's onto the RGB patch embedding
+        # (a PEFT wrapper keeps the module's name as a suffix).
+        rgb_suffix, depth_suffix = "visual.merger", DEPTH_MERGER
+        if any(name.endswith(DEPTH_GATE) for name in modules):
+            depth_suffix = DEPTH_GATE
+        elif any(name.endswith(DEPTH_PATCH_EMBED) for name in modules):
+            rgb_suffix, depth_suffix = "visual.patch_embed", DEPTH_PATCH_EMBED
         for name, module in modules.items():
-            if name.endswith("visual.merger"):
+            if name.endswith(rgb_suffix):
                 module.register_forward_hook(self._hook("rgb_token_norm"))
             elif name.endswith(depth_suffix):
                 module.register_forward_hook(self._hook("depth_added_norm"))
@@ -510,8 +526,9 @@ def build_trainer(
 
 
 def is_depth_module_parameter(name: str) -> bool:
-    """Whether a parameter (plain or PEFT-wrapped name) belongs to the depth merger or the fusion gate."""
-    return any(f".{module}." in f".{name}" for module in (DEPTH_MERGER, DEPTH_GATE))
+    """Whether a parameter (plain or PEFT-wrapped name) belongs to a depth module trained in full (merger, gate,
+    depth channel)."""
+    return any(f".{module}." in f".{name}" for module in DEPTH_TRAINED_MODULES)
 
 
 def merged_model_from_adapter(

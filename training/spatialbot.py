@@ -29,7 +29,7 @@ from processing_depth import Qwen2_5_VLDepthProcessor
 
 # The arm's name where training scripts take a fusion mode; its model is RGB-only.
 DEPTH_AS_IMAGE = "image"
-TRAINING_ARMS = ("add", "concat", "none", DEPTH_AS_IMAGE)
+TRAINING_ARMS = ("add", "concat", "rgbd", "none", DEPTH_AS_IMAGE)
 # Log-depth is drawn over this range (the model config's default encoding range) as 8-bit grey.
 DEPTH_PICTURE_RANGE_METERS = (0.1, 100.0)
 VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
