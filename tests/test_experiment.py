@@ -254,3 +254,17 @@ def test_the_report_holds_every_evaluation_in_out_not_only_this_invocations(tmp_
     assert [(run["arm"], run["seed"]) for run in results["runs"]] == [("none", 0), ("none", 1), ("rgbd", 0)]
     assert results["aggregate"]["none"]["distance_to_camera"]["delta1"]["n"] == 2
     assert results["aggregate"]["none"]["distance_to_camera"]["delta1"]["mean"] == pytest.approx(0.4)
+
+
+def test_a_variant_folder_reuses_the_stages_of_another(tmp_path):
+    source = tmp_path / "main"
+    for relative in ("data/train", "stage0/base", "eval/stage0-seed0"):
+        (source / relative).mkdir(parents=True)
+    (source / "stage0" / "base" / "config.json").write_text("{}")
+    variant = Experiment(PRESETS["tiny"], tmp_path / "variant", shared_stages=source)
+    variant.link_shared_stages()
+    assert (tmp_path / "variant" / "stage0" / "base" / "config.json").read_text() == "{}"
+    assert (tmp_path / "variant" / "eval" / "stage0-seed0").resolve() == (source / "eval" / "stage0-seed0").resolve()
+    variant.link_shared_stages()  # a rerun keeps the links
+    with pytest.raises(FileNotFoundError, match="has no data: run its stages first"):
+        Experiment(PRESETS["tiny"], tmp_path / "other", shared_stages=tmp_path / "empty").link_shared_stages()

@@ -251,12 +251,28 @@ PRESETS["small-smoke"] = replace(
 class Experiment:
     """Runs the stages of one preset into `out`, skipping those whose result file already exists."""
 
-    def __init__(self, preset: Preset, out: Path, launcher: str = "", world_seed: int = 0):
+    def __init__(
+        self, preset: Preset, out: Path, launcher: str = "", world_seed: int = 0, shared_stages: Path | None = None
+    ):
         self.preset = preset
         self.out = out
         self.launcher = shlex.split(launcher)
         self.world_seed = world_seed
+        self.shared_stages = shared_stages
         self.timings: dict[str, float] = {}
+
+    def link_shared_stages(self) -> None:
+        """Use the data, stage 0 and its evaluation of another experiment folder of the same preset (a stage-2
+        variant then costs only its SFT runs): links in `out` to them, where `out` has none of its own."""
+        for relative in ("data", "stage0", f"eval/{STAGE0_ARM}-seed0"):
+            source, link = (self.shared_stages / relative).resolve(), self.out / relative
+            if not source.exists():
+                raise FileNotFoundError(
+                    f"--shared-stages {self.shared_stages} has no {relative}: run its stages first."
+                )
+            if not link.exists():
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(source, target_is_directory=True)
 
     # ---- plumbing -----------------------------------------------------------------------------------------------
     def run(
@@ -456,6 +472,8 @@ class Experiment:
     def __call__(self) -> dict:
         preset = self.preset
         self.out.mkdir(parents=True, exist_ok=True)
+        if self.shared_stages:
+            self.link_shared_stages()
         (self.out / "preset.json").write_text(json.dumps(asdict(preset), indent=2))
         train = self.world("train", "train", preset.train_scenes)
         val = self.world("val", "val", preset.val_scenes)
@@ -743,6 +761,13 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--parallel-runs", type=int, default=None, help="override the preset's parallel_runs")
     parser.add_argument("--sft-steps", type=int, default=None, help="override the preset's sft_steps")
+    parser.add_argument(
+        "--train-depth-encoder", action="store_true", help="stage 2 also trains the depth encoder's blocks (H3)"
+    )
+    parser.add_argument("--depth-lr", type=float, default=None, help="override the preset's depth_lr")
+    parser.add_argument(
+        "--shared-stages", type=Path, default=None, help="reuse the data and stage 0 of this experiment folder"
+    )
     parser.add_argument("--launcher", default="", help='e.g. "accelerate launch --num_processes 8"')
     parser.add_argument("--report-only", action="store_true", help="rebuild the report from finished evaluations")
     args = parser.parse_args(argv)
@@ -759,9 +784,13 @@ def main(argv: list[str] | None = None) -> dict:
         overrides["parallel_runs"] = args.parallel_runs
     if args.sft_steps:
         overrides["sft_steps"] = args.sft_steps
+    if args.train_depth_encoder:
+        overrides["train_depth_encoder"] = True
+    if args.depth_lr:
+        overrides["depth_lr"] = args.depth_lr
     preset = replace(preset, **overrides)
     out = args.out or Path("runs") / f"experiment_{args.preset}"
-    experiment = Experiment(preset, out, args.launcher)
+    experiment = Experiment(preset, out, args.launcher, shared_stages=args.shared_stages)
     return experiment.report_existing() if args.report_only else experiment()
 
 
