@@ -258,13 +258,25 @@ def test_the_report_holds_every_evaluation_in_out_not_only_this_invocations(tmp_
 
 def test_a_variant_folder_reuses_the_stages_of_another(tmp_path):
     source = tmp_path / "main"
-    for relative in ("data/train", "stage0/base", "eval/stage0-seed0"):
+    for relative in ("data/train", "stage0/base"):
         (source / relative).mkdir(parents=True)
     (source / "stage0" / "base" / "config.json").write_text("{}")
     variant = Experiment(PRESETS["tiny"], tmp_path / "variant", shared_stages=source)
     variant.link_shared_stages()
     assert (tmp_path / "variant" / "stage0" / "base" / "config.json").read_text() == "{}"
-    assert (tmp_path / "variant" / "eval" / "stage0-seed0").resolve() == (source / "eval" / "stage0-seed0").resolve()
+    assert (tmp_path / "variant" / "data").resolve() == (source / "data").resolve()
+    assert not (tmp_path / "variant" / "eval").exists()  # evaluated in the variant, on its preset's test set
     variant.link_shared_stages()  # a rerun keeps the links
     with pytest.raises(FileNotFoundError, match="has no data: run its stages first"):
         Experiment(PRESETS["tiny"], tmp_path / "other", shared_stages=tmp_path / "empty").link_shared_stages()
+
+
+def test_a_larger_test_set_is_rendered_like_the_fixed_one_and_evaluated_apart(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(Experiment, "run", lambda self, name, module, args, *rest, **options: calls.append(args))
+    fixed = Experiment(PRESETS["cpu-full"], tmp_path)
+    larger = Experiment(replace(PRESETS["cpu-full"], test_scenes=1000), tmp_path)
+    assert fixed.test_world() == tmp_path / "data" / "test" and fixed.eval_folder == tmp_path / "eval"
+    assert larger.test_world() == tmp_path / "data" / "test-1000" and larger.eval_folder == tmp_path / "eval-test1000"
+    assert calls[0][calls[0].index("--preset") :] == ["--preset", "test"]
+    assert calls[1][calls[1].index("--preset") :] == ["--preset", "test", "--num-scenes", "1000"]

@@ -85,6 +85,10 @@ class Preset:
         ("add-dense-10x", "dense", 10),
     )
     ablation_seeds: tuple[int, ...] = (0,)  # the ablations are read against the main comparison's seed spread
+    # None: the fixed test set (`training.make_world --preset test`: 200 scenes, 100 questions per type). A number: that
+    # many test scenes, rendered like the fixed set (its 200 scenes are the first of them), for a measurement whose
+    # spread over seeds is less the luck of 100 questions.
+    test_scenes: int | None = None
     # Arms run only on `ablation_seeds`, beside the main comparison's `arms` (the baselines reported on one seed).
     single_seed_arms: tuple[str, ...] = ()
     threads: int | None = None  # torch threads per stage; None: the machine's cores shared by the parallel runs
@@ -213,6 +217,7 @@ PRESETS["cpu-depth"] = replace(
     # depth-as-image and direct RGB-D input (the seed's baselines), and the seed's alignment stage put back, on the
     # preset's pairs and on 10x as many (how much stage 1 helps or hurts this recipe).
     single_seed_arms=("concat", "image", "rgbd"),
+    test_scenes=1000,  # 500 questions per type: 100 let one seed's δ₁ move by ±0.05 with the luck of the draw
     alignment_ablations=(("add-dense", "dense", 1), ("add-dense-10x", "dense", 10)),
 )
 # The README's demo: `tiny` at smoke scale, one seed, RGB-only against depth `add`, no ablations (part of a 10-minute
@@ -261,10 +266,15 @@ class Experiment:
         self.shared_stages = shared_stages
         self.timings: dict[str, float] = {}
 
+    @property
+    def eval_folder(self) -> Path:
+        """Where the evaluations go: one folder per test set, so a larger test set never mixes with the fixed one's."""
+        return self.out / ("eval" if self.preset.test_scenes is None else f"eval-test{self.preset.test_scenes}")
+
     def link_shared_stages(self) -> None:
-        """Use the data, stage 0 and its evaluation of another experiment folder of the same preset (a stage-2
-        variant then costs only its SFT runs): links in `out` to them, where `out` has none of its own."""
-        for relative in ("data", "stage0", f"eval/{STAGE0_ARM}-seed0"):
+        """Use the data and stage 0 of another experiment folder of the same preset (a stage-2 variant then costs
+        only its SFT runs and evaluations): links in `out` to them, where `out` has none of its own."""
+        for relative in ("data", "stage0"):
             source, link = (self.shared_stages / relative).resolve(), self.out / relative
             if not source.exists():
                 raise FileNotFoundError(
@@ -326,11 +336,19 @@ class Experiment:
         ]  # fmt: skip
 
     # ---- data ---------------------------------------------------------------------------------------------------
+    def test_world(self) -> Path:
+        """The fixed test set, or `test_scenes` scenes rendered the same way (same seed and size, more scenes)."""
+        if self.preset.test_scenes is None:
+            return self.world("test", "test", None, preset="test")
+        return self.world(f"test-{self.preset.test_scenes}", "test", self.preset.test_scenes, preset="test")
+
     def world(self, name: str, split: str, scenes: int | None, preset: str | None = None) -> Path:
         folder = self.out / "data" / name
         args = ["--out", str(folder), "--no-progress", "--workers", str(os.cpu_count() or 1)]
         if preset:
             args += ["--preset", preset]
+            if scenes is not None:  # explicit flags override the named preset's
+                args += ["--num-scenes", str(scenes)]
         else:
             args += ["--split", split, "--num-scenes", str(scenes), "--seed", str(self.world_seed)]
             args += ["--size", str(self.preset.image_size)]
@@ -456,7 +474,7 @@ class Experiment:
         return None
 
     def evaluate(self, model: Path, test: Path, label: str) -> dict:
-        folder = self.out / "eval" / label
+        folder = self.eval_folder / label
         args = [
             "run", "--model", str(model), "--data", str(test), "--out", str(folder), "--instruction", "",
             "--batch-size", str(self.preset.eval_batch), "--max-new-tokens", "16", "--label", label, "--no-progress",
@@ -477,7 +495,7 @@ class Experiment:
         (self.out / "preset.json").write_text(json.dumps(asdict(preset), indent=2))
         train = self.world("train", "train", preset.train_scenes)
         val = self.world("val", "val", preset.val_scenes)
-        test = self.world("test", "test", None, preset="test")
+        test = self.test_world()
         pairs = {1: self.world("pairs", "train", preset.pair_scenes)}
         if any(multiplier == 10 for _, _, multiplier in preset.alignment_ablations):
             pairs[10] = self.world("pairs-10x", "train", 10 * preset.pair_scenes)
@@ -546,7 +564,7 @@ class Experiment:
         """Every evaluation in `out`, whichever invocation ran it (`--seeds 2` after `--seeds 0 1` adds to them), in
         the preset's arm order, then by name and seed."""
         runs = []
-        for result_file in sorted((self.out / "eval").glob("*/results.json")):
+        for result_file in sorted(self.eval_folder.glob("*/results.json")):
             arm, _, seed = result_file.parent.name.rpartition("-seed")
             result = json.loads(result_file.read_text())
             runs.append({"arm": arm, "seed": int(seed), "model": result.get("model"), **summary_of(result)})
