@@ -216,7 +216,7 @@ PRESETS["cpu-depth"] = replace(
     # On seed 0 only: the other fusions under the same recipe (concat vs add is the seed's ablation), SpatialBot's
     # depth-as-image and direct RGB-D input (the seed's baselines), and the seed's alignment stage put back, on the
     # preset's pairs and on 10x as many (how much stage 1 helps or hurts this recipe).
-    single_seed_arms=("concat", "image", "rgbd"),
+    single_seed_arms=("rgbd", "concat", "image"),
     test_scenes=1000,  # 500 questions per type: 100 let one seed's δ₁ move by ±0.05 with the luck of the draw
     alignment_ablations=(("add-dense", "dense", 1), ("add-dense-10x", "dense", 10)),
 )
