@@ -1,6 +1,7 @@
 """The experiment's bookkeeping: per-arm aggregation over seeds, the report files, and resource sharing."""
 
 import json
+import math
 from dataclasses import replace
 
 import pytest
@@ -9,7 +10,9 @@ from training.experiment import (
     PRESETS,
     RGB_ONLY_QUESTION_TYPES,
     Experiment,
+    against_rgb_only,
     aggregate,
+    log_correlations,
     summary_of,
     write_report,
 )
@@ -29,7 +32,7 @@ def run(arm: str, seed: int, delta1: float, accuracy: float, answers: list[str])
     return {"arm": arm, "seed": seed, **summary_of(evaluation(delta1, accuracy, answers))}
 
 
-def test_aggregate_gives_mean_and_population_std_over_seeds():
+def test_aggregate_gives_mean_and_sample_std_over_seeds():
     runs = [
         run("none", 0, 0.50, 0.25, ["1 m"] * 4),
         run("none", 1, 0.70, 0.75, ["1 m", "2 m", "2 m", "3 m"]),
@@ -38,7 +41,7 @@ def test_aggregate_gives_mean_and_population_std_over_seeds():
     summary = aggregate(runs)
     delta1 = summary["none"]["distance_to_camera"]["delta1"]
     assert delta1["mean"] == pytest.approx(0.60)
-    assert delta1["std"] == pytest.approx(0.10)
+    assert delta1["std"] == pytest.approx(0.1 * 2**0.5)  # sample std (ddof 1) of 0.5 and 0.7
     assert delta1["n"] == 2
     assert summary["none"]["closer"]["accuracy"]["mean"] == pytest.approx(0.50)
     assert summary["add"]["distance_to_camera"]["delta1"] == {"mean": 0.9, "std": 0.0, "n": 1}
@@ -280,3 +283,38 @@ def test_a_larger_test_set_is_rendered_like_the_fixed_one_and_evaluated_apart(tm
     assert larger.test_world() == tmp_path / "data" / "test-1000" and larger.eval_folder == tmp_path / "eval-test1000"
     assert calls[0][calls[0].index("--preset") :] == ["--preset", "test"]
     assert calls[1][calls[1].index("--preset") :] == ["--preset", "test", "--num-scenes", "1000"]
+
+
+def metric_prediction(question_type: str, parsed, truth: float, parse_ok: bool = True) -> dict:
+    return {"question_type": question_type, "kind": "metric", "parsed": parsed, "answer_value": truth,
+            "parse_ok": parse_ok, "prediction": f"{parsed} m"}  # fmt: skip
+
+
+def test_log_correlation_follows_the_truth_and_ignores_unparsed_answers():
+    truths = [1.0, 2.0, 4.0, 8.0]
+    following = [metric_prediction("point_depth", 1.1 * t, t) for t in truths]
+    constant = [metric_prediction("distance_to_camera", 3.0, t) for t in truths]
+    broken = [metric_prediction("point_depth", None, 5.0, parse_ok=False), metric_prediction("closer", 1, 1)]
+    broken[1]["kind"] = "choice"
+    correlations = log_correlations(following + constant + broken)
+    assert correlations["point_depth"] == pytest.approx(1.0)
+    assert math.isnan(correlations["distance_to_camera"])  # a constant answer has no correlation
+    assert set(correlations) == {"point_depth", "distance_to_camera"}
+
+
+def bar_run(arm: str, seed: int, distance: float, point: float) -> dict:
+    per_type = {"distance_to_camera": {"delta1": distance}, "point_depth": {"delta1": point}}
+    return {"arm": arm, "seed": seed, "per_type": per_type}
+
+
+def test_the_bar_needs_the_ratio_and_a_difference_beyond_twice_the_seed_spread():
+    runs = [bar_run("none", seed, 0.30 + 0.01 * seed, 0.20 + 0.05 * seed) for seed in range(3)]
+    runs += [bar_run("add", seed, 0.40 + 0.01 * seed, 0.26 + 0.05 * seed) for seed in range(3)]
+    runs += [bar_run("rgbd", 0, 0.9, 0.9)]  # one seed: not judged
+    rows = {(row["arm"], row["question_type"]): row for row in against_rgb_only(aggregate(runs))}
+    assert set(rows) == {("add", "distance_to_camera"), ("add", "point_depth")}
+    distance, point = rows["add", "distance_to_camera"], rows["add", "point_depth"]
+    assert distance["ratio"] == pytest.approx(0.41 / 0.31) and distance["difference"] == pytest.approx(0.10)
+    assert distance["twice_larger_std"] == pytest.approx(0.02) and distance["meets_bar"]
+    # 1.24x, but the difference (0.06) is within twice the seed spread (0.1): not met.
+    assert point["ratio"] == pytest.approx(0.31 / 0.25) and not point["meets_bar"]

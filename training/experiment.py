@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import subprocess
@@ -646,6 +647,9 @@ def summary_of(result: dict) -> dict:
     # How many different answers the model gave per type: 1 means it answers from the prior, not from the image.
     for question_type, answers in _answers_by_type(result.get("predictions", [])).items():
         per_type[question_type]["distinct_answers"] = len(set(answers))
+    # Whether metric answers follow the truth at all (δ₁ alone also rewards a well-chosen constant).
+    for question_type, correlation in log_correlations(result.get("predictions", [])).items():
+        per_type[question_type]["log_correlation"] = correlation
     overall = {key: metrics["overall"].get(key) for key in keep}
     return {"per_type": per_type, "overall": overall, "depth_source": result.get("depth_source")}
 
@@ -657,8 +661,26 @@ def _answers_by_type(predictions: list[dict]) -> dict[str, list[str]]:
     return answers
 
 
+def log_correlations(predictions: list[dict]) -> dict[str, float]:
+    """Per metric question type: the Pearson correlation of log predicted and log true values over the answers that
+    parsed to a positive number (NaN when fewer than 3 did, or when either side is constant)."""
+    pairs: dict[str, list[tuple[float, float]]] = {}
+    for prediction in predictions:
+        parsed, truth = prediction.get("parsed"), prediction.get("answer_value")
+        if prediction.get("kind") != "metric" or not prediction.get("parse_ok") or truth is None:
+            continue
+        if isinstance(parsed, (int, float)) and parsed > 0 and truth > 0:
+            pairs.setdefault(prediction["question_type"], []).append((math.log(parsed), math.log(truth)))
+    correlations = {}
+    for question_type, values in pairs.items():
+        predicted, true = np.array(values).T
+        constant = len(values) < 3 or predicted.std() == 0 or true.std() == 0
+        correlations[question_type] = float("nan") if constant else float(np.corrcoef(predicted, true)[0, 1])
+    return correlations
+
+
 def aggregate(runs: list[dict]) -> dict:
-    """Mean and standard deviation over seeds of each arm's per-type metrics."""
+    """Mean and sample standard deviation (ddof 1; 0 for a single seed) over seeds of each arm's per-type metrics."""
     arms: dict[str, list[dict]] = {}
     for run in runs:
         arms.setdefault(run["arm"], []).append(run)
@@ -667,14 +689,43 @@ def aggregate(runs: list[dict]) -> dict:
         per_type = {}
         for question_type in arm_runs[0]["per_type"]:
             values = {}
-            for key in ("delta1", "abs_rel", "within_2x", "accuracy"):
+            for key in ("delta1", "abs_rel", "within_2x", "accuracy", "log_correlation"):
                 samples = [r["per_type"][question_type].get(key) for r in arm_runs]
-                samples = [v for v in samples if v is not None]
+                samples = [v for v in samples if v is not None and not math.isnan(v)]
                 if samples:
-                    values[key] = {"mean": float(np.mean(samples)), "std": float(np.std(samples)), "n": len(samples)}
+                    std = float(np.std(samples, ddof=1)) if len(samples) > 1 else 0.0
+                    values[key] = {"mean": float(np.mean(samples)), "std": std, "n": len(samples)}
             per_type[question_type] = values
         summary[arm] = per_type
     return summary
+
+
+# Issue 14's bar: on both of these, a depth arm's mean δ₁ is at least this many times RGB-only's, and the difference
+# of the means exceeds twice the larger of the two seed standard deviations.
+DEPTH_BAR_QUESTION_TYPES = ("distance_to_camera", "point_depth")
+DEPTH_BAR_RATIO = 1.2
+
+
+def against_rgb_only(aggregate_: dict, baseline: str = "none") -> list[dict]:
+    """Each depth arm measured on 2+ seeds against `baseline` on `DEPTH_BAR_QUESTION_TYPES`: the ratio of the mean
+    δ₁, the difference of the means, twice the larger seed std, and whether the bar is met on that type."""
+    rows = []
+    for arm, per_type in aggregate_.items():
+        if arm in (baseline, STAGE0_ARM) or baseline not in aggregate_:
+            continue
+        for question_type in DEPTH_BAR_QUESTION_TYPES:
+            depth, rgb = per_type.get(question_type, {}).get("delta1"), aggregate_[baseline].get(question_type, {})
+            rgb = rgb.get("delta1")
+            if depth is None or rgb is None or min(depth["n"], rgb["n"]) < 2:
+                continue
+            difference, noise = depth["mean"] - rgb["mean"], 2 * max(depth["std"], rgb["std"])
+            ratio = depth["mean"] / rgb["mean"] if rgb["mean"] > 0 else float("inf")
+            rows.append({
+                "arm": arm, "question_type": question_type, "ratio": ratio, "difference": difference,
+                "twice_larger_std": noise, "seeds": min(depth["n"], rgb["n"]),
+                "meets_bar": ratio >= DEPTH_BAR_RATIO and difference > noise,
+            })  # fmt: skip
+    return rows
 
 
 def write_report(results: dict, out: Path) -> None:
@@ -684,8 +735,9 @@ def write_report(results: dict, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    (out / "results.json").write_text(json.dumps(results, indent=2))
     aggregate_ = results["aggregate"]
+    results["against_rgb_only"] = against_rgb_only(aggregate_)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
     arms = list(aggregate_)
     types = list(next(iter(aggregate_.values())))
     lines = ["| question type | metric | " + " | ".join(arms) + " |", "|---|---|" + "---|" * len(arms)]
@@ -705,10 +757,31 @@ def write_report(results: dict, out: Path) -> None:
     for run in results["runs"]:
         counts = [str(run["per_type"].get(t, {}).get("distinct_answers", "-")) for t in types]
         lines.append(f"| {run['arm']}-seed{run['seed']} | " + " | ".join(counts) + " |")
+    metric_types = [t for t in types if t in METRIC_QUESTION_TYPES]
+    lines += ["", "Correlation of log answer and log truth per metric type and run (0: no relation to the truth):", ""]
+    lines += ["| run | " + " | ".join(metric_types) + " |", "|---|" + "---|" * len(metric_types)]
+    for run in results["runs"]:
+        cells = [run["per_type"].get(t, {}).get("log_correlation") for t in metric_types]
+        cells = ["-" if value is None or math.isnan(value) else f"{value:.2f}" for value in cells]
+        lines.append(f"| {run['arm']}-seed{run['seed']} | " + " | ".join(cells) + " |")
+    if results["against_rgb_only"]:
+        lines += [
+            "",
+            f"Depth arms against RGB-only (`none`), δ₁ (bar: ≥ {DEPTH_BAR_RATIO}x on "
+            f"{' and '.join(DEPTH_BAR_QUESTION_TYPES)}, difference of the means > 2x the larger seed std):",
+            "",
+            "| arm | question type | seeds | ratio | difference | 2x larger std | bar met |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for row in results["against_rgb_only"]:
+            lines.append(
+                f"| {row['arm']} | {row['question_type']} | {row['seeds']} | {row['ratio']:.2f} | "
+                f"{row['difference']:+.3f} | {row['twice_larger_std']:.3f} | {'yes' if row['meets_bar'] else 'no'} |"
+            )
     seeds = sorted({run["seed"] for run in results["runs"]})
     lines.append("")
     lines.append(
-        f"Mean ± standard deviation over seeds {seeds} (SFT seed; stage 0 and alignment are shared). "
+        f"Mean ± sample standard deviation over seeds {seeds} (SFT seed; stage 0 and alignment are shared). "
         f"`{STAGE0_ARM}`: the shared base before spatial fine-tuning (one model)."
     )
     (out / "results.md").write_text("\n".join(lines) + "\n")
