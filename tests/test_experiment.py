@@ -318,3 +318,26 @@ def test_the_bar_needs_the_ratio_and_a_difference_beyond_twice_the_seed_spread()
     assert distance["twice_larger_std"] == pytest.approx(0.02) and distance["meets_bar"]
     # 1.24x, but the difference (0.06) is within twice the seed spread (0.1): not met.
     assert point["ratio"] == pytest.approx(0.31 / 0.25) and not point["meets_bar"]
+
+
+def test_a_projector_warmup_runs_before_stage2_of_the_depth_arms_only(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(Experiment, "run", lambda self, name, module, args, *rest, **options: calls.append(args))
+    preset = replace(PRESETS["cpu-depth"], depth_warmup_steps=100)
+    experiment = Experiment(preset, tmp_path)
+    model = experiment.sft("add", 0, tmp_path / "base", None, tmp_path / "train", tmp_path / "val", "add")
+    assert model == tmp_path / "sft" / "add-seed0" / "model"
+    experiment.sft("none", 0, tmp_path / "base", None, tmp_path / "train", tmp_path / "val", "none")
+    warmup, stage2, rgb_only = calls
+
+    def value(args, flag):
+        return args[args.index(flag) + 1]
+
+    assert value(warmup, "--train_only_depth") == "true" and value(warmup, "--max_steps") == "100"
+    assert value(warmup, "--model_name_or_path") == str(tmp_path / "base")
+    assert value(warmup, "--depth_merger_zero_init") == "true" and value(warmup, "--depth_gate_init") == "1.0"
+    # Stage 2 continues from the warmed-up depth path instead of initialising it again.
+    assert value(stage2, "--aligned_depth_model") == str(tmp_path / "sft" / "add-seed0" / "warmup" / "model")
+    assert "--depth_merger_zero_init" not in stage2 and "--depth_gate_init" not in stage2
+    assert "--train_only_depth" not in stage2 and value(stage2, "--max_steps") == str(preset.sft_steps)
+    assert "--train_only_depth" not in rgb_only and "--aligned_depth_model" not in rgb_only

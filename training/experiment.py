@@ -121,6 +121,9 @@ class Preset:
     depth_gate_init: float | None = None
     depth_lr: float | None = None
     train_depth_encoder: bool = False
+    # Issue 14's H2, LLaVA's stage 1: steps of a projector warm-up before stage 2 (0: none), in which only the depth
+    # modules train (language model frozen) on stage 2's rows; stage 2 then starts from the warmed-up model.
+    depth_warmup_steps: int = 0
     # Stage 1 for the main arms: "dense" (token-matched InfoNCE), "global", or None (no alignment: the depth encoder
     # stays the copy of the RGB tower it is initialised as, which keeps the most metric information, see
     # shared/FACTS.md "Where depth's information goes").
@@ -433,12 +436,36 @@ class Experiment:
 
     def sft(self, arm: str, seed: int, base: Path, aligned: Path | None, train: Path, val: Path, name: str) -> Path:
         folder = self.out / "sft" / f"{name}-seed{seed}"
+        warm = self.preset.depth_warmup_steps > 0 and arm in ("add", "concat")
+        if warm:
+            aligned = self.sft_stage(
+                f"sft-{name}-seed{seed}-warmup", folder / "warmup", arm, seed, base, aligned, train, val,
+                steps=self.preset.depth_warmup_steps, extra=["--train_only_depth", "true"],
+            )  # fmt: skip
+        return self.sft_stage(f"sft-{name}-seed{seed}", folder, arm, seed, base, aligned, train, val, warm_start=warm)
+
+    def sft_stage(
+        self,
+        name: str,
+        folder: Path,
+        arm: str,
+        seed: int,
+        base: Path,
+        aligned: Path | None,
+        train: Path,
+        val: Path,
+        steps: int | None = None,
+        extra: tuple[str, ...] | list[str] = (),
+        warm_start: bool = False,
+    ) -> Path:
+        """One `training.sft` run into `folder` (its model in `folder/model`); `warm_start`: the depth path of
+        `aligned` was already trained (a warm-up), so it is not re-initialised."""
         start = ["--aligned_depth_model", str(aligned)] if aligned else ["--model_name_or_path", str(base)]
         args = [
             *start, "--depth_fusion", arm, "--dataset_path", str(train), "--eval_dataset_path", str(val),
             "--output_dir", str(folder / "trainer"), "--export_dir", str(folder / "model"),
             "--loss_curve", str(folder / "loss_curve.png"), "--eval_strategy", "no",
-            *self.training_args(self.preset.sft_steps, self.preset.sft_lr, seed, shared=True),
+            *self.training_args(steps or self.preset.sft_steps, self.preset.sft_lr, seed, shared=True),
         ]  # fmt: skip
         if self.preset.sft_full_finetune:
             args += ["--use_peft", "false"]
@@ -446,19 +473,20 @@ class Experiment:
             args += ["--lora_r", str(self.preset.lora_r), "--lora_alpha", str(2 * self.preset.lora_r)]
         if self.preset.sft_question_types:
             args += ["--question_types", *self.preset.sft_question_types]
-        args += self.depth_path_args(arm)
+        args += [*self.depth_path_args(arm, initialise=not warm_start), *extra]
         summary = folder / "trainer" / "sft_summary.json"
-        self.run(f"sft-{name}-seed{seed}", "training.sft", args, summary, launch=True, shared=True)
+        self.run(name, "training.sft", args, summary, launch=True, shared=True)
         return folder / "model"
 
-    def depth_path_args(self, arm: str) -> list[str]:
-        """training.sft flags that set how the depth path of `arm` starts and trains (none for RGB-only arms)."""
+    def depth_path_args(self, arm: str, initialise: bool = True) -> list[str]:
+        """training.sft flags that set how the depth path of `arm` starts (`initialise`) and trains (none for RGB-only
+        arms)."""
         preset, args = self.preset, []
         if arm not in ("add", "concat"):
             return args
-        if preset.depth_merger_zero_init:
+        if preset.depth_merger_zero_init and initialise:
             args += ["--depth_merger_zero_init", "true"]
-        if preset.depth_gate_init is not None and arm == "add":
+        if preset.depth_gate_init is not None and arm == "add" and initialise:
             args += ["--depth_gate_init", str(preset.depth_gate_init)]
         if preset.depth_lr is not None:
             args += ["--depth_lr", str(preset.depth_lr)]
@@ -857,6 +885,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
     parser.add_argument("--depth-lr", type=float, default=None, help="override the preset's depth_lr")
     parser.add_argument(
+        "--depth-warmup-steps", type=int, default=None, help="override the preset's depth_warmup_steps (H2)"
+    )
+    parser.add_argument(
         "--shared-stages", type=Path, default=None, help="reuse the data and stage 0 of this experiment folder"
     )
     parser.add_argument("--launcher", default="", help='e.g. "accelerate launch --num_processes 8"')
@@ -879,6 +910,8 @@ def main(argv: list[str] | None = None) -> dict:
         overrides["train_depth_encoder"] = True
     if args.depth_lr:
         overrides["depth_lr"] = args.depth_lr
+    if args.depth_warmup_steps is not None:
+        overrides["depth_warmup_steps"] = args.depth_warmup_steps
     preset = replace(preset, **overrides)
     out = args.out or Path("runs") / f"experiment_{args.preset}"
     experiment = Experiment(preset, out, args.launcher, shared_stages=args.shared_stages)
