@@ -138,7 +138,7 @@ def test_stage0a_runs_first_and_stage0_starts_from_its_tower(tmp_path, monkeypat
         done.write_text("{}")
 
     monkeypatch.setattr(Experiment, "run", record)
-    monkeypatch.setattr("training.experiment.save_as_plain_qwen2_5_vl", lambda model, base: None)
+    monkeypatch.setattr("training.experiment.runner.save_as_plain_qwen2_5_vl", lambda model, base: None)
     rows, world = tmp_path / "rows", tmp_path / "world"
     for steps, expected in ((0, ["stage0"]), (40, ["stage0-vision", "stage0"])):
         calls.clear()

@@ -1,0 +1,67 @@
+"""`python -m training.experiment`: run (or report) one preset of the experiment."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+import training.experiment as package
+from training.experiment.presets import PRESETS
+from training.experiment.runner import Experiment
+from training.spatialbot import TRAINING_ARMS
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.experiment", description=package.__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="tiny")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--seeds", type=int, nargs="+", default=None, help="override the preset's seeds")
+    parser.add_argument("--arms", nargs="+", default=None, choices=TRAINING_ARMS)
+    parser.add_argument(
+        "--no-ablations", action="store_true", help="only the main comparison (no single-seed arms, no ablations)"
+    )
+    parser.add_argument("--parallel-runs", type=int, default=None, help="override the preset's parallel_runs")
+    parser.add_argument("--sft-steps", type=int, default=None, help="override the preset's sft_steps")
+    parser.add_argument(
+        "--train-depth-encoder", action="store_true", help="stage 2 also trains the depth encoder's blocks (H3)"
+    )
+    parser.add_argument("--depth-lr", type=float, default=None, help="override the preset's depth_lr")
+    parser.add_argument(
+        "--depth-warmup-steps", type=int, default=None, help="override the preset's depth_warmup_steps (H2)"
+    )
+    parser.add_argument(
+        "--shared-stages", type=Path, default=None, help="reuse the data and stage 0 of this experiment folder"
+    )
+    parser.add_argument("--launcher", default="", help='e.g. "accelerate launch --num_processes 8"')
+    parser.add_argument("--report-only", action="store_true", help="rebuild the report from finished evaluations")
+    args = parser.parse_args(argv)
+    preset = PRESETS[args.preset]
+    overrides = {}
+    if args.seeds:
+        overrides["seeds"] = tuple(args.seeds)
+    if args.arms:
+        overrides["arms"] = tuple(args.arms)
+    if args.no_ablations:
+        overrides["alignment_ablations"] = ()
+        overrides["single_seed_arms"] = ()
+    if args.parallel_runs:
+        overrides["parallel_runs"] = args.parallel_runs
+    if args.sft_steps:
+        overrides["sft_steps"] = args.sft_steps
+    if args.train_depth_encoder:
+        overrides["train_depth_encoder"] = True
+    if args.depth_lr:
+        overrides["depth_lr"] = args.depth_lr
+    if args.depth_warmup_steps is not None:
+        overrides["depth_warmup_steps"] = args.depth_warmup_steps
+    preset = replace(preset, **overrides)
+    out = args.out or Path("runs") / f"experiment_{args.preset}"
+    experiment = Experiment(preset, out, args.launcher, shared_stages=args.shared_stages)
+    return experiment.report_existing() if args.report_only else experiment()
+
+
+if __name__ == "__main__":
+    main()

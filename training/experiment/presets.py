@@ -1,0 +1,208 @@
+"""The experiment's presets: every size, step count and rate of one run of the experiment, shared by its arms."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+
+RGB_ONLY_QUESTION_TYPES = ("color", "shape", "count", "left_right", "above_below")
+METRIC_QUESTION_TYPES = ("distance_to_camera", "distance_between", "object_height", "object_width", "point_depth")
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Every size, step count and rate of one experiment; arms share all of it."""
+
+    base_size: str  # training.tiny.BASE_SIZES
+    image_size: int  # rendered side in pixels (the processor then caps images at `max_pixels`)
+    train_scenes: int  # stage 0 and stage 2 rows come from these scenes (6 questions each)
+    val_scenes: int
+    pair_scenes: int  # stage 1 RGB-D pairs (the "10x" ablation uses ten times as many)
+    test_questions: int | None  # None: the whole fixed test set (1,200)
+    stage0_steps: int
+    stage0_lr: float
+    align_steps: int
+    align_lr: float
+    align_batch: int
+    sft_steps: int
+    sft_lr: float
+    batch: int
+    lora_r: int
+    seeds: tuple[int, ...] = (0, 1, 2)
+    arms: tuple[str, ...] = ("none", "concat", "add", "image")
+    # (name, alignment level or None, pair multiplier) of the alignment ablation, run on the `add` arm.
+    alignment_ablations: tuple[tuple[str, str | None, int], ...] = (
+        ("add-unaligned", None, 1),
+        ("add-global", "global", 1),
+        ("add-dense-10x", "dense", 10),
+    )
+    ablation_seeds: tuple[int, ...] = (0,)  # the ablations are read against the main comparison's seed spread
+    # None: the fixed test set (`training.make_world --preset test`: 200 scenes, 100 questions per type). A number: that
+    # many test scenes, rendered like the fixed set (its 200 scenes are the first of them), for a measurement whose
+    # spread over seeds is less the luck of 100 questions.
+    test_scenes: int | None = None
+    # Arms run only on `ablation_seeds`, beside the main comparison's `arms` (the baselines reported on one seed).
+    single_seed_arms: tuple[str, ...] = ()
+    threads: int | None = None  # torch threads per stage; None: the machine's cores shared by the parallel runs
+    eval_batch: int = 32
+    # SFT+evaluation runs that go at once after stage 0 and alignment. A small model leaves a GPU mostly idle, so
+    # several runs share it; each gets an equal share of the CPU cores for its threads and DataLoader workers.
+    parallel_runs: int = 1
+    dataloader_workers: int = 0  # per training stage; >0 moves decoding and processing off the training loop
+    extra_train_args: tuple[str, ...] = field(default=())
+    # Stage 0a: steps of dense object pre-training of the from-scratch RGB tower before stage 0 (0: none). Without it
+    # a base trained on questions alone at these scales answers from the prior (see training.pretrain_vision).
+    vision_pretrain_steps: int = 0
+    # Stage 2 trains the whole language model (plus the depth merger and gate; the RGB tower and depth encoder blocks
+    # stay frozen) instead of a LoRA adapter on it. LoRA preserves a pretrained base; the from-scratch stand-in bases
+    # here have no such skills to preserve, and LoRA on them stays at the answer priors (results/experiment_cpu_long).
+    sft_full_finetune: bool = False
+    # Stage 2 trains (every arm, same rows) and evaluation reads only these question types; None: all twelve. A
+    # 1 M-parameter stand-in spreads one pass over twelve types too thin to learn any one metric type from depth.
+    sft_question_types: tuple[str, ...] | None = None
+    # Question types of the test set that are evaluated; None: `sft_question_types` plus the RGB-only types when
+    # stage 2 trains on a subset (those check that depth does not hurt), else all.
+    eval_question_types: tuple[str, ...] | None = None
+    # How the depth path starts in stage 2 (training.sft's flags; the defaults are its own):
+    # `depth_merger_zero_init` zeroes the depth projector's last layer, so a fresh model still equals the base while
+    # the projector gets the full gradient; `depth_gate_init` opens the 'add' gate (tanh(1.0) = 0.76) instead of
+    # the zero gate through which the projector's gradient is ~0; `depth_lr` is the depth modules' own rate;
+    # `train_depth_encoder` trains the depth encoder's blocks too (full fine-tuning only).
+    depth_merger_zero_init: bool = False
+    depth_gate_init: float | None = None
+    depth_lr: float | None = None
+    train_depth_encoder: bool = False
+    # Issue 14's H2, LLaVA's stage 1: steps of a projector warm-up before stage 2 (0: none), in which only the depth
+    # modules train (language model frozen) on stage 2's rows; stage 2 then starts from the warmed-up model.
+    depth_warmup_steps: int = 0
+    # Stage 1 for the main arms: "dense" (token-matched InfoNCE), "global", or None (no alignment: the depth encoder
+    # stays the copy of the RGB tower it is initialised as, which keeps the most metric information, see
+    # shared/FACTS.md "Where depth's information goes").
+    main_alignment: str | None = "dense"
+
+
+PRESETS = {
+    # CPU minutes. Small images (112 px: 4x4 merged tokens) keep a mini model fast on 2 cores.
+    "tiny": Preset(
+        base_size="mini",
+        image_size=112,
+        train_scenes=600,
+        val_scenes=40,
+        pair_scenes=300,
+        test_questions=None,
+        vision_pretrain_steps=300,
+        stage0_steps=600,
+        stage0_lr=2e-3,
+        align_steps=200,
+        align_lr=2e-3,
+        align_batch=32,
+        sft_steps=600,
+        sft_lr=2e-3,
+        batch=16,
+        lora_r=32,
+        threads=1,
+    ),
+    # CPU, about 100 minutes on 2 cores without the ablations (stages 0a and 0 about 25 minutes, then six rounds of
+    # two SFT runs and their evaluations): `tiny`'s model on 8x the scenes, with its RGB tower pre-trained on object
+    # tokens first (stage 0a; on questions alone the base never learns to look at the image), 5x `tiny`'s stage-0
+    # samples and the same SFT samples. Two runs at a time, one core each.
+    "cpu": Preset(
+        base_size="mini",
+        image_size=112,
+        train_scenes=5000,
+        val_scenes=40,
+        pair_scenes=1000,
+        test_questions=None,
+        vision_pretrain_steps=600,
+        stage0_steps=1500,
+        stage0_lr=1e-3,
+        align_steps=300,
+        align_lr=2e-3,
+        align_batch=32,
+        sft_steps=300,
+        sft_lr=2e-3,
+        batch=32,
+        lora_r=32,
+        parallel_runs=2,
+    ),
+    # GPU (one H100, one 10-minute command): the calibration model of shared/FACTS.md (~13 M parameters) at 224 px
+    # (64 image tokens). Six runs share the GPU at a time (a model this small leaves it mostly idle; the CPU cores
+    # that decode and process the batches are the limit). The main comparison (`--no-ablations`: 3 seeds x 4 arms)
+    # and the ablations (`--arms add --seeds 0`) are one 10-minute command each.
+    "small": Preset(
+        base_size="small",
+        image_size=224,
+        train_scenes=6000,
+        val_scenes=100,
+        pair_scenes=3000,
+        test_questions=None,
+        vision_pretrain_steps=300,
+        stage0_steps=600,
+        stage0_lr=1e-3,
+        align_steps=200,
+        align_lr=5e-4,
+        align_batch=128,
+        sft_steps=500,
+        sft_lr=1e-3,
+        batch=128,
+        lora_r=64,
+        eval_batch=300,
+        parallel_runs=6,
+        dataloader_workers=2,
+        extra_train_args=("--bf16", "true"),
+    ),
+}
+# `cpu` with stage 2 as full fine-tuning of the language model, at stage 0's rate, for every arm alike.
+# 900 steps at batch 32 is one pass over the 30,000 training rows.
+PRESETS["cpu-full"] = replace(PRESETS["cpu"], sft_full_finetune=True, sft_lr=1e-3, sft_steps=900)
+# Issue 14's candidate (not yet run at full scale, see results/explore_issue14/NOTES.md): `cpu-full` with stage 2 on
+# the three depth-readable question types only (4x the samples per type in the same 900 steps, same rows for both
+# arms; the RGB-only types are still evaluated), the depth encoder unaligned (the copy of the RGB tower keeps the most
+# metric information), and the depth path opened: the projector's last layer zero (the fresh model is still exactly the
+# base) with the gate at tanh(1) = 0.76, so the projector gets the full gradient from the first step. RGB-only vs
+# `add`, 3 seeds, about 60 minutes on 2 free cores (no alignment; six SFT runs two at a time).
+PRESETS["cpu-depth"] = replace(
+    PRESETS["cpu-full"],
+    sft_question_types=("distance_to_camera", "point_depth", "closer"),
+    depth_merger_zero_init=True,
+    depth_gate_init=1.0,
+    main_alignment=None,
+    arms=("none", "add"),
+    # On seed 0 only: the other fusions under the same recipe (concat vs add is the seed's ablation), SpatialBot's
+    # depth-as-image and direct RGB-D input (the seed's baselines), and the seed's alignment stage put back, on the
+    # preset's pairs and on 10x as many (how much stage 1 helps or hurts this recipe).
+    single_seed_arms=("rgbd", "concat", "image"),
+    test_scenes=1000,  # 500 questions per type: 100 let one seed's δ₁ move by ±0.05 with the luck of the draw
+    alignment_ablations=(("add-dense", "dense", 1), ("add-dense-10x", "dense", 10)),
+)
+# The README's demo: `tiny` at smoke scale, one seed, RGB-only against depth `add`, no ablations (part of a 10-minute
+# CPU job). The sequential stages get every core; the two SFT runs and their evaluations go side by side, one core each.
+PRESETS["demo"] = replace(
+    PRESETS["tiny"],
+    threads=None,
+    parallel_runs=2,
+    train_scenes=250,
+    val_scenes=20,
+    pair_scenes=150,
+    test_questions=240,
+    vision_pretrain_steps=100,
+    stage0_steps=250,
+    align_steps=80,
+    sft_steps=250,
+    seeds=(0,),
+    arms=("none", "add"),
+    alignment_ablations=(),
+)
+# `small` at smoke scale: checks the GPU pipeline (bf16, DataLoader workers, parallel runs) in about a minute.
+PRESETS["small-smoke"] = replace(
+    PRESETS["small"],
+    train_scenes=300,
+    val_scenes=20,
+    pair_scenes=150,
+    test_questions=200,
+    vision_pretrain_steps=10,
+    stage0_steps=20,
+    align_steps=10,
+    sft_steps=20,
+    seeds=(0,),
+)

@@ -1,0 +1,217 @@
+"""The experiment's report: per-run summaries, mean ± std over seeds, the depth arms against RGB-only, tables and plots."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+
+from training.experiment.presets import METRIC_QUESTION_TYPES
+
+
+# The report's name for the stage-0 base, evaluated before any spatial fine-tuning.
+STAGE0_ARM = "stage0"
+
+
+def summary_of(result: dict) -> dict:
+    """Per question type: δ₁, AbsRel, within-2x (metric types) or accuracy (the others), and the counts behind them."""
+    keep = ("num_samples", "num_parseable", "num_unparseable", "delta1", "abs_rel", "within_2x", "accuracy")
+    metrics = result["metrics"]
+    per_type = {name: {key: values.get(key) for key in keep} for name, values in metrics["per_type"].items()}
+    # How many different answers the model gave per type: 1 means it answers from the prior, not from the image.
+    for question_type, answers in _answers_by_type(result.get("predictions", [])).items():
+        per_type[question_type]["distinct_answers"] = len(set(answers))
+    # Whether metric answers follow the truth at all (δ₁ alone also rewards a well-chosen constant).
+    for question_type, correlation in log_correlations(result.get("predictions", [])).items():
+        per_type[question_type]["log_correlation"] = correlation
+    overall = {key: metrics["overall"].get(key) for key in keep}
+    return {"per_type": per_type, "overall": overall, "depth_source": result.get("depth_source")}
+
+
+def _answers_by_type(predictions: list[dict]) -> dict[str, list[str]]:
+    answers: dict[str, list[str]] = {}
+    for prediction in predictions:
+        answers.setdefault(prediction["question_type"], []).append(str(prediction.get("prediction", "")).strip())
+    return answers
+
+
+def log_correlations(predictions: list[dict]) -> dict[str, float]:
+    """Per metric question type: the Pearson correlation of log predicted and log true values over the answers that
+    parsed to a positive number (NaN when fewer than 3 did, or when either side is constant)."""
+    pairs: dict[str, list[tuple[float, float]]] = {}
+    for prediction in predictions:
+        parsed, truth = prediction.get("parsed"), prediction.get("answer_value")
+        if prediction.get("kind") != "metric" or not prediction.get("parse_ok") or truth is None:
+            continue
+        if isinstance(parsed, (int, float)) and parsed > 0 and truth > 0:
+            pairs.setdefault(prediction["question_type"], []).append((math.log(parsed), math.log(truth)))
+    correlations = {}
+    for question_type, values in pairs.items():
+        predicted, true = np.array(values).T
+        constant = len(values) < 3 or predicted.std() == 0 or true.std() == 0
+        correlations[question_type] = float("nan") if constant else float(np.corrcoef(predicted, true)[0, 1])
+    return correlations
+
+
+def aggregate(runs: list[dict]) -> dict:
+    """Mean and sample standard deviation (ddof 1; 0 for a single seed) over seeds of each arm's per-type metrics."""
+    arms: dict[str, list[dict]] = {}
+    for run in runs:
+        arms.setdefault(run["arm"], []).append(run)
+    summary = {}
+    for arm, arm_runs in arms.items():
+        per_type = {}
+        for question_type in arm_runs[0]["per_type"]:
+            values = {}
+            for key in ("delta1", "abs_rel", "within_2x", "accuracy", "log_correlation"):
+                samples = [r["per_type"][question_type].get(key) for r in arm_runs]
+                samples = [v for v in samples if v is not None and not math.isnan(v)]
+                if samples:
+                    std = float(np.std(samples, ddof=1)) if len(samples) > 1 else 0.0
+                    values[key] = {"mean": float(np.mean(samples)), "std": std, "n": len(samples)}
+            per_type[question_type] = values
+        summary[arm] = per_type
+    return summary
+
+
+# Issue 14's bar: on both of these, a depth arm's mean δ₁ is at least this many times RGB-only's, and the difference
+# of the means exceeds twice the larger of the two seed standard deviations.
+DEPTH_BAR_QUESTION_TYPES = ("distance_to_camera", "point_depth")
+DEPTH_BAR_RATIO = 1.2
+
+
+def against_rgb_only(aggregate_: dict, baseline: str = "none") -> list[dict]:
+    """Each depth arm measured on 2+ seeds against `baseline` on `DEPTH_BAR_QUESTION_TYPES`: the ratio of the mean
+    δ₁, the difference of the means, twice the larger seed std, and whether the bar is met on that type."""
+    rows = []
+    for arm, per_type in aggregate_.items():
+        if arm in (baseline, STAGE0_ARM) or baseline not in aggregate_:
+            continue
+        for question_type in DEPTH_BAR_QUESTION_TYPES:
+            depth, rgb = per_type.get(question_type, {}).get("delta1"), aggregate_[baseline].get(question_type, {})
+            rgb = rgb.get("delta1")
+            if depth is None or rgb is None or min(depth["n"], rgb["n"]) < 2:
+                continue
+            difference, noise = depth["mean"] - rgb["mean"], 2 * max(depth["std"], rgb["std"])
+            ratio = depth["mean"] / rgb["mean"] if rgb["mean"] > 0 else float("inf")
+            rows.append({
+                "arm": arm, "question_type": question_type, "ratio": ratio, "difference": difference,
+                "twice_larger_std": noise, "seeds": min(depth["n"], rgb["n"]),
+                "meets_bar": ratio >= DEPTH_BAR_RATIO and difference > noise,
+            })  # fmt: skip
+    return rows
+
+
+def write_report(results: dict, out: Path) -> None:
+    """results.json, a markdown table (mean ± std over seeds) and a grouped bar chart."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    aggregate_ = results["aggregate"]
+    results["against_rgb_only"] = against_rgb_only(aggregate_)
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    arms = list(aggregate_)
+    types = list(next(iter(aggregate_.values())))
+    lines = ["| question type | metric | " + " | ".join(arms) + " |", "|---|---|" + "---|" * len(arms)]
+    for question_type in types:
+        keys = ("delta1", "abs_rel") if question_type in METRIC_QUESTION_TYPES else ("accuracy",)
+        for key in keys:
+            cells = []
+            for arm in arms:
+                value = aggregate_[arm][question_type].get(key)
+                cells.append("-" if value is None else f"{value['mean']:.3f} ± {value['std']:.3f}")
+            lines.append(f"| {question_type} | {key} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Distinct answers per question type and run (1 = the same answer to every question of the type):")
+    lines.append("")
+    lines.append("| run | " + " | ".join(types) + " |")
+    lines.append("|---|" + "---|" * len(types))
+    for run in results["runs"]:
+        counts = [str(run["per_type"].get(t, {}).get("distinct_answers", "-")) for t in types]
+        lines.append(f"| {run['arm']}-seed{run['seed']} | " + " | ".join(counts) + " |")
+    metric_types = [t for t in types if t in METRIC_QUESTION_TYPES]
+    lines += ["", "Correlation of log answer and log truth per metric type and run (0: no relation to the truth):", ""]
+    lines += ["| run | " + " | ".join(metric_types) + " |", "|---|" + "---|" * len(metric_types)]
+    for run in results["runs"]:
+        cells = [run["per_type"].get(t, {}).get("log_correlation") for t in metric_types]
+        cells = ["-" if value is None or math.isnan(value) else f"{value:.2f}" for value in cells]
+        lines.append(f"| {run['arm']}-seed{run['seed']} | " + " | ".join(cells) + " |")
+    if results["against_rgb_only"]:
+        lines += [
+            "",
+            f"Depth arms against RGB-only (`none`), δ₁ (bar: ≥ {DEPTH_BAR_RATIO}x on "
+            f"{' and '.join(DEPTH_BAR_QUESTION_TYPES)}, difference of the means > 2x the larger seed std):",
+            "",
+            "| arm | question type | seeds | ratio | difference | 2x larger std | bar met |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for row in results["against_rgb_only"]:
+            lines.append(
+                f"| {row['arm']} | {row['question_type']} | {row['seeds']} | {row['ratio']:.2f} | "
+                f"{row['difference']:+.3f} | {row['twice_larger_std']:.3f} | {'yes' if row['meets_bar'] else 'no'} |"
+            )
+    seeds = sorted({run["seed"] for run in results["runs"]})
+    lines.append("")
+    lines.append(
+        f"Mean ± sample standard deviation over seeds {seeds} (SFT seed; stage 0 and alignment are shared). "
+        f"`{STAGE0_ARM}`: the shared base before spatial fine-tuning (one model)."
+    )
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+    figure, axis = plt.subplots(figsize=(max(8, 1.1 * len(types)), 4.5), dpi=120)
+    width = 0.8 / len(arms)
+    for index, arm in enumerate(arms):
+        means, errors = [], []
+        for question_type in types:
+            key = "delta1" if question_type in METRIC_QUESTION_TYPES else "accuracy"
+            value = aggregate_[arm][question_type].get(key) or {"mean": np.nan, "std": 0}
+            means.append(value["mean"])
+            errors.append(value["std"])
+        axis.bar(np.arange(len(types)) + index * width, means, width, yerr=errors, capsize=2, label=arm)
+    axis.set_xticks(np.arange(len(types)) + width * (len(arms) - 1) / 2, types, rotation=35, ha="right")
+    axis.set_ylabel("δ₁ (metric types) / accuracy (others)")
+    axis.set_ylim(0, 1)
+    axis.set_title("Depth vs RGB-only on the rendered test set (mean ± std over seeds)")
+    axis.legend(ncols=min(len(arms), 4), fontsize=8)
+    axis.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(out / "results.png")
+    plt.close(figure)
+
+
+def write_sft_loss_curves(out: Path) -> Path | None:
+    """Every stage-2 run's training loss in one picture (`sft_loss_curves.png`, one colour per arm, one line per seed)
+    and the curves behind it (`sft_loss_curves.json`); None before any run has finished."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    curves = {}
+    for history_file in sorted((out / "sft").glob("*-seed*/loss_curve.json")):
+        history = json.loads(history_file.read_text())
+        curves[history_file.parent.name] = [[entry["step"], entry["loss"]] for entry in history if "loss" in entry]
+    if not curves:
+        return None
+    (out / "sft_loss_curves.json").write_text(json.dumps(curves, indent=1) + "\n")
+    arms = sorted({name.rpartition("-seed")[0] for name in curves})
+    figure, axis = plt.subplots(figsize=(7, 4), dpi=120)
+    for index, arm in enumerate(arms):
+        seeds = [points for name, points in curves.items() if name.rpartition("-seed")[0] == arm]
+        for seed_index, points in enumerate(seeds):  # one legend entry per arm, whatever its number of seeds
+            label = arm if seed_index == 0 else None
+            axis.plot(*zip(*points), color=f"C{index % 10}", alpha=0.8, linewidth=1.2, label=label)
+    axis.set_xlabel("optimizer step")
+    axis.set_ylabel("train loss (nats per answer token)")
+    axis.set_title("Stage 2 spatial SFT, every arm and seed")
+    axis.grid(alpha=0.3)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(out / "sft_loss_curves.png")
+    plt.close(figure)
+    return out / "sft_loss_curves.png"
