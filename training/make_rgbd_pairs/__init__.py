@@ -1,0 +1,173 @@
+"""RGB-D pairs from any image collection: a monocular depth map for every image, as a sharded parquet dataset.
+
+    python -m training.make_rgbd_pairs --input photos/ --out data/photos_rgbd
+    python -m training.make_rgbd_pairs --input data/saved_dataset --out data/rgbd --image-column image
+    python -m training.make_rgbd_pairs --input user/some-dataset --split train --out data/rgbd \\
+        --estimator depth-anything/Depth-Anything-V2-Metric-Indoor-Small-hf
+    accelerate launch --num_processes 8 -m training.make_rgbd_pairs --input photos/ --out data/photos_rgbd
+
+Input (`--input`): an image folder (searched recursively), a local `datasets` dataset (`save_to_disk` folder, or
+parquet files / a folder of them; the image column is auto-detected or given with `--image-column`), or a hub dataset
+id (downloaded with `datasets.load_dataset(id, split=--split)`).
+
+Output (`--out DIR`): `DIR/data/shard-00000.parquet`, ... with one row per usable image:
+
+* `image`: the image (`datasets.Image`): the source JPEG bytes when they need no change, else JPEG (q95) for JPEG
+  sources and PNG for the rest; converted to RGB, EXIF rotation applied, downscaled to `--max-side`.
+* `depth`: 16-bit PNG bytes of the same height and width, 0 = invalid. `depth_encoding` says how to read it:
+  `uint16_png_millimetres` (metric checkpoints: millimetres, so up to 65.535 m) or `uint16_png_relative_x1000`
+  (relative checkpoints: depth / median depth of the image x 1000, so 1000 is the image median, clipped at 65535).
+  `decode_depth_png` gives metres (or median-relative depth) as float32 for both.
+* `depth_is_metric`, `depth_encoding`, `estimator` (the `--estimator` id/path), `source_id` (path relative to the
+  input folder, or dataset row index), `width`, `height`.
+
+Plus `DIR/README.md` (a dataset card: columns, counts, skipped images, license note), `DIR/skipped.jsonl` (every
+skipped image and why), `DIR/generation.json` (the settings; a rerun with other settings is refused) and
+`DIR/shard_logs/` (per-shard counts and skips, from which the card is built).
+
+Images are never resized to a common size: each is preprocessed like `MonocularDepthEstimator` does for it alone
+(the DepthAnything processor keeps the aspect ratio), images whose preprocessed shapes match are batched together
+(a bucket per shape), and each prediction is resized back to its own image. So a stored depth map is what the
+estimator gives for that stored image by itself, only faster.
+
+Throughput: decoding, RGB conversion, downscaling, image encoding and preprocessing run in DataLoader workers
+(`--num-workers`); the estimator runs batched (`--batch-size`) in bf16 on CUDA, fp32 on CPU; depth PNGs are encoded
+in a thread pool. Under `accelerate launch`, shard `i` goes to rank `i % world_size`.
+
+Resuming: shard `i` always holds the same slice of the sorted input list (`--shard-size` items), is written to a
+temporary file and atomically renamed, so a rerun only produces missing shards and a killed run loses only the
+shard in progress.
+
+Bad images never stop the job: corrupt, truncated, too small (< 16 px side) or too large (> `--max-pixels`, default
+50 MP; PIL's decompression-bomb guard is caught too) images are skipped and listed; grayscale, CMYK, palette, RGBA
+(composited on white), 16-bit and float images are converted to 8-bit RGB.
+
+For training, `RGBDPairs(DIR, augment=True)` (a torch Dataset of `RGBDPair`s; Stage 1 alignment reads its pairs with
+it too) and `load_rgbd_pair(row, augment, rng)` decode rows and apply the same random horizontal flip and small
+rotation (default +-10 degrees) to image and depth, at load time: the stored pairs stay unaugmented.
+
+Layout, in pipeline order:
+
+* `sources.py`: where the images come from (`open_source`: an image folder or a `datasets` dataset).
+* `images.py`: one image decoded robustly into what is stored (`prepare_image`, `SkippedImage`).
+* `estimation.py`: the batched estimation pipeline (`generate_shards`).
+* `shards.py`: shard slices, atomic writes, resuming, and the per-rank job (`run_shard_job`).
+* `card.py`: the dataset card and the list of skipped images (`write_card`).
+* `reader.py`: reading pairs back for training (`RGBDPairs`, `load_rgbd_pair`).
+* `cli.py`: the command line (`main`).
+"""
+
+from training.make_rgbd_pairs.card import CARD_SKIPPED_LISTED, write_card
+from training.make_rgbd_pairs.cli import distributed_state, main, parse_args
+from training.make_rgbd_pairs.estimation import (
+    MAX_BUFFERED_BATCHES,
+    METRIC_DEPTH_ENCODING,
+    RELATIVE_DEPTH_ENCODING,
+    DecodeAndPreprocess,
+    PairWriter,
+    ShardProgress,
+    WorkItem,
+    depth_encoding_name,
+    generate_shards,
+)
+from training.make_rgbd_pairs.images import (
+    DEFAULT_MAX_PIXELS,
+    EXIF_ORIENTATION_TAG,
+    JPEG_QUALITY,
+    MIN_IMAGE_SIDE,
+    PreparedImage,
+    SkippedImage,
+    prepare_image,
+    to_rgb,
+)
+
+# `training.ingest_sensor` reads a photo's EXIF orientation the same way.
+from training.make_rgbd_pairs.images import _exif_orientation as _exif_orientation
+from training.make_rgbd_pairs.reader import (
+    DEFAULT_MAX_ROTATION_DEGREES,
+    PAIR_COLUMNS,
+    RGBDPair,
+    RGBDPairs,
+    augment_rgbd_pair,
+    decode_first_image,
+    image_column_of,
+    load_rgbd_pair,
+    transform_rgbd_pair,
+    without_image_decoding,
+)
+from training.make_rgbd_pairs.shards import (
+    FORMAT_VERSION,
+    check_generation_info,
+    dataset_features,
+    num_shards_for,
+    read_shard_logs,
+    remove_stale_temp_files,
+    run_shard_job,
+    shard_item_range,
+    shard_log_path,
+    shard_path,
+    shards_for_rank,
+    write_shard,
+)
+from training.make_rgbd_pairs.sources import (
+    IMAGE_EXTENSIONS,
+    DatasetSource,
+    ImageFolderSource,
+    detect_input_type,
+    find_image_column,
+    open_source,
+)
+
+
+__all__ = [
+    "CARD_SKIPPED_LISTED",
+    "DEFAULT_MAX_PIXELS",
+    "DEFAULT_MAX_ROTATION_DEGREES",
+    "EXIF_ORIENTATION_TAG",
+    "FORMAT_VERSION",
+    "IMAGE_EXTENSIONS",
+    "JPEG_QUALITY",
+    "MAX_BUFFERED_BATCHES",
+    "METRIC_DEPTH_ENCODING",
+    "MIN_IMAGE_SIDE",
+    "PAIR_COLUMNS",
+    "RELATIVE_DEPTH_ENCODING",
+    "DatasetSource",
+    "DecodeAndPreprocess",
+    "ImageFolderSource",
+    "PairWriter",
+    "PreparedImage",
+    "RGBDPair",
+    "RGBDPairs",
+    "ShardProgress",
+    "SkippedImage",
+    "WorkItem",
+    "augment_rgbd_pair",
+    "check_generation_info",
+    "dataset_features",
+    "decode_first_image",
+    "depth_encoding_name",
+    "detect_input_type",
+    "distributed_state",
+    "find_image_column",
+    "generate_shards",
+    "image_column_of",
+    "load_rgbd_pair",
+    "main",
+    "num_shards_for",
+    "open_source",
+    "parse_args",
+    "prepare_image",
+    "read_shard_logs",
+    "remove_stale_temp_files",
+    "run_shard_job",
+    "shard_item_range",
+    "shard_log_path",
+    "shard_path",
+    "shards_for_rank",
+    "to_rgb",
+    "transform_rgbd_pair",
+    "without_image_decoding",
+    "write_card",
+    "write_shard",
+]

@@ -1,0 +1,169 @@
+"""Reading pairs back for training: `RGBDPairs`, a torch Dataset of `RGBDPair`s, decoded and augmented at load time.
+
+With `augment=True` a pair gets one random horizontal flip and small rotation, applied to image and depth alike; the
+stored pairs stay unaugmented. Any table with an `image` (or `images`) and a `depth` column reads this way: these
+pairs, the rendered world's rows, measured sensor pairs (`training.ingest_sensor`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from training.depth_png import decode_depth_cell, decode_image_cell
+from training.load import load_rows
+
+
+DEFAULT_MAX_ROTATION_DEGREES = 10.0
+# Columns of a pair besides its image (`RGBDPair`).
+PAIR_COLUMNS = ("depth", "depth_is_metric", "source_id")
+
+
+@dataclass
+class RGBDPair:
+    """An RGB image and its depth map, float32 (H, W): metres for metric rows, else median-relative; 0 = invalid.
+
+    `depth_is_metric` and `source_id` are the row's, when its table has them. Not a dict, so the Trainer's removal of
+    columns the model does not take passes it through to the collator untouched.
+    """
+
+    image: Image.Image
+    depth: np.ndarray
+    depth_is_metric: bool | None = None
+    source_id: str | None = None
+
+
+def transform_rgbd_pair(
+    image: Image.Image, depth: np.ndarray, horizontal_flip: bool, rotation_degrees: float
+) -> tuple[Image.Image, np.ndarray]:
+    """One geometric transform applied identically to an image and its depth map.
+
+    The depth map may have another resolution than the image, but not another aspect ratio: both are flipped and
+    rotated about their own centre, which is the same transform of the scene. Depth is resampled nearest (every value
+    is a real prediction, none is invented across an edge) and is 0 (invalid) where the rotated frame falls outside
+    the original; the image is bilinear and black there. Rotation is counter-clockwise about the centre, like
+    `PIL.Image.rotate`. No vertical flip: upside-down scenes are not physically plausible.
+    """
+    depth = np.asarray(depth, dtype=np.float32)
+    depth_height, depth_width = depth.shape
+    if abs(depth_width - depth_height * image.width / image.height) > 1:
+        raise ValueError(
+            f"Depth {depth.shape} does not have the aspect ratio of the image {(image.height, image.width)}."
+        )
+    if horizontal_flip:
+        image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        depth = depth[:, ::-1]
+    if rotation_degrees:
+        image = image.rotate(rotation_degrees, resample=Image.Resampling.BILINEAR, fillcolor=(0, 0, 0))
+        depth_image = Image.fromarray(np.ascontiguousarray(depth))  # mode F: float32 kept exactly
+        depth = np.asarray(depth_image.rotate(rotation_degrees, resample=Image.Resampling.NEAREST, fillcolor=0.0))
+    return image, np.ascontiguousarray(depth, dtype=np.float32)
+
+
+def augment_rgbd_pair(
+    image: Image.Image,
+    depth: np.ndarray,
+    rng: np.random.Generator,
+    max_rotation_degrees: float = DEFAULT_MAX_ROTATION_DEGREES,
+    flip_probability: float = 0.5,
+) -> tuple[Image.Image, np.ndarray]:
+    """A random horizontal flip and a rotation in [-max, max] degrees, the same for image and depth."""
+    horizontal_flip = bool(rng.random() < flip_probability)
+    rotation_degrees = float(rng.uniform(-max_rotation_degrees, max_rotation_degrees))
+    return transform_rgbd_pair(image, depth, horizontal_flip, rotation_degrees)
+
+
+def decode_first_image(value) -> Image.Image:
+    """An image cell (see `decode_image_cell`); an `images` column holds a list, whose first image is the scene's."""
+    return decode_image_cell(value[0] if isinstance(value, (list, tuple)) else value)
+
+
+def image_column_of(rows) -> str:
+    for name in ("image", "images"):
+        if name in rows.column_names:
+            return name
+    raise ValueError(f"RGB-D pairs need an 'image' or 'images' column; the columns are {rows.column_names}.")
+
+
+def without_image_decoding(dataset, column: str):
+    """`dataset` with its image column (of images, or of lists of images) left as raw `{"bytes", "path"}` cells, for
+    our own decoding (upright RGB, with its guards) instead of `datasets`' PIL objects."""
+    from datasets import Image as ImageFeature
+    from datasets import LargeList, List
+
+    feature = dataset.features[column]
+    if isinstance(feature, ImageFeature):
+        return dataset.cast_column(column, ImageFeature(decode=False))
+    if isinstance(feature, (List, LargeList)) and isinstance(feature.feature, ImageFeature):
+        return dataset.cast_column(column, List(ImageFeature(decode=False)))
+    return dataset
+
+
+def load_rgbd_pair(
+    row: dict,
+    augment: bool = False,
+    rng: np.random.Generator | None = None,
+    max_rotation_degrees: float = DEFAULT_MAX_ROTATION_DEGREES,
+) -> tuple[Image.Image, np.ndarray]:
+    """A stored row -> (RGB image, depth float32 (H, W)), optionally augmented (see `augment_rgbd_pair`).
+
+    Depth is in metres for metric rows (`depth_is_metric`), else median-relative (1.0 = the image median); 0 = invalid.
+    The image is `row["image"]`, or the first of `row["images"]` (rendered-world rows), decoded (PIL) or raw
+    (`{"bytes", "path"}`).
+    """
+    image = decode_first_image(row["image"] if "image" in row else row["images"])
+    depth = decode_depth_cell(row["depth"])
+    if augment:
+        rng = rng if rng is not None else np.random.default_rng()
+        image, depth = augment_rgbd_pair(image, depth, rng, max_rotation_degrees)
+    return image, depth
+
+
+class RGBDPairs(torch.utils.data.Dataset):
+    """RGB-D pairs as a torch Dataset of `RGBDPair`s, decoded (and augmented) at load time.
+
+    `pairs`: what `python -m training.make_rgbd_pairs` writes (its output folder), any folder or file
+    `training.load.load_rows` reads, or a `datasets.Dataset`, with an `image` (or `images`: the first is used) and a
+    `depth` column; `indices` picks rows (default: all). With `augment=True` each item gets a random horizontal flip
+    and rotation (up to `max_rotation_degrees`; 0: flips only) drawn from (seed, epoch, position): reproducible, the
+    same in any DataLoader worker and on every rank, new every epoch once `set_epoch` is called, and the same again on
+    resume.
+    """
+
+    def __init__(
+        self,
+        pairs,
+        indices: Sequence[int] | None = None,
+        augment: bool = False,
+        seed: int = 0,
+        max_rotation_degrees: float = DEFAULT_MAX_ROTATION_DEGREES,
+    ):
+        from datasets import Dataset
+
+        rows = pairs if isinstance(pairs, Dataset) else load_rows(pairs)
+        image_column = image_column_of(rows)
+        if "depth" not in rows.column_names:
+            raise ValueError(f"RGB-D pairs need a 'depth' column; the columns are {rows.column_names}.")
+        columns = [name for name in (image_column, *PAIR_COLUMNS) if name in rows.column_names]
+        self.rows = without_image_decoding(rows.select_columns(columns), image_column)
+        self.indices = list(range(len(rows))) if indices is None else [int(index) for index in indices]
+        self.augment = augment
+        self.seed = seed
+        self.max_rotation_degrees = max_rotation_degrees
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> RGBDPair:
+        row = self.rows[self.indices[index]]
+        rng = np.random.default_rng([self.seed, self.epoch, index])
+        image, depth = load_rgbd_pair(row, self.augment, rng, self.max_rotation_degrees)
+        return RGBDPair(image, depth, row.get("depth_is_metric"), row.get("source_id"))
