@@ -78,9 +78,9 @@ from training.make_rgbd_pairs import (
     DatasetSource,
     SkippedImage,
     WorkItem,
-    _exif_orientation,
     dataset_features,
     distributed_state,
+    exif_orientation,
     find_image_column,
     num_shards_for,
     prepare_image,
@@ -288,7 +288,7 @@ def make_row(raw_image: bytes | Image.Image, depth_value, source_id: str, settin
     source = raw_image if isinstance(raw_image, Image.Image) else Image.open(io.BytesIO(raw_image))  # header only
     metres = depth_in_metres(read_depth_values(depth_value), settings.depth_scale)
     stored_size = (prepared.image.width, prepared.image.height)
-    depth = fit_depth_to_image(metres, source.size, _exif_orientation(source), stored_size)
+    depth = fit_depth_to_image(metres, source.size, exif_orientation(source), stored_size)
     return {
         "image": {"bytes": prepared.data, "path": None},
         "depth": encode_depth_png(depth),

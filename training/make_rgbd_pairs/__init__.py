@@ -77,12 +77,10 @@ from training.make_rgbd_pairs.images import (
     MIN_IMAGE_SIDE,
     PreparedImage,
     SkippedImage,
+    exif_orientation,
     prepare_image,
     to_rgb,
 )
-
-# `training.ingest_sensor` reads a photo's EXIF orientation the same way.
-from training.make_rgbd_pairs.images import _exif_orientation as _exif_orientation
 from training.make_rgbd_pairs.reader import (
     DEFAULT_MAX_ROTATION_DEGREES,
     PAIR_COLUMNS,
@@ -166,6 +164,7 @@ __all__ = [
     "shard_path",
     "shards_for_rank",
     "to_rgb",
+    "exif_orientation",
     "transform_rgbd_pair",
     "without_image_decoding",
     "write_card",

@@ -43,7 +43,7 @@ class PreparedImage:
         return self.image.height, self.image.width
 
 
-def _exif_orientation(image: Image.Image) -> int:
+def exif_orientation(image: Image.Image) -> int:
     try:
         return int(image.getexif().get(EXIF_ORIENTATION_TAG, 1))
     except Exception:  # malformed EXIF is common in the wild and must not cost the image
@@ -94,7 +94,7 @@ def prepare_image(raw: bytes | Image.Image, max_side: int, max_pixels: int = DEF
         if min(target) < MIN_IMAGE_SIDE:
             raise SkippedImage("too_small", f"{width}x{height} is under {MIN_IMAGE_SIDE} px a side at --max-side")
         source_format, source_mode = image.format, image.mode
-        orientation = _exif_orientation(image)
+        orientation = exif_orientation(image)
         if scale < 1 and source_format == "JPEG":
             image.draft("RGB", target)  # decode at 1/2, 1/4 or 1/8 scale in the DCT domain: big photos load fast
 
