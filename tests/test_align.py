@@ -34,6 +34,7 @@ from training.align import (
     select_pair_rows,
     train_alignment,
 )
+from training.align.probe import region_log_depth, ridge_probe
 from training.build_depth_model import build_depth_model
 from training.load import load_depth_model, load_rows
 from training.make_rgbd_pairs import RGBDPair, RGBDPairs
@@ -324,6 +325,11 @@ def test_alignment_lifts_held_out_retrieval_and_exports_a_loadable_depth_model(t
     assert after["token_matched_r5"] >= 0.6
     assert after["token_matched_r1"] > before["token_matched_r1"] + 0.2
     assert json.loads((out / METRICS_FILE).read_text())["after"] == after
+    # H5's probe: the depth encoder (a copy of the RGB tower run on depth) carries metric depth that RGB does not,
+    # before and after alignment. Measured: depth R² 0.78 -> 0.89 (δ₁ 0.43 -> 0.67), RGB R² 0.11 (δ₁ 0.15).
+    for probe in (result.metrics["probe_before"], result.metrics["probe_after"]):
+        assert probe["depth"]["r2"] > 0.6 and probe["depth"]["r2"] > probe["rgb"]["r2"] + 0.4
+    assert result.metrics["probe_before"]["rgb"] == result.metrics["probe_after"]["rgb"]  # the RGB tower is frozen
 
     # The output folder is a depth model whose encoder is the trained one and whose other weights are the base's.
     exported = Qwen2_5_VLDepthForConditionalGeneration.from_pretrained(out)
@@ -475,3 +481,27 @@ def test_depth_folder_as_base_keeps_its_fusion_unless_asked(tiny_base, tmp_path)
         assert loaded.config.depth_fusion == loaded_processor.depth_fusion == expected
         for name, tensor in model.model.depth_encoder.state_dict().items():
             assert torch.equal(loaded.model.depth_encoder.state_dict()[name], tensor), (fusion, name)
+
+
+def test_ridge_probe_reads_a_linear_code_of_log_depth_and_not_noise():
+    rng = np.random.default_rng(0)
+    log_depth = rng.uniform(np.log(0.5), np.log(20), 400)
+    image_of_token = np.repeat(np.arange(40), 10)
+    mixing = rng.normal(size=(1, 8))
+    code = log_depth[:, None] * mixing + 0.01 * rng.normal(size=(400, 8))
+    read = ridge_probe(code, log_depth, image_of_token)
+    assert read["r2"] > 0.99 and read["delta1"] == 1.0 and read["tokens"] == 200  # the second half of the images
+    noise = ridge_probe(rng.normal(size=(400, 8)), log_depth, image_of_token)
+    assert noise["r2"] < 0.1
+    with pytest.raises(ValueError, match="at least 4 images"):
+        ridge_probe(code[:20], log_depth[:20], image_of_token[:20])
+
+
+def test_region_log_depth_averages_each_merge_groups_valid_pixels():
+    # Two merged tokens of 2x2 patches of 3 pixels each: the first all 2 m, the second 4 m with holes and a NaN.
+    first = torch.full((4, 3), 2.0)
+    second = torch.tensor([[4.0, 0.0, 4.0], [4.0, float("nan"), 4.0], [0.0, 0.0, 0.0], [4.0, 4.0, -1.0]])
+    empty = torch.zeros(4, 3)
+    targets, valid = region_log_depth(torch.cat([first, second, empty]), merge_size=2)
+    assert valid.tolist() == [True, True, False]
+    np.testing.assert_allclose(targets[:2], np.log([2.0, 4.0]), rtol=1e-6)

@@ -34,8 +34,8 @@ batch is equal-length images that the depth encoder runs in one SDPA call per bl
 Outputs in `--out`: the full depth-model folder with the aligned depth encoder (model, processor, remote code), which
 Stage 2 loads with `Qwen2_5_VLDepthForConditionalGeneration.from_pretrained(out)` or as its `--base`;
 `alignment_heads.safetensors` + `alignment_heads.json` (the projection heads and logit scale, not part of the VLM);
-`alignment_metrics.json` (depth->RGB retrieval R@1/R@5 on the held-out pairs before and after, next to chance, and
-the training speed); Trainer checkpoints in `--output_dir` (default `OUT/checkpoints`).
+`alignment_metrics.json` (depth->RGB retrieval R@1/R@5 on the held-out pairs before and after, next to chance, the
+metric-depth probe of the depth and RGB tokens before and after, and the training speed); Trainer checkpoints in `--output_dir` (default `OUT/checkpoints`).
 
 Every `transformers.TrainingArguments` flag works (`--max_steps`, `--save_steps`, `--resume_from_checkpoint PATH`
 (or `latest`: the newest complete checkpoint, skipping one whose save was killed; `auto`: the same, or a fresh start
@@ -65,6 +65,7 @@ Layout, in pipeline order:
 * `loss.py`: the contrastive loss (`ClipLoss`).
 * `model.py`: the towers, heads and loss together (`DepthAlignmentModel`).
 * `retrieval.py`: the retrieval evaluation (`retrieval_metrics`, `recall_at_k`).
+* `probe.py`: how much metric depth the tokens carry, before and after (`metric_depth_probe`).
 * `trainer.py`: the `Trainer` subclass (`DepthAlignmentTrainer`).
 * `job.py`: the whole job, from loading to export (`train_alignment`).
 * `cli.py`: the command line (`main`).
@@ -101,6 +102,7 @@ from training.align.model import (
     DepthAlignmentOutput,
     mean_per_image,
 )
+from training.align.probe import metric_depth_probe
 from training.align.retrieval import embed_pairs, recall_at_k, retrieval_metrics
 from training.align.trainer import DepthAlignmentTrainer, SetDatasetEpoch
 
@@ -132,6 +134,7 @@ __all__ = [
     "parse_args",
     "recall_at_k",
     "retrieval_metrics",
+    "metric_depth_probe",
     "select_pair_rows",
     "split_pairs",
     "strip_prefix",

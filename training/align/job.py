@@ -16,6 +16,7 @@ from transformers.utils import logging
 
 from training.align.data import RGBDPairCollator, select_pair_rows
 from training.align.model import ALIGNMENT_LEVELS, DepthAlignmentModel
+from training.align.probe import metric_depth_probe
 from training.align.trainer import DepthAlignmentTrainer
 from training.load import load_depth_model, load_rows, resume_checkpoint
 from training.make_rgbd_pairs import RGBDPairs
@@ -80,6 +81,13 @@ class AlignmentArguments:
     )
     depth_layers: int | None = field(default=None, metadata={"help": "depth encoder blocks (plain base only)"})
     init_from_rgb: bool = field(default=True, metadata={"help": "start a new depth encoder from the RGB tower"})
+    depth_probe: bool = field(
+        default=True,
+        metadata={
+            "help": "measure how much metric depth the depth tokens carry (a ridge probe on the held-out pairs, "
+            "training.align.probe) before and after alignment"
+        },
+    )
     rank_report: bool = field(
         default=False, metadata={"help": "write OUT/rank_reports/rank<N>.json (per-rank losses, logits shape, digest)"}
     )
@@ -185,12 +193,18 @@ def train_alignment(
     )
 
     metrics: dict[str, Any] = {"alignment": script_args.alignment, "base": str(script_args.base)}
+    probe = script_args.depth_probe and eval_dataset is not None
+    probe_collator = RGBDPairCollator(processor, script_args.image_size)
     if eval_dataset is not None:
         metrics["before"] = strip_prefix(trainer.evaluate(metric_key_prefix="before"), "before_")
+    if probe:
+        metrics["probe_before"] = metric_depth_probe(model, eval_dataset, probe_collator)
     train_output = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
     metrics["train"] = train_output.metrics
     if eval_dataset is not None:
         metrics["after"] = strip_prefix(trainer.evaluate(metric_key_prefix="after"), "after_")
+    if probe:
+        metrics["probe_after"] = metric_depth_probe(model, eval_dataset, probe_collator)
 
     # `save_model` gathers sharded (FSDP) or wrapped (DeepSpeed) weights into one file on the main process.
     trainer.save_model(training_args.output_dir)
@@ -247,6 +261,13 @@ def format_metrics(metrics: dict) -> str:
                 rows.append((f"{name} (token-matched)", values["token_matched_r1"], values["token_matched_r5"]))
         lines += [f"Depth->RGB retrieval on {before['num_pairs']} held-out pairs:", f"  {'':24}{'R@1':>8}{'R@5':>8}"]
         lines += [f"  {name:24}{r1:8.3f}{r5:8.3f}" for name, r1, r5 in rows]
+    if "probe_before" in metrics:
+        lines.append("Metric-depth probe (ridge from each merged token to its region's log-depth, held-out images):")
+        lines.append(f"  {'':24}{'R²':>8}{'δ₁':>8}")
+        for name in ("probe_before", "probe_after"):
+            for tokens, values in metrics.get(name, {}).items():
+                label = f"{tokens} tokens, {name.removeprefix('probe_')}"
+                lines.append(f"  {label:24}{values['r2']:8.3f}{values['delta1']:8.3f}")
     train = metrics.get("train", {})
     if "train_steps_per_second" in train:
         lines.append(f"Training: {train['train_steps_per_second']:.2f} steps/s, {train['train_runtime']:.1f} s.")

@@ -1,0 +1,102 @@
+"""How much metric depth the merged tokens carry: a ridge probe, measured before and after alignment (issue 14's H5).
+
+Contrastive alignment pulls each depth token towards its RGB token, which knows little about metric distance; it may
+trade the depth encoder's metric information for agreement. The probe reads it back: a ridge regression from each
+merged token to the mean log-depth of the image region it covers, fitted on half the held-out images and scored on
+the other half (R², and δ₁ of the predicted depth). The RGB tower's tokens get the same probe as the reference of
+what RGB alone carries.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from training.align.data import RGBDPairCollator
+from training.align.model import DepthAlignmentModel
+
+
+# Ridge strengths tried; the one with the best R² on a held-out part of the fitting half is refitted on all of it.
+RIDGE_STRENGTHS = (1e-3, 1e-2, 1e-1, 1.0, 10.0)
+
+
+def region_log_depth(depth_values: torch.Tensor, merge_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per merged token: the mean log-depth (metres) of the valid pixels of its `merge_size`² patches, and whether it
+    has any valid pixel. The processor lays a merge group's patches out contiguously, so they are consecutive rows."""
+    per_token = depth_values.float().reshape(-1, merge_size**2 * depth_values.shape[-1])
+    valid = torch.isfinite(per_token) & (per_token > 0)
+    log_depth = torch.where(valid, per_token.clamp_min(1e-6).log(), torch.zeros_like(per_token))
+    counts = valid.sum(-1)
+    return (log_depth.sum(-1) / counts.clamp_min(1)).numpy(), (counts > 0).numpy()
+
+
+def fit_ridge(features: np.ndarray, targets: np.ndarray, strength: float) -> np.ndarray:
+    design = np.concatenate([features, np.ones((len(features), 1))], axis=1)
+    return np.linalg.solve(design.T @ design + strength * np.eye(design.shape[1]), design.T @ targets)
+
+
+def predict_ridge(weights: np.ndarray, features: np.ndarray) -> np.ndarray:
+    return np.concatenate([features, np.ones((len(features), 1))], axis=1) @ weights
+
+
+def r_squared(predicted: np.ndarray, targets: np.ndarray) -> float:
+    return float(1 - ((predicted - targets) ** 2).sum() / ((targets - targets.mean()) ** 2).sum())
+
+
+def ridge_probe(features: np.ndarray, targets: np.ndarray, image_of_token: np.ndarray) -> dict[str, float]:
+    """Fit on the first half of the images (strength chosen on that half's last quarter of images), score on the
+    second half: R² of log-depth and δ₁ (share of tokens whose predicted depth is within 1.25x of the truth)."""
+    images = np.unique(image_of_token)
+    fit_images = images[: len(images) // 2]
+    inner_images = fit_images[: max(1, 3 * len(fit_images) // 4)]
+    fit, test = np.isin(image_of_token, fit_images), ~np.isin(image_of_token, fit_images)
+    inner, tune = fit & np.isin(image_of_token, inner_images), fit & ~np.isin(image_of_token, inner_images)
+    if not tune.any() or not test.any():
+        raise ValueError(f"The probe needs at least 4 images with valid depth; got {len(images)}.")
+    features = features.astype(np.float64)
+    strength = max(
+        RIDGE_STRENGTHS,
+        key=lambda s: r_squared(
+            predict_ridge(fit_ridge(features[inner], targets[inner], s), features[tune]), targets[tune]
+        ),
+    )
+    predicted = predict_ridge(fit_ridge(features[fit], targets[fit], strength), features[test])
+    ratio = np.exp(np.abs(predicted - targets[test]))
+    return {
+        "r2": r_squared(predicted, targets[test]),
+        "delta1": float((ratio < 1.25).mean()),
+        "ridge_strength": strength,
+        "tokens": int(test.sum()),
+    }
+
+
+@torch.no_grad()
+def metric_depth_probe(
+    model: DepthAlignmentModel, pairs: Sequence, collator: RGBDPairCollator, batch_size: int = 32
+) -> dict[str, dict[str, float]]:
+    """The ridge probe of the depth encoder's and the RGB tower's merged tokens over `pairs` (held-out RGB-D pairs):
+    `{"depth": {"r2", "delta1", ...}, "rgb": {...}}`."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    features: dict[str, list[np.ndarray]] = {"depth": [], "rgb": []}
+    targets, image_of_token = [], []
+    merge_size = model.depth_encoder.spatial_merge_size
+    for start in range(0, len(pairs), batch_size):
+        batch = collator([pairs[index] for index in range(start, min(start + batch_size, len(pairs)))])
+        grid = batch["image_grid_thw"].to(device)
+        depth_values = batch["depth_values"].to(device)
+        depth = model.depth_tokens(depth_values, grid).float().cpu().numpy()
+        rgb = model.rgb_tokens(batch["pixel_values"].to(device), grid).float().cpu().numpy()
+        target, valid = region_log_depth(batch["depth_values"], merge_size)
+        tokens_per_image = model.tokens_per_image(batch["image_grid_thw"])
+        image_index = np.repeat(np.arange(start, start + len(tokens_per_image)), tokens_per_image)
+        features["depth"].append(depth[valid])
+        features["rgb"].append(rgb[valid])
+        targets.append(target[valid])
+        image_of_token.append(image_index[valid])
+    model.train(was_training)
+    targets_, images_ = np.concatenate(targets), np.concatenate(image_of_token)
+    return {name: ridge_probe(np.concatenate(parts), targets_, images_) for name, parts in features.items()}
