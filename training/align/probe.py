@@ -100,3 +100,33 @@ def metric_depth_probe(
     model.train(was_training)
     targets_, images_ = np.concatenate(targets), np.concatenate(image_of_token)
     return {name: ridge_probe(np.concatenate(parts), targets_, images_) for name, parts in features.items()}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """`python -m training.align.probe MODEL [MODEL ...] --data PAIRS`: the probe of saved depth models' tokens."""
+    import argparse
+    import json
+
+    from training.align.data import select_pair_rows
+    from training.load import load_depth_model, load_rows
+    from training.make_rgbd_pairs import RGBDPairs
+
+    parser = argparse.ArgumentParser(prog="python -m training.align.probe", description=main.__doc__)
+    parser.add_argument("models", nargs="+", help="depth-model folders (with a depth encoder), or plain bases")
+    parser.add_argument("--data", required=True, help="held-out RGB-D pairs or rendered-world rows")
+    parser.add_argument("--pairs", type=int, default=300, help="use the first this many distinct pairs")
+    parser.add_argument("--image_size", type=int, default=224, help="square side of the images (as in alignment)")
+    args = parser.parse_args(argv)
+    table = load_rows(args.data)
+    pairs = RGBDPairs(table, select_pair_rows(table)[: args.pairs])
+    report = {}
+    for folder in args.models:
+        depth_model, processor = load_depth_model(folder, depth_fusion="add")
+        model = DepthAlignmentModel.from_depth_model(depth_model)
+        report[folder] = metric_depth_probe(model, pairs, RGBDPairCollator(processor, args.image_size))
+        print(json.dumps({folder: report[folder]}), flush=True)
+    return report
+
+
+if __name__ == "__main__":
+    main()
