@@ -155,24 +155,33 @@ PRESETS = {
 # `cpu` with stage 2 as full fine-tuning of the language model, at stage 0's rate, for every arm alike.
 # 900 steps at batch 32 is one pass over the 30,000 training rows.
 PRESETS["cpu-full"] = replace(PRESETS["cpu"], sft_full_finetune=True, sft_lr=1e-3, sft_steps=900)
-# Issue 14's candidate (not yet run at full scale, see results/explore_issue14/NOTES.md): `cpu-full` with stage 2 on
-# the three depth-readable question types only (4x the samples per type in the same 900 steps, same rows for both
-# arms; the RGB-only types are still evaluated), the depth encoder unaligned (the copy of the RGB tower keeps the most
-# metric information), and the depth path opened: the projector's last layer zero (the fresh model is still exactly the
-# base) with the gate at tanh(1) = 0.76, so the projector gets the full gradient from the first step. RGB-only vs
-# `add`, 3 seeds, about 60 minutes on 2 free cores (no alignment; six SFT runs two at a time).
+# Issue 14's recipe (results/experiment_cpu_depth/): `cpu-full` with
+# - stage 2 on the three depth-readable question types only (same rows for both arms; the RGB-only types are still
+#   evaluated), for 1,800 steps (twice `cpu-full`'s: the depth arm's answers follow the truth more with training);
+# - the depth path opened: the projector's last layer zero (a fresh model is still exactly the base) with the gate at
+#   tanh(1) = 0.76, so the projector gets the full gradient from the first step (H1);
+# - the seed's dense alignment kept (on seed 0 at 900 steps it doubled how closely the answers follow the truth);
+# - a test set of 1,000 scenes (500 questions per type: with 100, one seed's δ₁ moves by ±0.05 with the draw).
+# On seed 0 only: the other fusions under the same recipe (concat vs add is the seed's ablation), SpatialBot's
+# depth-as-image and direct RGB-D input (the seed's baselines), and the alignment ablations (none, 10x pairs).
 PRESETS["cpu-depth"] = replace(
     PRESETS["cpu-full"],
     sft_question_types=("distance_to_camera", "point_depth", "closer"),
+    sft_steps=1800,
     depth_merger_zero_init=True,
     depth_gate_init=1.0,
-    main_alignment=None,
+    main_alignment="dense",
     arms=("none", "add"),
-    # On seed 0 only: the other fusions under the same recipe (concat vs add is the seed's ablation), SpatialBot's
-    # depth-as-image and direct RGB-D input (the seed's baselines), and the seed's alignment stage put back, on the
-    # preset's pairs and on 10x as many (how much stage 1 helps or hurts this recipe).
     single_seed_arms=("rgbd", "concat", "image"),
-    test_scenes=1000,  # 500 questions per type: 100 let one seed's δ₁ move by ±0.05 with the luck of the draw
+    test_scenes=1000,
+    alignment_ablations=(("add-unaligned", None, 1), ("add-dense-10x", "dense", 10)),
+)
+# The exploration run before it (runs/experiment_cpu_depth, results/experiment_cpu_depth/steps900/): 900 steps and no
+# alignment for the main arms; every fusion, baseline and alignment ablation on seed 0.
+PRESETS["cpu-depth-900"] = replace(
+    PRESETS["cpu-depth"],
+    sft_steps=900,
+    main_alignment=None,
     alignment_ablations=(("add-dense", "dense", 1), ("add-dense-10x", "dense", 10)),
 )
 # The README's demo: `tiny` at smoke scale, one seed, RGB-only against depth `add`, no ablations (part of a 10-minute
