@@ -13,8 +13,8 @@
    and answers a spatial question about a test scene with its depth map.
 
 It is the `demo` preset of `training.experiment` (one seed, two arms, small): a smoke-scale version of the real
-comparison, whose numbers come from `python -m training.experiment --preset cpu` (four arms, three seeds) or
-`--preset small` on a GPU.
+comparison, too small for depth to show. The measured comparison is `python -m training.experiment --preset
+cpu-depth` (three seeds, every arm), committed with its reading in `MEASURED_RESULT`; the demo prints where it is.
 """
 
 import argparse
@@ -33,6 +33,14 @@ import numpy as np  # noqa: E402
 from training.experiment import PRESETS, Experiment  # noqa: E402
 from training.export import reload_in_fresh_process  # noqa: E402
 from training.world import make_sample  # noqa: E402
+
+
+# The committed depth-vs-RGB comparison, and what it found (the demo's own run is smoke scale).
+MEASURED_RESULT = "results/experiment_cpu_depth/README.md"
+MEASURED_FINDING = (
+    "over 3 seeds, depth (`add`) lifts δ₁ from 0.34 to 0.47 on distance to the camera (1.40x) and from 0.30 to 0.44 "
+    "on point depth (1.45x), both beyond twice the seed spread"
+)
 
 
 def test_scene(index: int) -> tuple[np.ndarray, np.ndarray, str, str]:
@@ -94,6 +102,7 @@ def main(argv: list[str] | None = None) -> dict:
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     print((out / "experiment" / "results.md").read_text())
     print(json.dumps(summary, indent=2))
+    print(f"[demo] This comparison is smoke scale. The measured one ({MEASURED_RESULT}): {MEASURED_FINDING}")
     return summary
 
 
