@@ -341,3 +341,18 @@ def test_a_projector_warmup_runs_before_stage2_of_the_depth_arms_only(tmp_path, 
     assert "--depth_merger_zero_init" not in stage2 and "--depth_gate_init" not in stage2
     assert "--train_only_depth" not in stage2 and value(stage2, "--max_steps") == str(preset.sft_steps)
     assert "--train_only_depth" not in rgb_only and "--aligned_depth_model" not in rgb_only
+
+
+def test_the_demo_reads_its_finding_from_a_written_report(tmp_path):
+    from training.demo import measured_finding
+
+    runs = [bar_run("none", seed, 0.30, 0.20 + 0.01 * seed) for seed in range(3)]
+    runs += [bar_run("add", seed, 0.45, 0.30 + 0.01 * seed) for seed in range(3)]
+    results = {"runs": runs, "aggregate": aggregate(runs)}
+    results["against_rgb_only"] = against_rgb_only(results["aggregate"])
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    assert measured_finding(tmp_path) == (
+        "distance_to_camera δ₁ 0.30 (RGB only) -> 0.45 (add), 1.50x over 3 seeds, beyond twice the seed spread; "
+        "point_depth δ₁ 0.21 (RGB only) -> 0.31 (add), 1.48x over 3 seeds, beyond twice the seed spread"
+    )
+    assert measured_finding(tmp_path / "missing").startswith("not in this checkout")

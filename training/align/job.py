@@ -194,17 +194,16 @@ def train_alignment(
 
     metrics: dict[str, Any] = {"alignment": script_args.alignment, "base": str(script_args.base)}
     probe = script_args.depth_probe and eval_dataset is not None
-    probe_collator = RGBDPairCollator(processor, script_args.image_size)
     if eval_dataset is not None:
         metrics["before"] = strip_prefix(trainer.evaluate(metric_key_prefix="before"), "before_")
     if probe:
-        metrics["probe_before"] = metric_depth_probe(model, eval_dataset, probe_collator)
+        metrics["probe_before"] = metric_depth_probe(model, eval_dataset, trainer.data_collator)
     train_output = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
     metrics["train"] = train_output.metrics
     if eval_dataset is not None:
         metrics["after"] = strip_prefix(trainer.evaluate(metric_key_prefix="after"), "after_")
     if probe:
-        metrics["probe_after"] = metric_depth_probe(model, eval_dataset, probe_collator)
+        metrics["probe_after"] = metric_depth_probe(model, eval_dataset, trainer.data_collator)
 
     # `save_model` gathers sharded (FSDP) or wrapped (DeepSpeed) weights into one file on the main process.
     trainer.save_model(training_args.output_dir)

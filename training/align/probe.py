@@ -9,13 +9,17 @@ what RGB alone carries.
 
 from __future__ import annotations
 
+import argparse
+import json
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from training.align.data import RGBDPairCollator
+from training.align.data import RGBDPairCollator, select_pair_rows
 from training.align.model import DepthAlignmentModel
+from training.load import load_depth_model, load_rows
+from training.make_rgbd_pairs import RGBDPairs
 
 
 # Ridge strengths tried; the one with the best R² on a held-out part of the fitting half is refitted on all of it.
@@ -104,13 +108,6 @@ def metric_depth_probe(
 
 def main(argv: list[str] | None = None) -> dict:
     """`python -m training.align.probe MODEL [MODEL ...] --data PAIRS`: the probe of saved depth models' tokens."""
-    import argparse
-    import json
-
-    from training.align.data import select_pair_rows
-    from training.load import load_depth_model, load_rows
-    from training.make_rgbd_pairs import RGBDPairs
-
     parser = argparse.ArgumentParser(prog="python -m training.align.probe", description=main.__doc__)
     parser.add_argument("models", nargs="+", help="depth-model folders (with a depth encoder), or plain bases")
     parser.add_argument("--data", required=True, help="held-out RGB-D pairs or rendered-world rows")

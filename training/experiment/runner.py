@@ -264,7 +264,8 @@ class Experiment:
             return (*self.preset.sft_question_types, *extra)
         return None
 
-    def evaluate(self, model: Path, test: Path, label: str) -> dict:
+    def evaluate(self, model: Path, test: Path, label: str) -> Path:
+        """Evaluate `model` on `test` into `eval_folder/label` (the report reads every such folder)."""
         folder = self.eval_folder / label
         args = [
             "run", "--model", str(model), "--data", str(test), "--out", str(folder), "--instruction", "",
@@ -275,7 +276,7 @@ class Experiment:
         if self.eval_question_types():
             args += ["--question-types", *self.eval_question_types()]
         self.run(f"eval-{label}", "training.evaluate", args, folder / "results.json", shared=True)
-        return json.loads((folder / "results.json").read_text())
+        return folder
 
     # ---- the whole experiment ------------------------------------------------------------------------------------
     def __call__(self) -> dict:
@@ -300,15 +301,10 @@ class Experiment:
             else None  # the depth arms build their encoder from the base (a copy of its RGB tower)
         )
         # Seed-major, so every arm has a result before any arm has three: an interrupted run still compares arms.
+        arm_seeds = [(arm, seed) for seed in preset.seeds for arm in preset.arms]
+        arm_seeds += [(arm, seed) for arm in preset.single_seed_arms for seed in preset.ablation_seeds]
         plan = [  # (run name, fusion arm, start: aligned folder, None, or an ablation's (level, pair multiplier), seed)
-            (arm, arm, aligned if arm in ("add", "concat") else None, seed)
-            for seed in preset.seeds
-            for arm in preset.arms
-        ]
-        plan += [
-            (arm, arm, aligned if arm in ("add", "concat") else None, seed)
-            for arm in preset.single_seed_arms
-            for seed in preset.ablation_seeds
+            (arm, arm, aligned if arm in ("add", "concat") else None, seed) for arm, seed in arm_seeds
         ]
         plan += [
             (name, "add", (level, multiplier), seed)
