@@ -19,7 +19,11 @@ Protocol (fixed, so runs are comparable):
   `generation_config` says), `--max-new-tokens` 16, batches of `--batch-size` left-padded prompts.
 - Depth: a model with depth (`processor.depth_fusion != "none"`) gets the dataset's `depth` column (the world's
   exact metric depth); rows without depth get the processor's estimator's (`--depth-estimator` sets one), else they
-  run RGB-only, which the results record (`depth_source`). `--no-depth` runs a depth model RGB-only (an ablation).
+  run RGB-only, which the results record (`depth_source`). `--no-depth` runs a depth model RGB-only (an ablation);
+  `--depth-override shuffled` gives every question the depth of another scene, `constant` one uninformative map
+  (`training.controls`): a model that reads depth must lose its gain under both.
+- The constant baseline: `python -m training.evaluate constant --train TRAIN_DIR --data TEST_DIR --out DIR` answers
+  every question with one answer per type fitted on the training answers, scored exactly like a model.
 - Reading answers: `training.answers` (lengths with units to metres; a bare number is metres; choices by exact
   match, option letter, or unique containment; orders as full lists). Unreadable answers count as wrong and are
   listed (`unparseable`), never dropped.
@@ -69,6 +73,8 @@ from training.benchmarks import (  # noqa: E402
     load_image,
     read_benchmark,
 )
+from training.controls import DEPTH_OVERRIDES, constant_predictions, fit_constant_answers, override_depth  # noqa: E402
+from training.load import find_data_files  # noqa: E402
 
 
 ANSWER_INSTRUCTION = "Answer with a number and a unit, or with one of the options."
@@ -469,13 +475,9 @@ def load_data(data: str | None, benchmark: str | None, data_path: str | None) ->
 
 
 def run(args: argparse.Namespace) -> dict:
-    benchmark, data_path, data = load_data(args.data, args.benchmark, args.data_path)
-    samples = data.samples
-    if getattr(args, "question_types", None):
-        samples = [sample for sample in samples if sample.question_type in args.question_types]
-    samples = samples[: args.limit] if args.limit else samples
-    if not samples:
-        raise SystemExit(f"No samples read from {data_path} (skipped: {dict(data.skipped)}).")
+    benchmark, data_path, data, samples = samples_of(args)
+    if args.depth_override:
+        samples = override_depth(samples, args.depth_override, seed=args.depth_override_seed)
     model, processor = load_model_and_processor(args.model, args.device, args.dtype)
     if args.depth_estimator:
         processor.depth_estimator = args.depth_estimator
@@ -505,6 +507,7 @@ def run(args: argparse.Namespace) -> dict:
         depth_fusion=depth_fusion,
         depth_estimator=getattr(processor, "depth_estimator", None),
         depth_source=dict(depth_sources),
+        depth_override=args.depth_override,
         benchmark=benchmark,
         data_path=data_path,
         dataset=data.info.as_dict(),
@@ -517,6 +520,49 @@ def run(args: argparse.Namespace) -> dict:
     paths = write_outputs(results, args.out)
     print(markdown_table(results))
     print(f"\nunparseable: {results['unparseable']['count']} of {results['num_samples']} (counted as wrong)")
+    print(f"wrote {', '.join(str(p) for p in paths.values())}")
+    return results
+
+
+def samples_of(args: argparse.Namespace) -> tuple[str, str, BenchmarkData, list[SpatialSample]]:
+    """The samples `--data`/`--benchmark` name, filtered by `--question-types` and `--limit`."""
+    benchmark, data_path, data = load_data(args.data, args.benchmark, args.data_path)
+    samples = data.samples
+    if getattr(args, "question_types", None):
+        samples = [sample for sample in samples if sample.question_type in args.question_types]
+    samples = samples[: args.limit] if args.limit else samples
+    if not samples:
+        raise SystemExit(f"No samples read from {data_path} (skipped: {dict(data.skipped)}).")
+    return benchmark, data_path, data, samples
+
+
+def constant(args: argparse.Namespace) -> dict:
+    """The constant baseline: one answer per question type, fitted on `--train`'s answers, on `--data`."""
+    import pyarrow.parquet as pq
+
+    columns = ["question_type", "answer", "answer_value", "choices"]
+    tables = [pq.read_table(file, columns=columns) for file in find_data_files(args.train)]
+    if not tables:
+        raise SystemExit(f"No parquet rows in --train {args.train}.")
+    rows = {name: [value for table in tables for value in table.column(name).to_pylist()] for name in columns}
+    constants = fit_constant_answers(rows, DELTA1_THRESHOLD)
+    benchmark, data_path, data, samples = samples_of(args)
+    results = build_results(
+        samples,
+        constant_predictions(constants, samples),
+        label=args.label,
+        model="constant",
+        depth_fusion="none",
+        constants={name: answer.describe() for name, answer in constants.items()},
+        fitted_on=str(args.train),
+        benchmark=benchmark,
+        data_path=data_path,
+        dataset=data.info.as_dict(),
+        skipped_rows=dict(data.skipped),
+        decoding="constant",
+    )
+    paths = write_outputs(results, args.out)
+    print(markdown_table(results))
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
     return results
 
@@ -553,11 +599,29 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     run_parser.add_argument("--depth-estimator", default=None, help="DepthAnything id/folder for rows without depth")
     run_parser.add_argument("--no-depth", action="store_true", help="run a depth model RGB-only (ablation)")
+    run_parser.add_argument(
+        "--depth-override",
+        choices=DEPTH_OVERRIDES,
+        default=None,
+        help="a depth control: each question gets another scene's depth (shuffled) or one uninformative map",
+    )
+    run_parser.add_argument("--depth-override-seed", type=int, default=0, help="seed of the shuffled pairing")
     run_parser.add_argument("--instruction", default=ANSWER_INSTRUCTION, help="prompt suffix (default: the fixed one)")
     run_parser.add_argument("--bare-number-unit", default="m", help="unit of numbers given without one, or 'none'")
     run_parser.add_argument("--label", default=None, help="name of this run in tables and plots")
     run_parser.add_argument("--no-progress", action="store_true")
     run_parser.set_defaults(handler=run)
+
+    constant_parser = commands.add_parser("constant", help="the constant baseline fitted on training answers")
+    constant_parser.add_argument("--train", required=True, help="world parquet folder the constants are fitted on")
+    constant_parser.add_argument("--data", required=True, help="world parquet folder (or benchmark) to score on")
+    constant_parser.add_argument("--benchmark", help="benchmark name; its files are --data-path")
+    constant_parser.add_argument("--data-path", help="local files of --benchmark")
+    constant_parser.add_argument("--out", required=True, type=Path, help="folder for results.json/.md/.png")
+    constant_parser.add_argument("--limit", type=int, default=None, help="only the first N questions")
+    constant_parser.add_argument("--question-types", nargs="+", default=None, help="only questions of these types")
+    constant_parser.add_argument("--label", default="constant", help="name of this run in tables and plots")
+    constant_parser.set_defaults(handler=constant)
 
     compare_parser = commands.add_parser("compare", help="grouped bar chart and table of several results.json")
     compare_parser.add_argument("--results", nargs="+", required=True)

@@ -79,6 +79,22 @@ class Preset:
     # stays the copy of the RGB tower it is initialised as, which keeps the most metric information, see
     # shared/FACTS.md "Where depth's information goes").
     main_alignment: str | None = "dense"
+    # ---- issue 21's protocol (the defaults keep the earlier presets' behaviour, so their results still reproduce) ----
+    # The test world: None, the fixed `make_world --preset test` set (224 px, test split of seed 0); a seed, the test
+    # split of that world seed rendered exactly like the training world (`image_size`, `test_scenes` scenes), checked
+    # by training.experiment.protocol before anything trains and refused if its scenes were explored.
+    test_world_seed: int | None = None
+    # Which sets the trained models are read on: recipes are chosen on the validation world (`val_scenes` >= 1,000
+    # gives >= 500 questions per type), the test world is read once per final run.
+    evaluate_val: bool = False
+    evaluate_test: bool = True
+    # Seeds vary the whole pipeline (stage 0a, stage 0, alignment and stage 2 each get the seed), not only stage 2's
+    # data order and initialisation; off: one shared base and alignment (seed 0), as in issue 14's runs.
+    whole_pipeline_seeds: bool = False
+    # Depth controls for every depth arm of `arms`: evaluated with depth removed and with another scene's depth, and,
+    # for the arms listed here, a capacity-matched control trained alike on uninformative (constant) depth maps.
+    depth_controls: bool = False
+    capacity_controls: tuple[str, ...] = ()
 
 
 PRESETS = {
@@ -184,6 +200,25 @@ PRESETS["cpu-depth-900"] = replace(
     main_alignment=None,
     alignment_ablations=(("add-dense", "dense", 1), ("add-dense-10x", "dense", 10)),
 )
+# Issue 21's protocol on issue 14's recipe: stage 2 on all 12 question types (no forgetting), test rendered like
+# training from an unexplored world seed, recipes chosen on 1,000 validation scenes (500 questions per type), the
+# constant baseline and the depth controls beside every arm, and seeds that vary the whole pipeline. `cpu-fair`
+# evaluates on validation only (the preset to choose a recipe with); `cpu-fair-final` reads the test set too.
+PRESETS["cpu-fair"] = replace(
+    PRESETS["cpu-depth"],
+    sft_question_types=None,
+    val_scenes=1000,
+    test_scenes=1000,
+    test_world_seed=1,
+    evaluate_val=True,
+    evaluate_test=False,
+    whole_pipeline_seeds=True,
+    depth_controls=True,
+    capacity_controls=("add",),
+    single_seed_arms=(),
+    alignment_ablations=(),
+)
+PRESETS["cpu-fair-final"] = replace(PRESETS["cpu-fair"], evaluate_test=True)
 # The README's demo: `tiny` at smoke scale, one seed, RGB-only against depth `add`, no ablations (part of a 10-minute
 # CPU job). The sequential stages get every core; the two SFT runs and their evaluations go side by side, one core each.
 PRESETS["demo"] = replace(

@@ -13,6 +13,11 @@ from training.experiment.presets import METRIC_QUESTION_TYPES
 
 # The report's name for the stage-0 base, evaluated before any spatial fine-tuning.
 STAGE0_ARM = "stage0"
+# The report's name for the constant baseline (training.controls: one answer per type, fitted on training answers).
+CONSTANT_ARM = "constant"
+# Suffixes of a depth arm's controls: evaluated without depth, with another scene's depth, and the capacity-matched
+# control trained (and read) on uninformative depth.
+CONTROL_SUFFIXES = ("-nodepth", "-shuffled", "-uninformative")
 
 
 def summary_of(result: dict) -> dict:
@@ -26,6 +31,9 @@ def summary_of(result: dict) -> dict:
     # Whether metric answers follow the truth at all (δ₁ alone also rewards a well-chosen constant).
     for question_type, correlation in log_correlations(result.get("predictions", [])).items():
         per_type[question_type]["log_correlation"] = correlation
+    # The share of answers that could be read at all (a format failure is not a wrong belief about space).
+    for values in per_type.values():
+        values["readable"] = 1 - values["num_unparseable"] / values["num_samples"] if values["num_samples"] else None
     overall = {key: metrics["overall"].get(key) for key in keep}
     return {"per_type": per_type, "overall": overall, "depth_source": result.get("depth_source")}
 
@@ -65,7 +73,7 @@ def aggregate(runs: list[dict]) -> dict:
         per_type = {}
         for question_type in arm_runs[0]["per_type"]:
             values = {}
-            for key in ("delta1", "abs_rel", "within_2x", "accuracy", "log_correlation"):
+            for key in ("delta1", "abs_rel", "within_2x", "accuracy", "log_correlation", "readable"):
                 samples = [r["per_type"][question_type].get(key) for r in arm_runs]
                 samples = [v for v in samples if v is not None and not math.isnan(v)]
                 if samples:
@@ -87,7 +95,7 @@ def against_rgb_only(aggregate_: dict, baseline: str = "none") -> list[dict]:
     δ₁, the difference of the means, twice the larger seed std, and whether the bar is met on that type."""
     rows = []
     for arm, per_type in aggregate_.items():
-        if arm in (baseline, STAGE0_ARM) or baseline not in aggregate_:
+        if not is_depth_arm(arm) or baseline not in aggregate_:
             continue
         for question_type in DEPTH_BAR_QUESTION_TYPES:
             depth, rgb = per_type.get(question_type, {}).get("delta1"), aggregate_[baseline].get(question_type, {})
@@ -104,6 +112,152 @@ def against_rgb_only(aggregate_: dict, baseline: str = "none") -> list[dict]:
     return rows
 
 
+# Issue 21's bar, for a depth arm on 3 seeds of the whole pipeline: on both DEPTH_BAR_QUESTION_TYPES δ₁ at least
+# LEVEL, at least RATIO times the better of RGB-only and the constant, the difference to each more than twice the
+# larger seed std; "closer" accuracy at least CLOSER; every type readable at least READABLE.
+PROTOCOL_BAR = {"level": 0.8, "ratio": 1.5, "closer": 0.85, "readable": 0.95}
+
+
+def is_depth_arm(arm: str) -> bool:
+    """A trained arm that reads depth (not RGB-only, not a baseline, not a control)."""
+    return arm not in ("none", STAGE0_ARM, CONSTANT_ARM) and not arm.endswith(CONTROL_SUFFIXES)
+
+
+def against_baselines(aggregate_: dict) -> list[dict]:
+    """Each depth arm against the better of RGB-only (`none`) and the constant, per bar type: the PROTOCOL_BAR."""
+    rows = []
+    none, constant = aggregate_.get("none", {}), aggregate_.get(CONSTANT_ARM, {})
+    for arm, per_type in aggregate_.items():
+        if not is_depth_arm(arm) or not none:
+            continue
+        for question_type in DEPTH_BAR_QUESTION_TYPES:
+            depth = per_type.get(question_type, {}).get("delta1")
+            rgb = none.get(question_type, {}).get("delta1")
+            fixed = constant.get(question_type, {}).get("delta1")
+            if depth is None or rgb is None:
+                continue
+            best = max(rgb["mean"], fixed["mean"] if fixed else 0.0)
+            noise = 2 * max(depth["std"], rgb["std"])
+            difference_rgb = depth["mean"] - rgb["mean"]
+            difference_constant = depth["mean"] - fixed["mean"] if fixed else None
+            ratio = depth["mean"] / best if best > 0 else float("inf")
+            rows.append({
+                "arm": arm, "question_type": question_type, "delta1": depth["mean"], "std": depth["std"],
+                "rgb_only": rgb["mean"], "constant": fixed["mean"] if fixed else None, "ratio_to_best": ratio,
+                "difference_rgb_only": difference_rgb, "difference_constant": difference_constant,
+                "twice_larger_std": noise, "seeds": min(depth["n"], rgb["n"]),
+                "meets_bar": bool(
+                    depth["mean"] >= PROTOCOL_BAR["level"] and ratio >= PROTOCOL_BAR["ratio"]
+                    and difference_rgb > noise and (difference_constant is None or difference_constant > noise)
+                    and min(depth["n"], rgb["n"]) >= 3
+                ),
+            })  # fmt: skip
+    return rows
+
+
+def forgetting(aggregate_: dict) -> list[dict]:
+    """Per trained arm and question type: its mean against the stage-0 base's (δ₁ or accuracy), and whether it is
+    below beyond twice the larger seed std; and its readable-answer rate against PROTOCOL_BAR["readable"]."""
+    rows = []
+    stage0 = aggregate_.get(STAGE0_ARM, {})
+    for arm, per_type in aggregate_.items():
+        if arm in (STAGE0_ARM, CONSTANT_ARM) or arm.endswith(CONTROL_SUFFIXES[:2]):
+            continue
+        for question_type, values in per_type.items():
+            key = "delta1" if question_type in METRIC_QUESTION_TYPES else "accuracy"
+            score, base = values.get(key), stage0.get(question_type, {}).get(key)
+            readable = values.get("readable")
+            below = (
+                base is not None
+                and score is not None
+                and score["mean"] - base["mean"] < -2 * max(score["std"], base["std"])
+            )
+            rows.append({
+                "arm": arm, "question_type": question_type, "metric": key,
+                "score": score["mean"] if score else None, "stage0": base["mean"] if base else None,
+                "below_stage0": bool(below), "readable": readable["mean"] if readable else None,
+                "readable_ok": bool(readable and readable["mean"] >= PROTOCOL_BAR["readable"]),
+            })  # fmt: skip
+    return rows
+
+
+def _cell(value: dict | None) -> str:
+    return "-" if value is None else f"{value['mean']:.3f} ± {value['std']:.3f}"
+
+
+def protocol_lines(results: dict) -> list[str]:
+    """The protocol's tables: readable rates, the depth controls, the bar against both baselines, forgetting."""
+    aggregate_ = results["aggregate"]
+    arms, types = list(aggregate_), list(next(iter(aggregate_.values())))
+    lines = ["", "Readable answers per question type (share of answers that parse; bar ≥ 0.95):", ""]
+    lines += ["| question type | " + " | ".join(arms) + " |", "|---|" + "---|" * len(arms)]
+    for question_type in types:
+        cells = []
+        for arm in arms:
+            value = aggregate_[arm].get(question_type, {}).get("readable")
+            cells.append("-" if value is None else f"{value['mean']:.2f}")
+        lines.append(f"| {question_type} | " + " | ".join(cells) + " |")
+    controls = [arm for arm in arms if is_depth_arm(arm)]
+    if controls:
+        lines += [
+            "",
+            "Depth controls, δ₁ (a model that reads depth loses its gain without it or with another "
+            "scene's; the capacity-matched control is trained and read on one constant depth map):",
+            "",
+        ]
+        header = ["arm", "question type", "with depth", "depth removed", "another scene's depth", "uninformative"]
+        lines += ["| " + " | ".join(header) + " |", "|---" * len(header) + "|"]
+        for arm in controls:
+            for question_type in DEPTH_BAR_QUESTION_TYPES:
+                cells = [
+                    _cell(aggregate_.get(arm + suffix, {}).get(question_type, {}).get("delta1"))
+                    for suffix in ("", *CONTROL_SUFFIXES)
+                ]
+                lines.append(f"| {arm} | {question_type} | " + " | ".join(cells) + " |")
+    bar = against_baselines(aggregate_)
+    results["against_baselines"] = bar
+    if bar:
+        lines += [
+            "",
+            f"Depth arms against the better of RGB-only and the constant, δ₁ (bar: ≥ {PROTOCOL_BAR['level']}, "
+            f"≥ {PROTOCOL_BAR['ratio']}x the better, each difference > 2x the larger seed std, 3 seeds):",
+            "",
+        ]
+        lines += [
+            "| arm | question type | seeds | δ₁ | RGB-only | constant | ratio | diff. RGB-only | diff. constant | "
+            "2x larger std | bar met |",
+            "|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in bar:
+            constant = "-" if row["constant"] is None else f"{row['constant']:.3f}"
+            difference = "-" if row["difference_constant"] is None else f"{row['difference_constant']:+.3f}"
+            lines.append(
+                f"| {row['arm']} | {row['question_type']} | {row['seeds']} | {row['delta1']:.3f} | "
+                f"{row['rgb_only']:.3f} | {constant} | {row['ratio_to_best']:.2f} | {row['difference_rgb_only']:+.3f} | "
+                f"{difference} | {row['twice_larger_std']:.3f} | {'yes' if row['meets_bar'] else 'no'} |"
+            )
+    forgotten = forgetting(aggregate_)
+    results["forgetting"] = forgotten
+    flagged = [row for row in forgotten if row["below_stage0"] or not row["readable_ok"]]
+    if forgotten:
+        lines += [
+            "",
+            f"Forgetting: {len(flagged)} of {len(forgotten)} (arm, type) pairs are below the stage-0 base "
+            "beyond 2x the seed std or under 95% readable" + (":" if flagged else "."),
+            "",
+        ]
+        if flagged:
+            lines += ["| arm | question type | metric | score | stage 0 | readable |", "|---|---|---|---|---|---|"]
+            for row in flagged:
+                score = "-" if row["score"] is None else f"{row['score']:.3f}"
+                base = "-" if row["stage0"] is None else f"{row['stage0']:.3f}"
+                readable = "-" if row["readable"] is None else f"{row['readable']:.2f}"
+                lines.append(
+                    f"| {row['arm']} | {row['question_type']} | {row['metric']} | {score} | {base} | {readable} |"
+                )
+    return lines
+
+
 def write_report(results: dict, out: Path) -> None:
     """results.json, a markdown table (mean ± std over seeds) and a grouped bar chart."""
     import matplotlib
@@ -113,7 +267,6 @@ def write_report(results: dict, out: Path) -> None:
 
     aggregate_ = results["aggregate"]
     results["against_rgb_only"] = against_rgb_only(aggregate_)
-    (out / "results.json").write_text(json.dumps(results, indent=2))
     arms = list(aggregate_)
     types = list(next(iter(aggregate_.values())))
     lines = ["| question type | metric | " + " | ".join(arms) + " |", "|---|---|" + "---|" * len(arms)]
@@ -154,13 +307,24 @@ def write_report(results: dict, out: Path) -> None:
                 f"| {row['arm']} | {row['question_type']} | {row['seeds']} | {row['ratio']:.2f} | "
                 f"{row['difference']:+.3f} | {row['twice_larger_std']:.3f} | {'yes' if row['meets_bar'] else 'no'} |"
             )
+    lines += protocol_lines(results)
     seeds = sorted({run["seed"] for run in results["runs"]})
+    whole = results.get("preset", {}).get("whole_pipeline_seeds")
     lines.append("")
     lines.append(
-        f"Mean ± sample standard deviation over seeds {seeds} (SFT seed; stage 0 and alignment are shared). "
-        f"`{STAGE0_ARM}`: the shared base before spatial fine-tuning (one model)."
+        f"Evaluation set: {results.get('evaluation_set', 'test')}. Mean ± sample standard deviation over seeds {seeds} "
+        + (
+            "(each seed its own stage 0, alignment and stage 2). "
+            if whole
+            else "(SFT seed; stage 0 and alignment are shared). "
+        )
+        + f"`{STAGE0_ARM}`: the base before spatial fine-tuning; `{CONSTANT_ARM}`: one answer per type fitted on the "
+        "training answers."
     )
+    if results.get("wall_s") is not None:
+        lines.append(f"Wall time of this invocation: {results['wall_s']:.0f} s.")
     (out / "results.md").write_text("\n".join(lines) + "\n")
+    (out / "results.json").write_text(json.dumps(results, indent=2))
     print("\n".join(lines))
 
     figure, axis = plt.subplots(figsize=(max(8, 1.1 * len(types)), 4.5), dpi=120)

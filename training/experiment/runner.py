@@ -13,8 +13,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
+from training.controls import with_uninformative_depth
 from training.experiment.presets import RGB_ONLY_QUESTION_TYPES, Preset
-from training.experiment.report import STAGE0_ARM, aggregate, summary_of, write_report, write_sft_loss_curves
+from training.experiment.protocol import check_rendered_alike, check_test_world_unexplored
+from training.experiment.report import (
+    CONSTANT_ARM,
+    STAGE0_ARM,
+    aggregate,
+    summary_of,
+    write_report,
+    write_sft_loss_curves,
+)
 from training.experiment.stage0 import save_as_plain_qwen2_5_vl, scene_descriptions
 from training.tiny import save_tiny_base
 
@@ -34,8 +43,26 @@ class Experiment:
 
     @property
     def eval_folder(self) -> Path:
-        """Where the evaluations go: one folder per test set, so a larger test set never mixes with the fixed one's."""
+        """Where the test evaluations go: one folder per test set, so a larger test set never mixes with the fixed
+        one's."""
+        if self.preset.test_world_seed is not None:
+            return self.out / "eval-test"
         return self.out / ("eval" if self.preset.test_scenes is None else f"eval-test{self.preset.test_scenes}")
+
+    def eval_folders(self) -> dict[str, Path]:
+        """{evaluation set: its folder}: the validation set (recipes are chosen on it), then the test set."""
+        folders = {"val": self.out / "eval-val"} if self.preset.evaluate_val else {}
+        if self.preset.evaluate_test:
+            folders["test"] = self.eval_folder
+        return folders
+
+    def seed_folder(self, stage: str, seed: int) -> Path:
+        """A shared stage's folder: one per pipeline seed (`whole_pipeline_seeds`), else one for all seeds."""
+        return self.out / stage / f"seed{seed}" if self.preset.whole_pipeline_seeds else self.out / stage
+
+    def pipeline_seed(self, seed: int) -> int:
+        """The seed of the shared stages (stage 0, alignment) that an SFT seed builds on."""
+        return seed if self.preset.whole_pipeline_seeds else 0
 
     def link_shared_stages(self) -> None:
         """Use the data and stage 0 of another experiment folder of the same preset (a stage-2 variant then costs
@@ -103,12 +130,20 @@ class Experiment:
 
     # ---- data ---------------------------------------------------------------------------------------------------
     def test_world(self) -> Path:
-        """The fixed test set, or `test_scenes` scenes rendered the same way (same seed and size, more scenes)."""
-        if self.preset.test_scenes is None:
+        """The test split of `test_world_seed` rendered like training (`test_scenes` scenes); for the earlier presets
+        the fixed test set, or `test_scenes` scenes rendered like it (same seed and size, more scenes)."""
+        preset = self.preset
+        if preset.test_world_seed is not None:
+            if preset.evaluate_test:
+                check_test_world_unexplored("test", preset.test_world_seed)
+            return self.world("test", "test", preset.test_scenes, seed=preset.test_world_seed)
+        if preset.test_scenes is None:
             return self.world("test", "test", None, preset="test")
-        return self.world(f"test-{self.preset.test_scenes}", "test", self.preset.test_scenes, preset="test")
+        return self.world(f"test-{preset.test_scenes}", "test", preset.test_scenes, preset="test")
 
-    def world(self, name: str, split: str, scenes: int | None, preset: str | None = None) -> Path:
+    def world(
+        self, name: str, split: str, scenes: int | None, preset: str | None = None, seed: int | None = None
+    ) -> Path:
         folder = self.out / "data" / name
         args = ["--out", str(folder), "--no-progress", "--workers", str(os.cpu_count() or 1)]
         if preset:
@@ -116,7 +151,8 @@ class Experiment:
             if scenes is not None:  # explicit flags override the named preset's
                 args += ["--num-scenes", str(scenes)]
         else:
-            args += ["--split", split, "--num-scenes", str(scenes), "--seed", str(self.world_seed)]
+            world_seed = self.world_seed if seed is None else seed
+            args += ["--split", split, "--num-scenes", str(scenes), "--seed", str(world_seed)]
             args += ["--size", str(self.preset.image_size)]
         self.run(f"data-{name}", "training.make_world", args, done=None)
         return folder
@@ -143,44 +179,56 @@ class Experiment:
         return target
 
     # ---- stages ---------------------------------------------------------------------------------------------------
-    def stage0(self, train: Path, val: Path, train_world: Path, val_world: Path) -> Path:
+    def stage0(
+        self, train: Path, val: Path, train_world: Path, val_world: Path, seed: int = 0, shared: bool = False
+    ) -> Path:
         """The base: every weight trained from scratch on RGB-only questions (`train`, `val`), the RGB tower first on
-        the objects each of its tokens shows (`training.pretrain_vision`, on the scenes of `train_world`)."""
-        raw_base = self.out / "stage0" / "init"
+        the objects each of its tokens shows (`training.pretrain_vision`, on the scenes of `train_world`); `seed`
+        sets its initialisation and data order."""
+        folder = self.seed_folder("stage0", seed)
+        raw_base = folder / "init"
         if not (raw_base / "config.json").exists():
-            save_tiny_base(raw_base, seed=0, size=self.preset.base_size, max_pixels=self.preset.image_size**2)
-        folder = self.out / "stage0"
+            save_tiny_base(raw_base, seed=seed, size=self.preset.base_size, max_pixels=self.preset.image_size**2)
         if self.preset.vision_pretrain_steps:
-            raw_base = self.pretrain_vision(raw_base, train_world, val_world)
+            raw_base = self.pretrain_vision(raw_base, train_world, val_world, folder, seed, shared)
         args = [
             "--model_name_or_path", str(raw_base), "--depth_fusion", "none", "--use_peft", "false",
             "--train_vision_tower", "true", "--dataset_path", str(train), "--eval_dataset_path", str(val),
             "--output_dir", str(folder / "trainer"), "--export_dir", str(folder / "model"),
             "--loss_curve", str(folder / "loss_curve.png"), "--eval_strategy", "no",
-            *self.training_args(self.preset.stage0_steps, self.preset.stage0_lr, seed=0),
+            *self.training_args(self.preset.stage0_steps, self.preset.stage0_lr, seed=seed, shared=shared),
         ]  # fmt: skip
-        self.run("stage0", "training.sft", args, folder / "trainer" / "sft_summary.json", launch=True)
+        name = f"stage0-seed{seed}" if self.preset.whole_pipeline_seeds else "stage0"
+        self.run(name, "training.sft", args, folder / "trainer" / "sft_summary.json", launch=True, shared=shared)
         base = folder / "base"
         if not (base / "config.json").exists():
             save_as_plain_qwen2_5_vl(folder / "model", base)
         return base
 
-    def pretrain_vision(self, raw_base: Path, train_world: Path, val_world: Path) -> Path:
+    def pretrain_vision(
+        self, raw_base: Path, train_world: Path, val_world: Path, stage0: Path, seed: int, shared: bool
+    ) -> Path:
         """Stage 0a: the from-scratch RGB tower learns each token's object colour and shape (`training.pretrain_vision`)."""
-        folder = self.out / "stage0" / "vision"
+        folder = stage0 / "vision"
         steps = self.preset.vision_pretrain_steps
         args = [
             "--base", str(raw_base), "--data", str(train_world), "--eval_data", str(val_world), "--out", str(folder),
-            "--output_dir", str(self.out / "stage0" / "vision-trainer"), "--max_steps", str(steps),
+            "--output_dir", str(stage0 / "vision-trainer"), "--max_steps", str(steps),
             "--learning_rate", str(self.preset.stage0_lr), "--lr_scheduler_type", "cosine",
             "--warmup_steps", str(max(1, steps // 20)), "--per_device_train_batch_size", str(self.preset.batch),
-            "--logging_steps", str(max(1, steps // 10)), "--save_strategy", "no", "--report_to", "none", "--seed", "0",
-            "--dataloader_num_workers", str(self.dataloader_workers(shared=False)), *self.preset.extra_train_args,
+            "--logging_steps", str(max(1, steps // 10)), "--save_strategy", "no", "--report_to", "none",
+            "--seed", str(seed), "--dataloader_num_workers", str(self.dataloader_workers(shared)),
+            *self.preset.extra_train_args,
         ]  # fmt: skip
-        self.run("stage0-vision", "training.pretrain_vision", args, folder / "config.json", launch=True)
+        name = f"stage0-vision-seed{seed}" if self.preset.whole_pipeline_seeds else "stage0-vision"
+        self.run(name, "training.pretrain_vision", args, folder / "config.json", launch=True, shared=shared)
         return folder
 
-    def align(self, base: Path, pairs: Path, val: Path, level: str, name: str, shared: bool = False) -> Path:
+    def align(
+        self, base: Path, pairs: Path, val: Path, level: str, name: str, shared: bool = False, seed: int = 0
+    ) -> Path:
+        if self.preset.whole_pipeline_seeds:
+            name = f"{name}-seed{seed}"
         folder = self.out / "align" / name
         args = [
             "--base", str(base), "--data", str(pairs), "--eval_data", str(val), "--out", str(folder),
@@ -188,7 +236,7 @@ class Experiment:
             "--per_device_train_batch_size", str(self.preset.align_batch), "--learning_rate", str(self.preset.align_lr),
             "--max_steps", str(self.preset.align_steps), "--warmup_steps", str(max(1, self.preset.align_steps // 20)),
             "--lr_scheduler_type", "cosine", "--logging_steps", str(max(1, self.preset.align_steps // 10)),
-            "--save_strategy", "no", "--report_to", "none", "--seed", "0",
+            "--save_strategy", "no", "--report_to", "none", "--seed", str(seed),
             "--dataloader_num_workers", str(self.dataloader_workers(shared)), *self.preset.extra_train_args,
         ]  # fmt: skip
         self.run(
@@ -264,23 +312,53 @@ class Experiment:
             return (*self.preset.sft_question_types, *extra)
         return None
 
-    def evaluate(self, model: Path, test: Path, label: str) -> Path:
-        """Evaluate `model` on `test` into `eval_folder/label` (the report reads every such folder)."""
-        folder = self.eval_folder / label
+    def evaluate(self, model: Path, data: Path, label: str, folder: Path | None = None, extra: list[str] = ()) -> Path:
+        """Evaluate `model` on `data` into `folder/label` (default: the test folder; the report reads every such
+        folder); `extra`: evaluate flags (a depth control)."""
+        folder = (folder or self.eval_folder) / label
         args = [
-            "run", "--model", str(model), "--data", str(test), "--out", str(folder), "--instruction", "",
+            "run", "--model", str(model), "--data", str(data), "--out", str(folder), "--instruction", "",
             "--batch-size", str(self.preset.eval_batch), "--max-new-tokens", "16", "--label", label, "--no-progress",
+            *self.evaluation_filters(), *extra,
         ]  # fmt: skip
-        if self.preset.test_questions:
-            args += ["--limit", str(self.preset.test_questions)]
+        self.run(f"eval-{folder.parent.name}-{label}", "training.evaluate", args, folder / "results.json", shared=True)
+        return folder
+
+    def evaluation_filters(self) -> list[str]:
+        args = ["--limit", str(self.preset.test_questions)] if self.preset.test_questions else []
         if self.eval_question_types():
             args += ["--question-types", *self.eval_question_types()]
-        self.run(f"eval-{label}", "training.evaluate", args, folder / "results.json", shared=True)
-        return folder
+        return args
+
+    def evaluate_constant(self, train: Path, data: Path, folder: Path) -> Path:
+        """The constant baseline (fitted on `train`'s answers) on `data`, as the report's `constant` arm."""
+        label = f"{CONSTANT_ARM}-seed0"
+        args = ["constant", "--train", str(train), "--data", str(data), "--out", str(folder / label), "--label", label]
+        self.run(f"eval-{folder.name}-{label}", "training.evaluate", [*args, *self.evaluation_filters()],
+                 folder / label / "results.json")  # fmt: skip
+        return folder / label
+
+    def uninformative_rows(self, train: Path) -> Path:
+        """The capacity-matched control's training rows: `train` with every depth map one constant map."""
+        target = self.out / "data" / f"{train.name}-uninformative"
+        done = target / "rows.parquet"
+        if not done.exists():
+            from training.load import load_rows
+
+            target.mkdir(parents=True, exist_ok=True)
+            with_uninformative_depth(load_rows(train)).to_parquet(str(target / "rows.tmp.parquet"))
+            os.replace(target / "rows.tmp.parquet", done)
+        return target
+
+    @staticmethod
+    def reads_depth(arm: str) -> bool:
+        """Whether `arm`'s model reads depth through its own depth path (the arms whose depth is controlled)."""
+        return arm not in ("none", "image")
 
     # ---- the whole experiment ------------------------------------------------------------------------------------
     def __call__(self) -> dict:
         preset = self.preset
+        started = time.perf_counter()
         self.out.mkdir(parents=True, exist_ok=True)
         if self.shared_stages:
             self.link_shared_stages()
@@ -288,58 +366,94 @@ class Experiment:
         train = self.world("train", "train", preset.train_scenes)
         val = self.world("val", "val", preset.val_scenes)
         test = self.test_world()
+        if preset.test_world_seed is not None:  # the protocol: validation and test rendered exactly like training
+            check_rendered_alike(train, {"validation": val, "test": test})
+        eval_sets = {"val": val, "test": test}
+        eval_folders = self.eval_folders()
         pairs = {1: self.world("pairs", "train", preset.pair_scenes)}
         if any(multiplier == 10 for _, _, multiplier in preset.alignment_ablations):
             pairs[10] = self.world("pairs-10x", "train", 10 * preset.pair_scenes)
         rgb_train = self.stage0_rows(train, "train-stage0")
         rgb_val = self.stage0_rows(val, "val-stage0")
+        for set_name, folder in eval_folders.items():
+            self.evaluate_constant(train, eval_sets[set_name], folder)
 
-        base = self.stage0(rgb_train, rgb_val, train, val)
-        aligned = (
-            self.align(base, pairs[1], val, preset.main_alignment, preset.main_alignment)
-            if preset.main_alignment
-            else None  # the depth arms build their encoder from the base (a copy of its RGB tower)
-        )
+        # The shared stages, once per pipeline seed (one seed, 0, unless `whole_pipeline_seeds`).
+        pipeline_seeds = sorted({self.pipeline_seed(seed) for seed in (*preset.seeds, *preset.ablation_seeds)})
+        bases, alignments = {}, {}
+
+        def shared_stages(seed: int, shared: bool) -> None:
+            bases[seed] = self.stage0(rgb_train, rgb_val, train, val, seed=seed, shared=shared)
+            alignments[seed] = (
+                self.align(bases[seed], pairs[1], val, preset.main_alignment, preset.main_alignment, shared, seed)
+                if preset.main_alignment
+                else None  # the depth arms build their encoder from the base (a copy of its RGB tower)
+            )
+            # The base before any spatial SFT: what the RGB questions start from, and the answer priors.
+            for set_name, folder in eval_folders.items():
+                self.evaluate(bases[seed].parent / "model", eval_sets[set_name], f"{STAGE0_ARM}-seed{seed}", folder)
+
+        self.in_parallel([(seed, len(pipeline_seeds) > 1) for seed in pipeline_seeds], shared_stages)
+
         # Seed-major, so every arm has a result before any arm has three: an interrupted run still compares arms.
         arm_seeds = [(arm, seed) for seed in preset.seeds for arm in preset.arms]
         arm_seeds += [(arm, seed) for arm in preset.single_seed_arms for seed in preset.ablation_seeds]
-        plan = [  # (run name, fusion arm, start: aligned folder, None, or an ablation's (level, pair multiplier), seed)
-            (arm, arm, aligned if arm in ("add", "concat") else None, seed) for arm, seed in arm_seeds
+        plan = [  # (run name, fusion arm, start: "main", None, or an ablation's (level, pair multiplier), seed, rows)
+            (arm, arm, "main" if arm in ("add", "concat") else None, seed, "real") for arm, seed in arm_seeds
         ]
         plan += [
-            (name, "add", (level, multiplier), seed)
+            (f"{arm}-uninformative", arm, "main" if arm in ("add", "concat") else None, seed, "uninformative")
+            for arm in preset.capacity_controls
+            for seed in preset.ablation_seeds
+        ]
+        plan += [
+            (name, "add", (level, multiplier), seed, "real")
             for name, level, multiplier in preset.alignment_ablations
             for seed in preset.ablation_seeds
         ]
         results = {"preset": asdict(preset), "runs": [], "alignment": {}}
-        # The stage-0 base before any spatial SFT: what the RGB questions start from, and the answer priors.
-        self.evaluate(self.out / "stage0" / "model", test, f"{STAGE0_ARM}-seed0")
         report_lock = threading.Lock()
 
-        def run_arm(name: str, arm: str, start, seed: int) -> None:
-            if isinstance(start, tuple):  # an ablation's own alignment, or none
+        def run_arm(name: str, arm: str, start, seed: int, rows: str) -> None:
+            base = bases[self.pipeline_seed(seed)]
+            if start == "main":
+                start = alignments[self.pipeline_seed(seed)]
+            elif isinstance(start, tuple):  # an ablation's own alignment, or none
                 level, multiplier = start
                 start = (
-                    self.align(base, pairs[multiplier], val, level, name.removeprefix("add-"), shared=True)
+                    self.align(base, pairs[multiplier], val, level, name.removeprefix("add-"), True, seed)
                     if level
                     else None
                 )
-            model = self.sft(arm, seed, base, start, train, val, name)
-            self.evaluate(model, test, f"{name}-seed{seed}")
+            rows_path = self.uninformative_rows(train) if rows == "uninformative" else train
+            model = self.sft(arm, seed, base, start, rows_path, val, name)
+            for set_name, folder in (eval_folders or {"test": self.eval_folder}).items():
+                data = eval_sets[set_name]
+                if rows == "uninformative":  # the control is read as it was trained: every depth map the constant
+                    self.evaluate(model, data, f"{name}-seed{seed}", folder, ["--depth-override", "constant"])
+                    continue
+                self.evaluate(model, data, f"{name}-seed{seed}", folder)
+                if preset.depth_controls and self.reads_depth(arm):
+                    self.evaluate(model, data, f"{name}-nodepth-seed{seed}", folder, ["--no-depth"])
+                    self.evaluate(model, data, f"{name}-shuffled-seed{seed}", folder, ["--depth-override", "shuffled"])
             with report_lock:
                 # Written after every run, so an interrupted experiment still leaves what it has measured.
-                self.report(results)
+                self.report(results, wall_s=time.perf_counter() - started)
 
-        # Runs are independent once stage 0 and alignment are done; in plan order, `parallel_runs` at a time.
-        with ThreadPoolExecutor(max_workers=preset.parallel_runs) as pool:
-            futures = [pool.submit(run_arm, *step) for step in plan]
+        self.in_parallel(plan, run_arm)
+        self.report(results, wall_s=time.perf_counter() - started)
+        return results
+
+    def in_parallel(self, jobs: list[tuple], function) -> None:
+        """`function(*job)` for every job, in order, `parallel_runs` at a time; the first failure stops the rest."""
+        with ThreadPoolExecutor(max_workers=self.preset.parallel_runs) as pool:
+            futures = [pool.submit(function, *job) for job in jobs]
             try:
                 for future in futures:
                     future.result()
             except BaseException:
-                pool.shutdown(cancel_futures=True)  # runs not yet started never start; those running finish
+                pool.shutdown(cancel_futures=True)  # jobs not yet started never start; those running finish
                 raise
-        return results
 
     def report_existing(self) -> dict:
         """Rebuild the report from the evaluations already on disk (for an interrupted experiment)."""
@@ -347,24 +461,34 @@ class Experiment:
         self.report(results)
         return results
 
-    def evaluated_runs(self) -> list[dict]:
-        """Every evaluation in `out`, whichever invocation ran it (`--seeds 2` after `--seeds 0 1` adds to them), in
-        the preset's arm order, then by name and seed."""
+    def evaluated_runs(self, folder: Path | None = None) -> list[dict]:
+        """Every evaluation in `folder` (default: the test folder), whichever invocation ran it (`--seeds 2` after
+        `--seeds 0 1` adds to them), in the preset's arm order, then by name and seed."""
         runs = []
-        for result_file in sorted(self.eval_folder.glob("*/results.json")):
+        for result_file in sorted((folder or self.eval_folder).glob("*/results.json")):
             arm, _, seed = result_file.parent.name.rpartition("-seed")
             result = json.loads(result_file.read_text())
             runs.append({"arm": arm, "seed": int(seed), "model": result.get("model"), **summary_of(result)})
         order = {
-            arm: index for index, arm in enumerate((STAGE0_ARM, *self.preset.arms, *self.preset.single_seed_arms))
+            arm: index
+            for index, arm in enumerate((CONSTANT_ARM, STAGE0_ARM, *self.preset.arms, *self.preset.single_seed_arms))
         }
         return sorted(runs, key=lambda run: (order.get(run["arm"], len(order)), run["arm"], run["seed"]))
 
-    def report(self, results: dict) -> None:
-        results["runs"] = self.evaluated_runs()
+    def report(self, results: dict, wall_s: float | None = None) -> None:
+        """results.json/.md/.png of the test set in `out`; with validation, the same of it in `out/eval-val`."""
         for metrics_file in sorted((self.out / "align").glob("*/alignment_metrics.json")):
             results["alignment"][metrics_file.parent.name] = json.loads(metrics_file.read_text())
-        results["aggregate"] = aggregate(results["runs"])
         results["timings_s"] = self.timings
-        write_report(results, self.out)
+        if wall_s is not None:
+            results["wall_s"] = wall_s
+        folders = self.eval_folders() or {"test": self.eval_folder}
+        for set_name, folder in folders.items():
+            results["evaluation_set"] = set_name
+            results["runs"] = self.evaluated_runs(folder)
+            if not results["runs"]:
+                continue
+            results["aggregate"] = aggregate(results["runs"])
+            # The test report sits in `out` (the committed results); the validation report beside its runs.
+            write_report(results, self.out if set_name == "test" or len(folders) == 1 else folder)
         write_sft_loss_curves(self.out)
