@@ -543,3 +543,20 @@ def test_test_preset_is_byte_reproducible(tmp_path):
     counts = collections.Counter(dataset["question_type"])
     assert len(dataset) >= 1000 and set(counts) == set(world.QUESTION_TYPES)
     assert max(counts.values()) - min(counts.values()) <= 8
+
+
+def test_the_world_tokenizer_has_a_token_per_word_of_every_question_and_answer():
+    """`tokenizer_corpus="world"`: every colour, shape and question word is one token, at a line start (answers) and
+    after a space (questions), so a from-scratch stand-in does not first learn to spell."""
+    from training.tiny import WORLD_VOCAB_SIZE, build_tiny_tokenizer
+
+    tokenizer = build_tiny_tokenizer(WORLD_VOCAB_SIZE, world.question_corpus())
+    assert len(tokenizer) <= WORLD_VOCAB_SIZE
+    words = [*world.COLORS, *world.SHAPES, "left", "right", "above", "below"]
+    for word in words:
+        assert len(tokenizer.tokenize(word)) == 1, word
+        assert len(tokenizer.tokenize(f" {word}")) == 1, word
+    for template in (t for templates in world.TEMPLATES.values() for t in templates):
+        text = template.format(a="red cube", b="blue cone", c="cyan sphere", shape="cylinder", color="purple")
+        for index, word in enumerate(re.findall(r"[A-Za-z]+", text)):
+            assert len(tokenizer.tokenize(word if index == 0 else f" {word}")) == 1, (word, text)

@@ -51,10 +51,14 @@ TOKENIZER_CORPUS = (
 )
 
 TINY_VOCAB_SIZE = 512
+# A tokenizer learned from the world's own text (`training.world.question_corpus`): room for a token per word, as in a
+# real model's vocabulary.
+WORLD_VOCAB_SIZE = 768
 
 
-def build_tiny_tokenizer(vocab_size: int = 384) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer (any text encodes) with Qwen2.5-VL's special tokens and chat template."""
+def build_tiny_tokenizer(vocab_size: int = 384, corpus: str = TOKENIZER_CORPUS) -> PreTrainedTokenizerFast:
+    """A byte-level BPE tokenizer (any text encodes) with Qwen2.5-VL's special tokens and chat template, its merges
+    learned from `corpus` (`training.world.question_corpus()` makes every word of the world one token)."""
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -64,7 +68,7 @@ def build_tiny_tokenizer(vocab_size: int = 384) -> PreTrainedTokenizerFast:
         special_tokens=QWEN_SPECIAL_TOKENS,
         show_progress=False,
     )
-    tokenizer.train_from_iterator([TOKENIZER_CORPUS] * 4, trainer=trainer)
+    tokenizer.train_from_iterator([corpus] * 4, trainer=trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tokenizer,
         bos_token=None,
@@ -95,7 +99,7 @@ def tiny_base_config(tokenizer: PreTrainedTokenizerFast, size: str = "tiny") -> 
     mrope_section = [half_head - 2 * (half_head * 3 // 8), half_head * 3 // 8, half_head * 3 // 8]
     return Qwen2_5_VLConfig(
         text_config={
-            "vocab_size": TINY_VOCAB_SIZE,
+            "vocab_size": max(TINY_VOCAB_SIZE, len(tokenizer)),
             "hidden_size": text_width,
             "intermediate_size": text_mlp,
             "num_hidden_layers": text_layers,
@@ -132,14 +136,26 @@ def tiny_image_processor(max_pixels: int = 112 * 112) -> Qwen2VLImageProcessorPi
     return Qwen2VLImageProcessorPil(min_pixels=56 * 56, max_pixels=max_pixels)
 
 
-def save_tiny_base(folder: str | Path, seed: int = 0, size: str = "tiny", max_pixels: int = 112 * 112) -> Path:
+def save_tiny_base(
+    folder: str | Path,
+    seed: int = 0,
+    size: str = "tiny",
+    max_pixels: int = 112 * 112,
+    tokenizer_corpus: str | None = None,
+) -> Path:
     """Write a plain, small Qwen2.5-VL folder (random weights) with its tokenizer, image processor and template.
 
-    `max_pixels` caps the image processor (112² = 64 patches, 16 tokens; 224² = 256 patches, 64 tokens)."""
+    `max_pixels` caps the image processor (112² = 64 patches, 16 tokens; 224² = 256 patches, 64 tokens);
+    `tokenizer_corpus`: the text the tokenizer's merges are learned from (default `TOKENIZER_CORPUS`), with
+    `WORLD_VOCAB_SIZE` tokens (the model's vocabulary grows to fit)."""
     import torch
 
     folder = Path(folder)
-    tokenizer = build_tiny_tokenizer()
+    tokenizer = (
+        build_tiny_tokenizer()
+        if tokenizer_corpus is None
+        else build_tiny_tokenizer(WORLD_VOCAB_SIZE, tokenizer_corpus)
+    )
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(tiny_base_config(tokenizer, size))
     model.save_pretrained(folder)

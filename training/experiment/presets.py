@@ -95,6 +95,10 @@ class Preset:
     # for the arms listed here, a capacity-matched control trained alike on uninformative (constant) depth maps.
     depth_controls: bool = False
     capacity_controls: tuple[str, ...] = ()
+    # The stand-in base's tokenizer: None, `training.tiny`'s (merges from a short generic text: "red" is "re" + "d");
+    # "world": merges from the world's own questions and answers (`training.world.question_corpus`), a token per
+    # word as in a real model's vocabulary, and sequences 1.8x shorter.
+    tokenizer_corpus: str | None = None
 
 
 PRESETS = {

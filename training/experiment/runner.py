@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
+from training import world
 from training.controls import with_uninformative_depth
 from training.experiment.presets import RGB_ONLY_QUESTION_TYPES, Preset
 from training.experiment.protocol import check_rendered_alike, check_test_world_unexplored
@@ -188,7 +189,14 @@ class Experiment:
         folder = self.seed_folder("stage0", seed)
         raw_base = folder / "init"
         if not (raw_base / "config.json").exists():
-            save_tiny_base(raw_base, seed=seed, size=self.preset.base_size, max_pixels=self.preset.image_size**2)
+            corpus = world.question_corpus() if self.preset.tokenizer_corpus == "world" else None
+            save_tiny_base(
+                raw_base,
+                seed=seed,
+                size=self.preset.base_size,
+                max_pixels=self.preset.image_size**2,
+                tokenizer_corpus=corpus,
+            )
         if self.preset.vision_pretrain_steps:
             raw_base = self.pretrain_vision(raw_base, train_world, val_world, folder, seed, shared)
         args = [

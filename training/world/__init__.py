@@ -52,6 +52,7 @@ from training.world.questions import (
     draw_marker,
     format_metres,
     marker_radius,
+    question_corpus,
     select_questions,
 )
 from training.world.render import GAMMA, Rendering, intersect_object, render, scene_metadata
@@ -99,6 +100,7 @@ __all__ = [
     "candidate_questions",
     "decode_depth_png",
     "describe_objects",
+    "question_corpus",
     "draw_marker",
     "encode_depth_png",
     "encode_png",

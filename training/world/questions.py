@@ -135,6 +135,25 @@ def describe_objects(objects: list[dict]) -> str:
     return ", ".join(obj["description"] for obj in sorted(objects, key=lambda obj: obj["center_pixel"][0]))
 
 
+def question_corpus() -> str:
+    """Every phrasing of every question type about every object, the scene description, and answers: the text a
+    stand-in base's tokenizer is trained on, so each word of the world is one token, as in a real model's vocabulary
+    (a tokenizer that splits "red" into "re" + "d" makes a from-scratch model learn to spell before it can look)."""
+    from training.world.scene import COLORS, SHAPES
+
+    objects = [f"{color} {shape}" for color in COLORS for shape in SHAPES]
+    # Answers start a line of the chat template (no leading space), and so do its role names.
+    answers = [*COLORS, *SHAPES, *objects, "left", "right", "above", "below", "system", "user", "assistant"]
+    lines = [DESCRIBE_QUESTION, ", ".join(objects), "You are a helpful assistant.", *answers] * 20
+    for templates in TEMPLATES.values():
+        for index, template in enumerate(templates):
+            for offset in range(len(objects)):
+                a, b, c = (objects[(offset + step * (index + 1)) % len(objects)] for step in range(3))
+                lines.append(template.format(a=a, b=b, c=c, shape=SHAPES[offset % len(SHAPES)], color=a.split()[0]))
+    lines += [format_metres(value / 100) for value in range(0, 3000, 7)]
+    return "\n".join(lines)
+
+
 def format_metres(value: float) -> str:
     return f"{value:.2f} m"
 
