@@ -61,11 +61,6 @@ DEPTH_ENCODER_PREFIX = "model.depth_encoder."
 DEPTH_GATE_PREFIX = "model.depth_gate."
 DEPTH_PATCH_EMBED_PREFIX = "model.depth_patch_embed."
 DEPTH_MODULE_PREFIXES = (DEPTH_ENCODER_PREFIX, DEPTH_GATE_PREFIX, DEPTH_PATCH_EMBED_PREFIX)
-# `forward` and `generate` refuse depth without its images alike.
-DEPTH_WITHOUT_PIXELS_ERROR = (
-    "depth_values were given without pixel_values: depth is encoded together with its images (for pre-encoded inputs, "
-    "pass get_image_features(pixel_values, image_grid_thw, depth_values=...) as mm_encoder_outputs['image'])."
-)
 
 
 @functools.lru_cache(maxsize=256)
@@ -386,6 +381,13 @@ class Qwen2_5_VLDepthEncoder(Qwen2_5_VLDepthPreTrainedModel):
                     raise ValueError(f"Unexpected shape mismatch for {name}: {parameter.shape} vs {source.shape}.")
         if rgb_tower.merger.mlp[-1].out_features == self.merger.mlp[-1].out_features:
             self.merger.load_state_dict(rgb_tower.merger.state_dict())
+
+
+# `forward` and `generate` refuse depth without its images alike.
+DEPTH_WITHOUT_PIXELS_ERROR = (
+    "depth_values were given without pixel_values: depth is encoded together with its images (for pre-encoded inputs, "
+    "pass get_image_features(pixel_values, image_grid_thw, depth_values=...) as mm_encoder_outputs['image'])."
+)
 
 
 def encode_metric_depth(depth_meters: torch.Tensor, config: Qwen2_5_VLDepthConfig) -> torch.Tensor:

@@ -592,10 +592,16 @@ class TestBaseCheckpointLoading:
         )
         for name, value in model.state_dict().items():
             assert torch.equal(reloaded.state_dict()[name], value), name
-        state = {k: v for k, v in model.state_dict().items() if not k.startswith(DEPTH_MODULE_PREFIXES[1:])}
-        if fusion != "concat":  # its only depth module is the encoder, which the state dict keeps
+        without_gate_or_depth_channel = {
+            key: value
+            for key, value in model.state_dict().items()
+            if not key.startswith(("model.depth_gate.", "model.depth_patch_embed."))
+        }
+        if fusion != "concat":  # concat's only depth module is the encoder, which the state dict keeps
             with pytest.raises(ValueError, match="None is a depth model checkpoint but lacks 1 depth weights"):
-                Qwen2_5_VLDepthForConditionalGeneration.from_pretrained(None, config=model.config, state_dict=state)
+                Qwen2_5_VLDepthForConditionalGeneration.from_pretrained(
+                    None, config=model.config, state_dict=without_gate_or_depth_channel
+                )
 
     @pytest.mark.parametrize("fusion", ["add", "concat", "rgbd"])
     def test_a_checkpoint_without_any_weight_reports_every_key_missing(self, depth_models, tmp_path, fusion):
