@@ -176,12 +176,13 @@ def render_examples(directory: str | Path) -> list[list[str]]:
 # The page
 # ----------------------------------------------------------------------------------------------------------------
 def respond(model, processor, image: Image.Image | None, depth_file: str | None, question: str):
-    """The Ask button: (answer, depth colour map or None, depth note). Bad input becomes a `gr.Error` carrying the
-    processor's message, which the page shows instead of failing."""
+    """The Ask button: (answer, depth colour map or None, depth note). Bad input, and a depth estimator that cannot
+    load (an offline hub id), become a `gr.Error` carrying the processor's message, which the page shows instead of
+    failing."""
     try:
         depth = read_depth_file(depth_file) if depth_file else None
         answer = answer_question(model, processor, image, question, depth)
-    except (ValueError, TypeError, FileNotFoundError) as error:
+    except (ValueError, TypeError, OSError) as error:  # OSError: missing files, an estimator that cannot load
         raise gr.Error(str(error), print_exception=False) from error
     colour_map = None if answer.depth is None else depth_colour_map(answer.depth, answer.depth_is_metric)
     return answer.text, colour_map, describe_depth(answer, processor)
@@ -252,7 +253,8 @@ def main(argv: list[str] | None = None) -> None:
         demo = build_demo(model, processor, args.model, render_examples(examples_dir))
         # System fonts: the default theme's web fonts would be fetched from the internet.
         theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"])
-        demo.launch(server_name=args.host, server_port=args.port, share=False, theme=theme)
+        # show_error: an unexpected error still reaches the page as a message, not a bare "Error".
+        demo.launch(server_name=args.host, server_port=args.port, share=False, theme=theme, show_error=True)
 
 
 if __name__ == "__main__":

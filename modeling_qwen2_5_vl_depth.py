@@ -383,6 +383,13 @@ class Qwen2_5_VLDepthEncoder(Qwen2_5_VLDepthPreTrainedModel):
             self.merger.load_state_dict(rgb_tower.merger.state_dict())
 
 
+# `forward` and `generate` refuse depth without its images alike.
+DEPTH_WITHOUT_PIXELS_ERROR = (
+    "depth_values were given without pixel_values: depth is encoded together with its images (for pre-encoded inputs, "
+    "pass get_image_features(pixel_values, image_grid_thw, depth_values=...) as mm_encoder_outputs['image'])."
+)
+
+
 def encode_metric_depth(depth_meters: torch.Tensor, config: Qwen2_5_VLDepthConfig) -> torch.Tensor:
     """Metric depth (metres) to encoder input: log-depth over the config's fixed range, mapped to [-1, 1].
 
@@ -478,6 +485,21 @@ class Qwen2_5_VLDepthModel(Qwen2_5_VLDepthPreTrainedModel, Qwen2_5_VLModel):
                 fused.append(torch.cat([rgb_tokens, depth]))
         image_outputs.pooler_output = tuple(fused)
         return image_outputs
+
+    def get_placeholder_mask(self, input_ids, inputs_embeds, image_features=None, video_features=None):
+        """Stock, with a mismatch of image placeholders and features under `concat` explained by depth: the text of an
+        image with depth has twice its placeholders, so a prompt and depth inputs that disagree on depth mismatch."""
+        try:
+            return super().get_placeholder_mask(input_ids, inputs_embeds, image_features, video_features)
+        except ValueError as error:
+            if self.config.depth_fusion != "concat" or image_features is None:
+                raise
+            raise ValueError(
+                f"{error}. With depth_fusion='concat' an image with depth has twice its image placeholders (its RGB "
+                "tokens, then its depth tokens) and an image without depth only its RGB tokens: the text and the depth "
+                "inputs disagree on which images have depth (were the depth_values / image_has_depth of this prompt "
+                "dropped, or marked False?)."
+            ) from error
 
     def images_with_depth(
         self,
@@ -607,11 +629,7 @@ class Qwen2_5_VLDepthModel(Qwen2_5_VLDepthPreTrainedModel, Qwen2_5_VLModel):
         """
         if depth_values is not None or image_has_depth is not None:
             if pixel_values is None:
-                raise ValueError(
-                    "depth_values were given without pixel_values: depth is encoded together with its images (for "
-                    "pre-encoded inputs, pass get_image_features(pixel_values, image_grid_thw, depth_values=...) as "
-                    "mm_encoder_outputs['image'])."
-                )
+                raise ValueError(DEPTH_WITHOUT_PIXELS_ERROR)
             # The stock forward encodes `pixel_values` without depth; encode them here with it instead.
             image_outputs = self.get_image_features(
                 pixel_values, image_grid_thw, depth_values=depth_values, image_has_depth=image_has_depth, **kwargs
@@ -676,6 +694,14 @@ class Qwen2_5_VLDepthForConditionalGeneration(
     def get_depth_features(self, depth_values: torch.Tensor, image_grid_thw: torch.LongTensor, **kwargs):
         return self.model.get_depth_features(depth_values, image_grid_thw, **kwargs)
 
+    def _prepare_multimodal_encoder_kwargs_for_generation(self, model_kwargs: dict) -> dict:
+        # Generation encodes the images before prefill and drops every `get_image_features` argument, depth included,
+        # even without images to encode: depth without its images would be dropped silently, where `forward` refuses.
+        depth_given = model_kwargs.get("depth_values") is not None or model_kwargs.get("image_has_depth") is not None
+        if depth_given and model_kwargs.get("pixel_values") is None:
+            raise ValueError(DEPTH_WITHOUT_PIXELS_ERROR)
+        return super()._prepare_multimodal_encoder_kwargs_for_generation(model_kwargs)
+
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *model_args, **kwargs):
         """Load a depth checkpoint, or build a depth model from a plain Qwen2.5-VL checkpoint.
@@ -694,12 +720,34 @@ class Qwen2_5_VLDepthForConditionalGeneration(
             for key in ("cache_dir", "force_download", "local_files_only", "token", "revision", "subfolder")
             if key in kwargs
         }
-        source_config, _ = PreTrainedConfig.get_config_dict(pretrained_model_name_or_path, **hub_kwargs)
+        if pretrained_model_name_or_path is None:  # weights from `state_dict=` only: the given config describes them
+            source_config = model.config.to_dict()
+        else:
+            source_config, _ = PreTrainedConfig.get_config_dict(pretrained_model_name_or_path, **hub_kwargs)
         new_prefixes = new_depth_module_prefixes(source_config, model.config)
         missing = set(loading_info["missing_keys"])
         missing_depth = sorted(key for key in missing if key.startswith(DEPTH_MODULE_PREFIXES))
         unexpectedly_missing = [key for key in missing_depth if not key.startswith(new_prefixes)]
-        if unexpectedly_missing:
+        # Depth weights missing next to base weights that loaded are a damaged depth checkpoint. When no base weight
+        # loaded either, the file holds none of this model: its missing keys are reported (the load report,
+        # `output_loading_info`) as for any model, not blamed on depth.
+        has_base_weights = any(
+            name not in missing and not name.startswith(DEPTH_MODULE_PREFIXES) for name, _ in model.named_parameters()
+        )
+        if unexpectedly_missing and has_base_weights:
+            fusion_unnamed = (
+                source_config.get("model_type") == model.config.model_type
+                and "depth_fusion" not in source_config
+                and "depth_fusion" not in kwargs
+                and not isinstance(kwargs.get("config"), PreTrainedConfig)
+            )
+            if fusion_unnamed:
+                raise ValueError(
+                    f"The config.json of {pretrained_model_name_or_path} has no 'depth_fusion' key, so it loaded as "
+                    f"the default {model.config.depth_fusion!r}, whose depth weights the checkpoint lacks (e.g. "
+                    f"{unexpectedly_missing[:5]}): add the 'depth_fusion' it was saved with to its config.json, or "
+                    "pass depth_fusion=... to from_pretrained."
+                )
             raise ValueError(
                 f"{pretrained_model_name_or_path} is a depth model checkpoint but lacks {len(unexpectedly_missing)} "
                 f"depth weights, e.g. {unexpectedly_missing[:5]}: they would be initialised instead of loaded. Save the "

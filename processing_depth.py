@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from transformers.image_utils import get_image_size, make_flat_list_of_images, to_numpy_array
 from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorKwargs
@@ -52,8 +52,9 @@ class DepthImagesKwargs(Qwen2VLImageProcessorKwargs, total=False):
     depth (`np.ndarray`, `torch.Tensor`, `PIL.Image`, path, or a (nested) list of them, *optional*):
         One depth map per image, in the images' order: a flat list, or one list per sample like `images`. `None` is an
         image (or, in place of a sample's list, a sample) without depth; it is estimated when a depth estimator is
-        configured. A bare map is one map, also in place of a sample's list. Floats are metres; `uint16` arrays
-        (either byte order), 16-bit PNG files and PIL `I;16`/`I` images are millimetres; PIL `F` images are metres.
+        configured. A bare map is one map, also in place of a sample's list; so are rows of Python numbers. Floats are
+        metres; `uint16` arrays (either byte order), 16-bit PNG files and PIL `I;16`/`I` images are millimetres; PIL
+        `F` images are metres; a `.npy` file is its array. Masked pixels of a `numpy.ma.MaskedArray` are invalid.
     depth_estimator_device (`str` or `torch.device`, *optional*):
         Where the monocular estimator runs; pass the model's device. Defaults to CUDA when available.
     """
@@ -69,6 +70,19 @@ class Qwen2_5_VLDepthProcessorKwargs(ProcessingKwargs, total=False):
 
 def _is_path_like(value: Any) -> bool:
     return isinstance(value, (str, Path))
+
+
+def _is_map_as_nested_list(value: Any) -> bool:
+    """Whether `value` is one depth map written as Python lists: rows of numbers (`[[1.2, 0.8], ...]`), or one row.
+
+    Lists of anything else (maps, None, lists of maps) are containers: one entry per image, or one list per sample.
+    """
+    if not isinstance(value, (list, tuple)) or not value:
+        return False
+    first = value[0]
+    if isinstance(first, (list, tuple)):
+        return bool(first) and isinstance(first[0], (int, float, np.number))
+    return isinstance(first, (int, float, np.number))
 
 
 def to_rgb_image(image: Image.Image) -> Image.Image:
@@ -113,9 +127,10 @@ def depth_to_meters(depth: Any, invalid_depth: str = "mask") -> np.ndarray:
     """One depth map as float32 metres, shape (H, W), with invalid pixels set to 0.
 
     Units follow the type: floats are metres; 16-bit unsigned integers (arrays of either byte order, 16-bit PNGs, PIL
-    `I;16`, PIL `I`, and those PNGs' encoded bytes) are millimetres. Pixels that are 0, NaN or inf are invalid (sensor holes, sky): with
-    `invalid_depth="mask"` they become 0, which the model encodes as "no measurement"; with `"error"` they raise.
-    Negative depth always raises: it is not a distance.
+    `I;16`, PIL `I`, and those PNGs' encoded bytes) are millimetres; a `.npy` file holds an array, read by the same
+    rules. A nested Python list of numbers (rows) is read as an array. Pixels that are 0, NaN, +-inf or masked (a
+    `numpy.ma.MaskedArray`'s mask) are invalid (sensor holes, sky): with `invalid_depth="mask"` they become 0, which the
+    model encodes as "no measurement"; with `"error"` they raise. Negative depth always raises: it is not a distance.
     """
     if isinstance(depth, (bytes, bytearray)):
         try:
@@ -127,11 +142,37 @@ def depth_to_meters(depth: Any, invalid_depth: str = "mask") -> np.ndarray:
             _load_depth_image(image, "(encoded bytes)")
             return depth_to_meters(image, invalid_depth)
     if _is_path_like(depth):
-        if not Path(depth).is_file():
+        path = Path(depth)
+        if path.is_dir():
+            raise IsADirectoryError(f"Depth path {str(depth)!r} is a directory, not a depth file.")
+        if not path.is_file():
             raise FileNotFoundError(f"Depth file {str(depth)!r} does not exist.")
-        with Image.open(depth) as image:
+        if path.suffix.lower() == ".npy":
+            try:
+                array = np.load(path, allow_pickle=False)
+            except (ValueError, EOFError, OSError) as error:  # pickled objects, a truncated or foreign file
+                raise ValueError(f"Depth file {str(depth)!r} is not a readable .npy array: {error}") from error
+            return depth_to_meters(array, invalid_depth)
+        try:
+            image = Image.open(path)
+        except UnidentifiedImageError as error:
+            raise ValueError(
+                f"Depth file {str(depth)!r} is not an image file (expected a 16-bit PNG in millimetres, or a .npy "
+                "array in metres)."
+            ) from error
+        with image:
             _load_depth_image(image, repr(str(depth)))
             return depth_to_meters(image, invalid_depth)
+    if isinstance(depth, (list, tuple)):
+        try:
+            array = np.asarray(depth)
+        except ValueError as error:  # rows of different lengths
+            raise ValueError(f"A depth map given as nested lists must have rows of equal length: {error}") from error
+        if array.dtype.kind not in "biuf":
+            raise TypeError(
+                f"A depth map given as nested lists must hold only numbers (NaN for no measurement); got {array.dtype}."
+            )
+        depth = array
     if isinstance(depth, Image.Image):
         _load_depth_image(depth, repr(getattr(depth, "filename", "") or f"(PIL mode {depth.mode})"))
         if depth.mode.startswith("I;16") or depth.mode == "F":
@@ -153,6 +194,8 @@ def depth_to_meters(depth: Any, invalid_depth: str = "mask") -> np.ndarray:
         depth = depth.float().numpy() if depth.is_floating_point() else depth.numpy()
     if not isinstance(depth, np.ndarray):
         raise TypeError(f"Depth must be an array, tensor, PIL image or file path; got {type(depth).__name__}.")
+    if isinstance(depth, np.ma.MaskedArray):  # masked pixels are not readings: 0, invalid in metres and millimetres
+        depth = depth.filled(0)
 
     while depth.ndim > 2 and depth.shape[0] == 1:
         depth = depth[0]
@@ -176,16 +219,17 @@ def depth_to_meters(depth: Any, invalid_depth: str = "mask") -> np.ndarray:
             "16-bit unsigned integers (uint16, either byte order)."
         )
 
-    if np.any(meters < 0):
+    negative = np.isfinite(meters) & (meters < 0)  # -inf is no distance at all: invalid, like +inf
+    if negative.any():
         raise ValueError(
-            f"Depth has {int(np.sum(meters < 0))} negative values: depth must be a distance in metres "
+            f"Depth has {int(negative.sum())} negative values: depth must be a distance in metres "
             "(mark missing pixels with 0 or NaN). Inverse depth / disparity must be converted first."
         )
     invalid = ~np.isfinite(meters) | (meters == 0)
     if invalid.any():
         if invalid_depth == "error":
             raise ValueError(
-                f"Depth has {int(invalid.sum())} invalid pixels (0, NaN or inf) and invalid_depth='error'. "
+                f"Depth has {int(invalid.sum())} invalid pixels (0, NaN, inf or masked) and invalid_depth='error'. "
                 "Use invalid_depth='mask' to encode them as 'no measurement'."
             )
         meters = np.where(invalid, np.float32(0), meters)
@@ -466,7 +510,7 @@ class Qwen2_5_VLDepthProcessor(Qwen2_5_VLProcessor):
             if item is not None:
                 try:
                     item = depth_to_meters(item, self.invalid_depth)
-                except (ValueError, TypeError, FileNotFoundError) as error:
+                except (ValueError, TypeError, FileNotFoundError, IsADirectoryError) as error:
                     raise type(error)(f"Depth map {index}: {error}") from error
                 self._check_covers_image(item, image, index)
             maps.append(item)
@@ -481,20 +525,22 @@ class Qwen2_5_VLDepthProcessor(Qwen2_5_VLProcessor):
     def _depth_per_image(depth, images, num_images: int) -> list:
         """The caller's `depth` as one entry (a map or None) per image, in the images' order.
 
-        A bare map is one map, at the top or in place of a sample's list. With one list per sample (`[[d0], None]`) and
-        `images` nested the same way, each sample's maps must match its images, and a sample's `None` is "no depth".
+        A bare map is one map, at the top or in place of a sample's list; so is a map written as nested lists of numbers.
+        With one list per sample (`[[d0], None]`) and `images` nested the same way, each sample's maps must match its
+        images, and a sample's `None` is "no depth".
         """
         if depth is None:
             return [None] * num_images
-        entries = list(depth) if isinstance(depth, (list, tuple)) else [depth]
-        if any(isinstance(item, (list, tuple)) for item in entries):  # one entry per sample
+        is_container = isinstance(depth, (list, tuple)) and not _is_map_as_nested_list(depth)
+        entries = list(depth) if is_container else [depth]
+        if any(isinstance(item, (list, tuple)) and not _is_map_as_nested_list(item) for item in entries):  # per sample
             nested = isinstance(images, (list, tuple)) and all(isinstance(s, (list, tuple)) for s in images)
             sizes = [len(sample) for sample in images] if nested else [None] * len(entries)
             if len(sizes) != len(entries):
                 raise ValueError(f"Got depth for {len(entries)} samples but images for {len(sizes)}.")
             samples, entries = entries, []
             for index, (sample, size) in enumerate(zip(samples, sizes)):
-                if not isinstance(sample, (list, tuple)):
+                if not isinstance(sample, (list, tuple)) or _is_map_as_nested_list(sample):
                     sample = [None] * (size or 1) if sample is None else [sample]
                 if size is not None and len(sample) != size:
                     raise ValueError(
@@ -508,10 +554,11 @@ class Qwen2_5_VLDepthProcessor(Qwen2_5_VLProcessor):
                 "without depth)."
             )
         for index, entry in enumerate(entries):
-            if entry is not None and not isinstance(entry, DEPTH_MAP_TYPES):
+            if entry is not None and not isinstance(entry, DEPTH_MAP_TYPES) and not _is_map_as_nested_list(entry):
                 raise TypeError(
                     f"Depth map {index} is a {type(entry).__name__}: a depth map is an array, tensor, PIL image, "
-                    "encoded image bytes or file path (lists hold one map per image, or one list per sample)."
+                    "encoded image bytes, file path or nested lists of numbers (its rows); other lists hold one map "
+                    "per image, or one list per sample."
                 )
         return entries
 
@@ -564,6 +611,24 @@ class Qwen2_5_VLDepthProcessor(Qwen2_5_VLProcessor):
             grid_h // merge_size, merge_size, patch_size, grid_w // merge_size, merge_size, patch_size
         ).permute(0, 3, 1, 4, 2, 5)  # (gh/m, gw/m, m, m, p, p): the order of the image processor's patchify
         return patches.reshape(grid_h * grid_w, patch_size * patch_size).numpy()
+
+    def apply_chat_template(self, conversation, *args, **kwargs):
+        """Qwen2.5-VL's, refusing depth given twice: as `depth=` and inside the image blocks of the messages."""
+        processor_kwargs = kwargs.get("processor_kwargs") or {}
+        given_places = (kwargs, processor_kwargs, processor_kwargs.get("images_kwargs") or {})
+        if any(place.get("depth") is not None for place in given_places):
+            conversations, _ = self._normalize_conversations(conversation)
+            if any(
+                isinstance(block, dict) and block.get("type") == "image" and block.get("depth") is not None
+                for messages in conversations
+                for message in messages
+                for block in (message.get("content") if isinstance(message.get("content"), list) else [])
+            ):
+                raise ValueError(
+                    "Depth was given both as depth= and inside the image blocks of the messages: give each map in "
+                    "one place, its image block ({'type': 'image', 'image': ..., 'depth': ...}) or depth=."
+                )
+        return super().apply_chat_template(conversation, *args, **kwargs)
 
     def _multimodal_inputs_from_conversations(self, conversations, audio_loading_params, load_audio_from_video=False):
         """Also collect depth given inside image blocks: `{"type": "image", "image": ..., "depth": ...}`."""

@@ -6,6 +6,7 @@ import os
 import re
 
 import gradio as gr
+import huggingface_hub
 import numpy as np
 import pytest
 import torch
@@ -200,6 +201,31 @@ def test_bad_input_is_a_gradio_error_with_the_processors_message(loaded, example
     for image_in, question_in, message in [(None, question, "Upload an RGB image"), (image, " ", "Type a question")]:
         with pytest.raises(gr.Error, match=message):
             app.respond(model, processor, image_in, None, question_in)
+
+
+def test_an_estimator_that_cannot_load_is_a_page_error_with_the_reason(loaded, examples, monkeypatch):
+    model, _ = loaded
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # a hub id, offline: as on a cut-off Space
+    processor = reconfigured(loaded[1], depth_estimator="no-such-user/no-such-depth-model")
+    image = Image.open(examples[0][0])
+    with pytest.raises(OSError) as plain_error:
+        app.answer_question(model, processor, image, QUESTION)
+    with pytest.raises(gr.Error) as page_error:
+        app.respond(model, processor, image, None, QUESTION)
+    assert page_error.value.message == str(plain_error.value)
+    assert page_error.value.message.startswith(
+        "Could not load the depth estimator 'no-such-user/no-such-depth-model' (is it downloaded, or the hub "
+        "reachable?). Pass depth= explicitly or configure another estimator. Cause: "
+    )
+
+
+def test_the_page_shows_unexpected_errors(loaded, monkeypatch):
+    """`show_error`: an error that is not a `gr.Error` still reaches the page with its message."""
+    launched = {}
+    monkeypatch.setattr(app, "load_model", lambda model_id: loaded)
+    monkeypatch.setattr(gr.Blocks, "launch", lambda demo, **kwargs: launched.update(kwargs))
+    app.main(["--model", "some/model"])
+    assert launched["show_error"] is True
 
 
 def test_colour_map_shows_unmeasured_pixels_grey(loaded):

@@ -1,6 +1,7 @@
 """Qwen2_5_VLDepthForConditionalGeneration on tiny random configs: equivalences, gradients, generation, positions."""
 
 import copy
+import json
 
 import pytest
 import torch
@@ -564,6 +565,55 @@ class TestBaseCheckpointLoading:
         save_file(state, tmp_path / "model.safetensors", metadata={"format": "pt"})
         with pytest.raises(ValueError, match=f"lacks 1 depth weights, e.g. \\['{dropped}'\\]"):
             Qwen2_5_VLDepthForConditionalGeneration.from_pretrained(tmp_path)
+
+    def test_a_config_without_depth_fusion_names_the_missing_key(self, depth_models, tmp_path):
+        model, _ = depth_models["concat"]
+        model.save_pretrained(tmp_path)
+        config = json.loads((tmp_path / "config.json").read_text())
+        del config["depth_fusion"]
+        (tmp_path / "config.json").write_text(json.dumps(config))
+        with pytest.raises(ValueError) as error:
+            Qwen2_5_VLDepthForConditionalGeneration.from_pretrained(tmp_path)
+        assert str(error.value) == (
+            f"The config.json of {tmp_path} has no 'depth_fusion' key, so it loaded as the default 'add', whose depth "
+            "weights the checkpoint lacks (e.g. ['model.depth_gate.gate']): add the 'depth_fusion' it was saved with "
+            "to its config.json, or pass depth_fusion=... to from_pretrained."
+        )
+        reloaded = Qwen2_5_VLDepthForConditionalGeneration.from_pretrained(tmp_path, depth_fusion="concat")
+        for name, value in model.state_dict().items():
+            assert torch.equal(reloaded.state_dict()[name], value), name
+
+    @pytest.mark.parametrize("fusion", ["add", "concat", "rgbd"])
+    def test_from_pretrained_without_a_checkpoint_takes_config_and_state_dict(self, depth_models, fusion):
+        """transformers' `test_from_pretrained_no_checkpoint`: no folder, the weights come as `state_dict=`."""
+        model, _ = depth_models[fusion]
+        reloaded = Qwen2_5_VLDepthForConditionalGeneration.from_pretrained(
+            pretrained_model_name_or_path=None, config=model.config, state_dict=model.state_dict()
+        )
+        for name, value in model.state_dict().items():
+            assert torch.equal(reloaded.state_dict()[name], value), name
+        without_gate_or_depth_channel = {
+            key: value
+            for key, value in model.state_dict().items()
+            if not key.startswith(("model.depth_gate.", "model.depth_patch_embed."))
+        }
+        if fusion != "concat":  # concat's only depth module is the encoder, which the state dict keeps
+            with pytest.raises(ValueError, match="None is a depth model checkpoint but lacks 1 depth weights"):
+                Qwen2_5_VLDepthForConditionalGeneration.from_pretrained(
+                    None, config=model.config, state_dict=without_gate_or_depth_channel
+                )
+
+    @pytest.mark.parametrize("fusion", ["add", "concat", "rgbd"])
+    def test_a_checkpoint_without_any_weight_reports_every_key_missing(self, depth_models, tmp_path, fusion):
+        """transformers' `test_model_weights_reload_no_missing_tied_weights`: every weight is reported missing (no
+        depth error: the base weights are missing too)."""
+        model, _ = depth_models[fusion]
+        model.save_pretrained(tmp_path)
+        save_file({"tensor": torch.tensor([1, 2])}, tmp_path / "model.safetensors", metadata={"format": "pt"})
+        reloaded, info = Qwen2_5_VLDepthForConditionalGeneration.from_pretrained(tmp_path, output_loading_info=True)
+        assert set(info["missing_keys"]) == set(reloaded.state_dict())  # every weight, the depth modules' among them
+        assert any(key.startswith(DEPTH_MODULE_PREFIXES) for key in info["missing_keys"])
+        assert set(info["unexpected_keys"]) == {"tensor"}
 
     def test_concat_checkpoint_loads_as_add_with_a_new_closed_gate(self, depth_models, tmp_path):
         model, _ = depth_models["concat"]

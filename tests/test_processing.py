@@ -139,6 +139,63 @@ class TestDepthInputs:
         fraction_invalid = (values == 0).float().mean().item()
         assert abs(fraction_invalid - 30 / 100) < 0.08  # nearest resize keeps roughly the masked rows
 
+    def test_a_npy_path_is_read_like_its_array(self, add_processor, tmp_path):
+        millimetres = np.round(DEPTH * 1000).astype(np.uint16)
+        np.save(tmp_path / "metres.npy", DEPTH)
+        with open(tmp_path / "millimetres.NPY", "wb") as file:  # np.save would append ".npy"
+            np.save(file, millimetres)
+        assert torch.equal(
+            depth_values(add_processor, str(tmp_path / "metres.npy")), depth_values(add_processor, DEPTH)
+        )
+        assert torch.equal(
+            depth_values(add_processor, tmp_path / "millimetres.NPY"), depth_values(add_processor, millimetres)
+        )
+
+    def test_a_map_written_as_nested_lists_is_one_map(self, add_processor):
+        rows = DEPTH.tolist()  # float64 metres, like the array
+        reference = make_inputs(add_processor, [[IMAGE], [SQUARE]], [[DEPTH], [SQUARE_DEPTH]])
+        for depth in ([[rows], [SQUARE_DEPTH.tolist()]], [rows, SQUARE_DEPTH.tolist()], [rows, [SQUARE_DEPTH]]):
+            inputs = make_inputs(add_processor, [[IMAGE], [SQUARE]], depth)
+            assert torch.equal(inputs["depth_values"], reference["depth_values"])
+        for depth in (rows, [rows], [[rows]]):  # bare, in a flat list, in a sample's list
+            inputs = make_inputs(add_processor, [[IMAGE]], depth)
+            assert torch.equal(inputs["depth_values"], reference["depth_values"][:48])
+        mixed = make_inputs(add_processor, [[IMAGE], [SQUARE]], [rows, None])
+        assert mixed["image_has_depth"].tolist() == [True, False]
+        messages = chat("How far is it?")
+        messages[0]["content"][0] = {"type": "image", "image": IMAGE, "depth": rows}
+        from_messages = add_processor.apply_chat_template(
+            messages, tokenize=True, return_dict=True, add_generation_prompt=True, return_tensors="pt"
+        )
+        assert torch.equal(from_messages["depth_values"], reference["depth_values"][:48])
+
+    def test_masked_pixels_of_a_masked_array_are_invalid(self, add_processor):
+        readings = DEPTH.copy()
+        readings[:30] = 5.0  # what the masked pixels hold: not readings, however plausible (or negative)
+        readings[30:40] = -1.0
+        masked = np.ma.masked_array(readings, mask=np.zeros(readings.shape, bool))
+        masked[:40] = np.ma.masked
+        holes = DEPTH.copy()
+        holes[:40] = 0
+        np.testing.assert_array_equal(depth_to_meters(masked), holes)
+        assert torch.equal(depth_values(add_processor, masked), depth_values(add_processor, holes))
+        millimetres = np.ma.masked_array(np.round(DEPTH * 1000).astype(np.uint16), mask=masked.mask)
+        np.testing.assert_array_equal(depth_to_meters(millimetres)[:40], 0)
+        with pytest.raises(ValueError, match=r"Depth has 5600 invalid pixels \(0, NaN, inf or masked\)"):
+            depth_to_meters(masked, invalid_depth="error")
+
+    def test_minus_inf_is_invalid_like_plus_inf(self, add_processor):
+        infinite = {sign: DEPTH.copy() for sign in (1, -1)}
+        for sign, depth in infinite.items():
+            depth[:10] = sign * np.inf
+        holes = DEPTH.copy()
+        holes[:10] = 0
+        for depth in infinite.values():
+            np.testing.assert_array_equal(depth_to_meters(depth), holes)
+            with pytest.raises(ValueError, match=r"Depth has 1400 invalid pixels"):
+                depth_to_meters(depth, invalid_depth="error")
+        assert torch.equal(depth_values(add_processor, infinite[-1]), depth_values(add_processor, holes))
+
     def test_depth_in_chat_messages_equals_depth_argument(self, add_processor):
         messages = chat("How far is it?")
         messages[0]["content"][0] = {"type": "image", "image": IMAGE, "depth": DEPTH}
@@ -359,12 +416,44 @@ class TestBadInput:
             (DEPTH[:, :0], r"must not be empty; got shape \(100, 0\)"),
             ("/no/such/depth.png", "does not exist"),
             (b"not a png", "Depth bytes are not an image file"),
-            (DEPTH.tolist(), "Depth map 0 is a list"),
+            ([[1.0, 2.0], [3.0]], "Depth map 0: A depth map given as nested lists must have rows of equal length"),
+            ([[1.0, None], [3.0, 4.0]], "Depth map 0: A depth map given as nested lists must hold only numbers"),
+            (np.round(DEPTH * 1000).astype(int).tolist(), "Depth map 0: Depth of dtype int64 has no known unit"),
+            ([[DEPTH.tolist()]], "Depth map 0 is a list: a depth map is an array, tensor"),
         ],
     )
     def test_bad_depth_is_a_clear_error(self, add_processor, depth, message):
         with pytest.raises((ValueError, TypeError, FileNotFoundError), match=message):
             depth_values(add_processor, depth)
+
+    def test_a_flat_list_of_numbers_is_no_map(self):
+        with pytest.raises(ValueError, match=r"^A depth map must be 2-D \(H, W\) or \(1, H, W\); got shape \(3,\)"):
+            depth_to_meters([1.0, 2.0, 3.0])
+
+    def test_depth_files_that_are_no_depth_say_what_they_are(self, add_processor, tmp_path):
+        np.save(tmp_path / "objects.npy", np.array([{"depth": 1}], dtype=object), allow_pickle=True)
+        (tmp_path / "notes.png").write_text("not an image")
+        (tmp_path / "depth.npy").mkdir()
+        with pytest.raises(IsADirectoryError, match=r"^Depth map 0: Depth path '.*depth\.npy' is a directory, not a"):
+            depth_values(add_processor, str(tmp_path / "depth.npy"))
+        with pytest.raises(ValueError, match=r"^Depth map 0: Depth file '.*objects\.npy' is not a readable \.npy"):
+            depth_values(add_processor, tmp_path / "objects.npy")
+        with pytest.raises(ValueError, match=r"^Depth map 0: Depth file '.*notes\.png' is not an image file \(exp"):
+            depth_values(add_processor, tmp_path / "notes.png")
+
+    def test_depth_both_as_argument_and_in_the_image_block_is_refused(self, add_processor):
+        messages = chat("How far is it?")
+        messages[0]["content"][0] = {"type": "image", "image": IMAGE, "depth": DEPTH}
+        expected = (
+            "Depth was given both as depth= and inside the image blocks of the messages: give each map in one place, "
+            "its image block ({'type': 'image', 'image': ..., 'depth': ...}) or depth=."
+        )
+        for given in ({"depth": [DEPTH]}, {"processor_kwargs": {"images_kwargs": {"depth": [DEPTH]}}}):
+            with pytest.raises(ValueError) as error:
+                add_processor.apply_chat_template(
+                    messages, tokenize=True, return_dict=True, add_generation_prompt=True, **given
+                )
+            assert str(error.value) == expected
 
     def test_errors_name_the_map(self, add_processor):
         with pytest.raises(ValueError, match="Depth map 1: Depth has 14000 negative values"):
@@ -432,6 +521,27 @@ class TestModelHandshake:
                 depth_values=inputs["depth_values"],
                 image_grid_thw=inputs["image_grid_thw"],
             )
+
+    def test_generate_refuses_depth_without_image_like_forward(self, depth_models):
+        model, processor = depth_models["add"]
+        inputs = make_inputs(processor, [[IMAGE]], [[DEPTH]])
+        text = {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"]}
+        for depth in ({"depth_values": inputs["depth_values"]}, {"image_has_depth": inputs["image_has_depth"]}):
+            with pytest.raises(ValueError, match="^depth_values were given without pixel_values: depth is encoded"):
+                model.generate(**text, **depth, image_grid_thw=inputs["image_grid_thw"], max_new_tokens=2)
+
+    def test_concat_prompt_of_images_with_depth_but_no_depth_names_depth(self, depth_models):
+        model, processor = depth_models["concat"]
+        inputs = make_inputs(processor, [[IMAGE]], [[DEPTH]])
+        without_depth = {key: value for key, value in inputs.items() if key not in ("depth_values", "image_has_depth")}
+        for depth_inputs in ({**inputs, "image_has_depth": torch.tensor([False])}, without_depth):
+            with pytest.raises(ValueError) as error:
+                model(**depth_inputs)
+            assert str(error.value).startswith(
+                "Image features and image tokens do not match, tokens: 24, features: 12. With depth_fusion='concat' "
+                "an image with depth has twice its image placeholders (its RGB tokens, then its depth tokens)"
+            )
+            assert "disagree on which images have depth" in str(error.value)
 
     def test_depth_on_the_wrong_grid(self, depth_models):
         model, processor = depth_models["add"]
