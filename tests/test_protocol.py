@@ -297,3 +297,39 @@ def test_the_readable_rate_is_reported_per_type():
     result = {"metrics": {"per_type": {"closer": {"num_samples": 8, "num_unparseable": 2, "accuracy": 0.5}},
                           "overall": {}}, "predictions": []}  # fmt: skip
     assert summary_of(result)["per_type"]["closer"]["readable"] == pytest.approx(0.75)
+
+
+# ---- scene conversations -------------------------------------------------------------------------------------------
+def test_a_scenes_questions_become_one_conversation_whose_every_answer_is_a_target(world_dir, depth_models):
+    from training.collator import IGNORE_INDEX, DepthVLMCollator
+    from training.experiment.conversations import SCENE_CONVERSATION_TYPE, scene_conversations
+    from training.load import load_rows
+
+    rows = load_rows(world_dir)
+    conversations = scene_conversations(rows)
+    unmarked = [i for i, marker in enumerate(rows["marker"]) if not marker]
+    scenes = {rows["scene_id"][i] for i in unmarked}
+    assert len(conversations) == len(scenes) + len(rows) - len(unmarked)  # marked rows stay on their own
+    by_scene = {}
+    for index in unmarked:
+        by_scene.setdefault(rows["scene_id"][index], []).append(index)
+    processor = depth_models["add"][1]
+    collator = DepthVLMCollator(processor)
+    for row in conversations:
+        originals = by_scene.get(row["scene_id"]) if not row["marker"] else None
+        if not originals or len(originals) == 1:
+            continue
+        assert row["question_type"] == SCENE_CONVERSATION_TYPE
+        roles = [message["role"] for message in row["messages"]]
+        assert roles == ["user", "assistant"] * len(originals)
+        images = [part for message in row["messages"] for part in message["content"] if part["type"] == "image"]
+        assert len(images) == 1 and row["messages"][0]["content"][0]["type"] == "image"
+        answers = [row["messages"][2 * turn + 1]["content"][0]["text"] for turn in range(len(originals))]
+        assert answers == [rows["answer"][index] for index in originals]
+        # One image in the inputs, and every answer (with its <|im_end|>) is a training target.
+        batch = collator([row])
+        assert batch["image_grid_thw"].shape[0] == 1 and batch["image_has_depth"].tolist() == [True]
+        targets = processor.tokenizer.decode(batch["labels"][0][batch["labels"][0] != IGNORE_INDEX])
+        assert targets == "".join(f"{answer}<|im_end|>" for answer in answers)
+    limited = scene_conversations(rows, max_turns=2)
+    assert max(len(row["messages"]) for row in limited) == 4

@@ -99,6 +99,9 @@ class Preset:
     # "world": merges from the world's own questions and answers (`training.world.question_corpus`), a token per
     # word as in a real model's vocabulary, and sequences 1.8x shorter.
     tokenizer_corpus: str | None = None
+    # Stages 0 and 2 train on each scene's unmarked questions as the turns of one conversation (the image encoded
+    # once per scene: training.experiment.conversations); evaluation still asks each question alone.
+    scene_conversations: bool = False
 
 
 PRESETS = {

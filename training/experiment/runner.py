@@ -15,6 +15,7 @@ from pathlib import Path
 
 from training import world
 from training.controls import with_uninformative_depth
+from training.experiment.conversations import scene_conversations
 from training.experiment.presets import RGB_ONLY_QUESTION_TYPES, Preset
 from training.experiment.protocol import check_rendered_alike, check_test_world_unexplored
 from training.experiment.report import (
@@ -176,6 +177,18 @@ class Experiment:
             rows = concatenate_datasets([rows, scene_descriptions(rows)])
             target.mkdir(parents=True, exist_ok=True)
             rows.to_parquet(str(target / "rows.tmp.parquet"))
+            os.replace(target / "rows.tmp.parquet", done)
+        return target
+
+    def conversation_rows(self, source: Path, name: str) -> Path:
+        """`source`'s rows with each scene's unmarked questions as one conversation (`scene_conversations`)."""
+        target = self.out / "data" / name
+        done = target / "rows.parquet"
+        if not done.exists():
+            from training.load import load_rows
+
+            target.mkdir(parents=True, exist_ok=True)
+            scene_conversations(load_rows(source)).to_parquet(str(target / "rows.tmp.parquet"))
             os.replace(target / "rows.tmp.parquet", done)
         return target
 
@@ -383,6 +396,10 @@ class Experiment:
             pairs[10] = self.world("pairs-10x", "train", 10 * preset.pair_scenes)
         rgb_train = self.stage0_rows(train, "train-stage0")
         rgb_val = self.stage0_rows(val, "val-stage0")
+        sft_train = train  # stage 2's rows; the constant baseline is always fitted on the world's own rows
+        if preset.scene_conversations:
+            rgb_train = self.conversation_rows(rgb_train, "train-stage0-conversations")
+            sft_train = self.conversation_rows(train, "train-conversations")
         for set_name, folder in eval_folders.items():
             self.evaluate_constant(train, eval_sets[set_name], folder)
 
@@ -433,7 +450,7 @@ class Experiment:
                     if level
                     else None
                 )
-            rows_path = self.uninformative_rows(train) if rows == "uninformative" else train
+            rows_path = self.uninformative_rows(sft_train) if rows == "uninformative" else sft_train
             model = self.sft(arm, seed, base, start, rows_path, val, name)
             for set_name, folder in (eval_folders or {"test": self.eval_folder}).items():
                 data = eval_sets[set_name]
