@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -13,8 +14,9 @@ from PIL import Image
 from tests.conftest import reconfigured
 from training import evaluate
 from training.answers import match_choice, match_order, normalize_answer, parse_count, parse_length, unit_to_metres
-from training.benchmarks import SpatialSample, load_image, read_benchmark
+from training.benchmarks import SpatialSample, load_depth, load_image, read_benchmark
 from training.build_depth_model import build_depth_model
+from training.depth_png import decode_depth_cell
 from training.make_world import WorldConfig, write_dataset
 from training.tiny import save_tiny_depth_anything
 
@@ -448,3 +450,34 @@ def test_scores_are_finite_numbers_or_none(hand_made_results):
     for metrics in [hand_made_results["metrics"]["overall"], *hand_made_results["metrics"]["per_type"].values()]:
         for key in ("delta1", "abs_rel", "within_2x", "accuracy"):
             assert metrics[key] is None or math.isfinite(metrics[key])
+
+
+@pytest.mark.parametrize("override", ["shuffled", "constant"])
+def test_a_depth_override_reaches_the_model_and_the_results(
+    depth_model_folder, world_24, tmp_path, monkeypatch, override
+):
+    """`--depth-override`: every question is asked with another scene's depth (shuffled) or one constant map, and the
+    results say so."""
+    from training.controls import UNINFORMATIVE_DEPTH_M, scene_of
+
+    seen = []
+    original = evaluate.answer_samples
+
+    def spy(model, processor, samples, **kwargs):
+        seen.extend(samples)
+        return original(model, processor, samples, **kwargs)
+
+    monkeypatch.setattr(evaluate, "answer_samples", spy)
+    out = tmp_path / override
+    results = evaluate.main(
+        ["run", "--model", str(depth_model_folder), "--data", str(world_24), "--out", str(out), "--limit", "12"]
+        + ["--depth-override", override, "--max-new-tokens", "4", "--device", "cpu", "--no-progress"]
+    )
+    assert results["depth_override"] == override and results["depth_source"] == {"dataset": 12}
+    own = {scene_of(s): decode_depth_cell(s.depth) for s in read_benchmark("world", world_24).samples[:12]}
+    for sample in seen:
+        depth = load_depth(sample.depth)
+        if override == "constant":
+            assert np.all(depth == UNINFORMATIVE_DEPTH_M)
+        else:
+            assert not np.array_equal(depth, own[scene_of(sample)])
