@@ -102,6 +102,9 @@ class Preset:
     # Stages 0 and 2 train on each scene's unmarked questions as the turns of one conversation (the image encoded
     # once per scene: training.experiment.conversations); evaluation still asks each question alone.
     scene_conversations: bool = False
+    # Arms whose seed-0 model is exported as a Hub-ready folder (`training.export`) into `out/models/<arm>`, small
+    # enough to commit, so anyone can re-evaluate them on a freshly rendered test set.
+    shipped_arms: tuple[str, ...] = ()
 
 
 PRESETS = {
@@ -222,6 +225,7 @@ PRESETS["cpu-fair"] = replace(
     whole_pipeline_seeds=True,
     depth_controls=True,
     capacity_controls=("add",),
+    shipped_arms=("none", "add"),
     single_seed_arms=(),
     alignment_ablations=(),
 )

@@ -466,8 +466,19 @@ class Experiment:
                 self.report(results, wall_s=time.perf_counter() - started)
 
         self.in_parallel(plan, run_arm)
+        for arm in preset.shipped_arms:
+            self.ship(arm)
         self.report(results, wall_s=time.perf_counter() - started)
         return results
+
+    def ship(self, arm: str, seed: int = 0) -> Path:
+        """`arm`'s seed-`seed` model as a Hub-ready folder (safetensors, config with auto_map, code files,
+        processor, card) in `out/models/<arm>`."""
+        folder = self.out / "models" / arm
+        args = ["--model", str(self.out / "sft" / f"{arm}-seed{seed}" / "model"), "--out", str(folder)]
+        args += ["--model-name", f"{arm} ({self.out.name}, seed {seed})"]
+        self.run(f"ship-{arm}", "training.export", args, folder / "config.json")
+        return folder
 
     def in_parallel(self, jobs: list[tuple], function) -> None:
         """`function(*job)` for every job, in order, `parallel_runs` at a time; the first failure stops the rest."""
