@@ -33,6 +33,14 @@ def main(argv: list[str] | None = None) -> dict:
         "--depth-warmup-steps", type=int, default=None, help="override the preset's depth_warmup_steps (H2)"
     )
     parser.add_argument(
+        "--tokenizer-corpus", choices=["world"], default=None, help="override the preset's tokenizer_corpus"
+    )
+    parser.add_argument(
+        "--scene-conversations", choices=["true", "false"], default=None, help="override scene_conversations"
+    )
+    parser.add_argument("--no-capacity-control", action="store_true", help="skip the capacity-matched control arm")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per stage (override the preset's)")
+    parser.add_argument(
         "--shared-stages", type=Path, default=None, help="reuse the data and stage 0 of this experiment folder"
     )
     parser.add_argument("--launcher", default="", help='e.g. "accelerate launch --num_processes 8"')
@@ -57,6 +65,14 @@ def main(argv: list[str] | None = None) -> dict:
         overrides["depth_lr"] = args.depth_lr
     if args.depth_warmup_steps is not None:
         overrides["depth_warmup_steps"] = args.depth_warmup_steps
+    if args.tokenizer_corpus:
+        overrides["tokenizer_corpus"] = args.tokenizer_corpus
+    if args.scene_conversations:
+        overrides["scene_conversations"] = args.scene_conversations == "true"
+    if args.no_capacity_control:
+        overrides["capacity_controls"] = ()
+    if args.threads:
+        overrides["threads"] = args.threads
     preset = replace(preset, **overrides)
     out = args.out or Path("runs") / f"experiment_{args.preset}"
     experiment = Experiment(preset, out, args.launcher, shared_stages=args.shared_stages)

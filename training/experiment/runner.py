@@ -67,10 +67,13 @@ class Experiment:
         return seed if self.preset.whole_pipeline_seeds else 0
 
     def link_shared_stages(self) -> None:
-        """Use the data and stage 0 of another experiment folder of the same preset (a stage-2 variant then costs
-        only its SFT runs and evaluations): links in `out` to them, where `out` has none of its own."""
-        for relative in ("data", "stage0"):
+        """Use the data, stage 0 and (where it has one) alignment of another experiment folder of the same preset (a
+        stage-2 variant then costs only its SFT runs and evaluations): links in `out` to them, where `out` has none
+        of its own."""
+        for relative in ("data", "stage0", "align"):
             source, link = (self.shared_stages / relative).resolve(), self.out / relative
+            if relative == "align" and not source.exists():
+                continue  # aligned here, then
             if not source.exists():
                 raise FileNotFoundError(
                     f"--shared-stages {self.shared_stages} has no {relative}: run its stages first."
