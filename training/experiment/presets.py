@@ -213,7 +213,8 @@ PRESETS["cpu-depth-900"] = replace(
 # Issue 21's protocol on issue 14's recipe: stage 2 on all 12 question types (no forgetting), test rendered like
 # training from an unexplored world seed, recipes chosen on 1,000 validation scenes (500 questions per type), the
 # constant baseline and the depth controls beside every arm, and seeds that vary the whole pipeline. `cpu-fair`
-# evaluates on validation only (the preset to choose a recipe with); `cpu-fair-final` reads the test set too.
+# evaluates on validation only (the preset to choose a recipe with); `cpu-fair-final` reads the test set instead,
+# once, with the recipe chosen there.
 PRESETS["cpu-fair"] = replace(
     PRESETS["cpu-depth"],
     sft_question_types=None,
@@ -229,7 +230,7 @@ PRESETS["cpu-fair"] = replace(
     single_seed_arms=(),
     alignment_ablations=(),
 )
-PRESETS["cpu-fair-final"] = replace(PRESETS["cpu-fair"], evaluate_test=True)
+PRESETS["cpu-fair-final"] = replace(PRESETS["cpu-fair"], evaluate_val=False, evaluate_test=True)
 # The README's demo: `tiny` at smoke scale, one seed, RGB-only against depth `add`, no ablations (part of a 10-minute
 # CPU job). The sequential stages get every core; the two SFT runs and their evaluations go side by side, one core each.
 PRESETS["demo"] = replace(
