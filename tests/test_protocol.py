@@ -73,7 +73,7 @@ class RecordedExperiment:
 
 
 def small_fair_preset(**overrides):
-    return replace(PRESETS["cpu-fair-final"], parallel_runs=1, **overrides)
+    return replace(PRESETS["cpu-fair-final"], **{"parallel_runs": 1, **overrides})
 
 
 def test_every_set_is_rendered_like_training_and_the_test_scenes_are_unexplored(tmp_path, monkeypatch):
@@ -339,3 +339,27 @@ def test_a_scenes_questions_become_one_conversation_whose_every_answer_is_a_targ
         assert targets == "".join(f"{answer}<|im_end|>" for answer in answers)
     limited = scene_conversations(rows, max_turns=2)
     assert max(len(row["messages"]) for row in limited) == 4
+
+
+def test_side_by_side_each_arm_starts_after_its_own_seeds_stages(tmp_path, monkeypatch):
+    """parallel_runs=2 over 3 pipeline seeds: one queue, no idle wait on the other seeds' stages, no deadlock."""
+    import time
+
+    recorded = RecordedExperiment(monkeypatch, small_fair_preset(seeds=(0, 1, 2), parallel_runs=2), tmp_path)
+    original = Experiment.run
+    events = []  # ("start" | "end", stage name), in time order
+
+    def slow_stage0(experiment, name, module, args, done, launch=False, shared=False):
+        events.append(("start", name))
+        if name.startswith("stage0-seed"):
+            time.sleep(0.05 * (1 + int(name[-1])))
+        original(experiment, name, module, args, done, launch, shared)
+        events.append(("end", name))
+
+    monkeypatch.setattr(Experiment, "run", slow_stage0)
+    recorded()
+    for seed in (0, 1, 2):
+        for arm in ("none", "add"):
+            assert events.index(("end", f"align-dense-seed{seed}")) < events.index(("start", f"sft-{arm}-seed{seed}"))
+    # Two seeds' shared stages ran side by side: seed 1's stage 0 started before seed 0's had finished.
+    assert events.index(("start", "stage0-seed1")) < events.index(("end", "stage0-seed0"))

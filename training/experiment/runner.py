@@ -410,18 +410,20 @@ class Experiment:
         pipeline_seeds = sorted({self.pipeline_seed(seed) for seed in (*preset.seeds, *preset.ablation_seeds)})
         bases, alignments = {}, {}
 
-        def shared_stages(seed: int, shared: bool) -> None:
+        def shared_stages(seed: int) -> None:
+            # Several seeds' stages go side by side, each on its share of the cores; a single seed's get them all.
+            shared = len(pipeline_seeds) > 1
             bases[seed] = self.stage0(rgb_train, rgb_val, train, val, seed=seed, shared=shared)
             alignments[seed] = (
                 self.align(bases[seed], pairs[1], val, preset.main_alignment, preset.main_alignment, shared, seed)
                 if preset.main_alignment
                 else None  # the depth arms build their encoder from the base (a copy of its RGB tower)
             )
+
+        def evaluate_base(seed: int) -> None:
             # The base before any spatial SFT: what the RGB questions start from, and the answer priors.
             for set_name, folder in eval_folders.items():
                 self.evaluate(bases[seed].parent / "model", eval_sets[set_name], f"{STAGE0_ARM}-seed{seed}", folder)
-
-        self.in_parallel([(seed, len(pipeline_seeds) > 1) for seed in pipeline_seeds], shared_stages)
 
         # Seed-major, so every arm has a result before any arm has three: an interrupted run still compares arms.
         arm_seeds = [(arm, seed) for seed in preset.seeds for arm in preset.arms]
@@ -443,6 +445,7 @@ class Experiment:
         report_lock = threading.Lock()
 
         def run_arm(name: str, arm: str, start, seed: int, rows: str) -> None:
+            shared_jobs[self.pipeline_seed(seed)].result()  # its seed's stage 0 and alignment (re-raises a failure)
             base = bases[self.pipeline_seed(seed)]
             if start == "main":
                 start = alignments[self.pipeline_seed(seed)]
@@ -468,7 +471,19 @@ class Experiment:
                 # Written after every run, so an interrupted experiment still leaves what it has measured.
                 self.report(results, wall_s=time.perf_counter() - started)
 
-        self.in_parallel(plan, run_arm)
+        # One queue, `parallel_runs` at a time: each seed's shared stages, then the arms (each waits for its seed's
+        # stages, which were queued before it, so a core never idles while another seed's stage 0 could run), then
+        # the bases' evaluations.
+        with ThreadPoolExecutor(max_workers=preset.parallel_runs) as pool:
+            shared_jobs = {seed: pool.submit(shared_stages, seed) for seed in pipeline_seeds}
+            jobs = [*shared_jobs.values(), *(pool.submit(run_arm, *step) for step in plan)]
+            jobs += [pool.submit(evaluate_base, seed) for seed in pipeline_seeds]
+            try:
+                for job in jobs:
+                    job.result()
+            except BaseException:
+                pool.shutdown(cancel_futures=True)  # jobs not yet started never start; those running finish
+                raise
         for arm in preset.shipped_arms:
             self.ship(arm)
         self.report(results, wall_s=time.perf_counter() - started)
@@ -482,17 +497,6 @@ class Experiment:
         args += ["--model-name", f"{arm} ({self.out.name}, seed {seed})"]
         self.run(f"ship-{arm}", "training.export", args, folder / "config.json")
         return folder
-
-    def in_parallel(self, jobs: list[tuple], function) -> None:
-        """`function(*job)` for every job, in order, `parallel_runs` at a time; the first failure stops the rest."""
-        with ThreadPoolExecutor(max_workers=self.preset.parallel_runs) as pool:
-            futures = [pool.submit(function, *job) for job in jobs]
-            try:
-                for future in futures:
-                    future.result()
-            except BaseException:
-                pool.shutdown(cancel_futures=True)  # jobs not yet started never start; those running finish
-                raise
 
     def report_existing(self) -> dict:
         """Rebuild the report from the evaluations already on disk (for an interrupted experiment)."""
