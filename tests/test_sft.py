@@ -24,8 +24,9 @@ from transformers import AutoModelForImageTextToText, BitsAndBytesConfig, Qwen2_
 
 from modeling_qwen2_5_vl_depth import Qwen2_5_VLDepthForConditionalGeneration
 from training.build_depth_model import build_depth_model
+from training.checkpoints import resume_checkpoint
 from training.collator import IGNORE_INDEX, DepthVLMCollator
-from training.load import load_rows, resume_checkpoint
+from training.data_files import load_rows
 from training.sft import (
     UNQUANTIZED_MODULES,
     build_trainer,

@@ -17,7 +17,8 @@ synthetic image (with depth when the model has depth); its logits must equal thi
 (`reload_in_fresh_process`, which `training.demo` uses to ask the exported model a question).
 
 Base model: the card's `base_model` is the Hub model the depth model was built from, as its config records it
-(`base_model_name_or_path`, written by `training.load.load_depth_model` and kept through alignment, SFT and merging).
+(`base_model_name_or_path`, written by `training.model_loading.load_depth_model` and kept through alignment, SFT
+and merging).
 A model built from a local folder names no `base_model` (a path means nothing on the Hub); `--base-model` overrides.
 
 Licence: `--license` sets it. Without it, a known base's licence is used (Qwen2.5-VL-3B-Instruct: "qwen-research",
@@ -166,14 +167,14 @@ def build_model_card(
 ):
     """The filled model card (`huggingface_hub.ModelCard`) of a depth model and its evaluation results.
 
-    `base_model`: the Hub id it derives from; by default the one its config records (`training.load.hub_base_model`),
-    none for a model built from a local folder.
+    `base_model`: the Hub id it derives from; by default the one its config records
+    (`training.provenance.hub_base_model`), none for a model built from a local folder.
     """
     from huggingface_hub import ModelCard, ModelCardData
 
     from modeling_qwen2_5_vl_depth import DEPTH_MODULE_PREFIXES
     from training.evaluate import ANSWER_INSTRUCTION
-    from training.load import hub_base_model
+    from training.provenance import hub_base_model
 
     config = model.config
     base_model = base_model or hub_base_model(config)
@@ -358,9 +359,9 @@ def _prepare_out_dir(out: Path, source: Path, overwrite: bool) -> None:
 
 def load_exportable_model(model_dir: str | Path):
     """The source folder's depth model (its saved dtype, eval mode) and processor, through the checkout's classes
-    (`training.load.load_depth_model`), so the export carries the current remote code. Refuses adapters and plain
-    Qwen2.5-VL folders, which are not what a depth-model repo should hold."""
-    from training.load import load_depth_model
+    (`training.model_loading.load_depth_model`), so the export carries the current remote code. Refuses adapters
+    and plain Qwen2.5-VL folders, which are not what a depth-model repo should hold."""
+    from training.model_loading import load_depth_model
 
     model_dir = Path(model_dir)
     if (model_dir / "adapter_config.json").exists():

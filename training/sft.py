@@ -78,8 +78,10 @@ from trl import (
 
 from modeling_qwen2_5_vl_depth import Qwen2_5_VLDepthForConditionalGeneration
 from processing_depth import Qwen2_5_VLDepthProcessor
+from training.checkpoints import resume_checkpoint
 from training.collator import DepthVLMCollator
-from training.load import keep_in_float32, load_depth_model, load_rows, resume_checkpoint
+from training.data_files import load_rows
+from training.model_loading import keep_in_float32, load_depth_model
 from training.processed_cache import process_rows
 
 
@@ -292,7 +294,7 @@ def load_starting_model(
 
     From a base checkpoint (`--model_name_or_path`) every base weight is kept, so add/concat/none models share them
     exactly. From a Stage-1 folder (`--aligned_depth_model`) its weights are loaded as they are, with the fusion
-    switched to `--depth_fusion`; its depth encoder must load in full (`training.load.load_depth_model`).
+    switched to `--depth_fusion`; its depth encoder must load in full (`training.model_loading.load_depth_model`).
     """
     return load_depth_model(
         script_args.aligned_depth_model or model_args.model_name_or_path,
