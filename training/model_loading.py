@@ -10,19 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 
+from modeling_qwen2_5_vl_depth import Qwen2_5_VLDepthForConditionalGeneration
+from processing_depth import Qwen2_5_VLDepthProcessor
+from training.build_depth_model import build_depth_model
 from training.provenance import base_model_provenance
+from training.spatialbot import model_depth_fusion, processor_for_arm
 
 
-if TYPE_CHECKING:
-    from modeling_qwen2_5_vl_depth import Qwen2_5_VLDepthForConditionalGeneration
-    from processing_depth import Qwen2_5_VLDepthProcessor
-
-
-DEPTH_MODEL_TYPE = "qwen2_5_vl_depth"
+DEPTH_MODEL_TYPE = Qwen2_5_VLDepthForConditionalGeneration.config_class.model_type
 
 
 def is_depth_checkpoint(name_or_path: str | Path, revision: str | None = None) -> bool:
@@ -58,11 +56,6 @@ def load_depth_model(
     `from_pretrained_kwargs` (`dtype`, `attn_implementation`, `revision`, `quantization_config`, `device_map`, ...)
     go to the model's `from_pretrained`.
     """
-    from modeling_qwen2_5_vl_depth import Qwen2_5_VLDepthForConditionalGeneration
-    from processing_depth import Qwen2_5_VLDepthProcessor
-    from training.build_depth_model import build_depth_model
-    from training.spatialbot import model_depth_fusion, processor_for_arm
-
     revision = from_pretrained_kwargs.get("revision")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
