@@ -37,8 +37,16 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+
+if TYPE_CHECKING:
+    from trl import ModelConfig, SFTConfig, SFTTrainer
+
+    from modeling_qwen2_5_vl_depth import Qwen2_5_VLDepthForConditionalGeneration
+    from training.sft_arguments import SpatialSFTScriptArguments
 
 
 CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "model_card.md"
@@ -440,6 +448,57 @@ def push_to_hub(folder: str | Path, repo_id: str, private: bool = False, token: 
         repo_id=repo_id, repo_type="model", folder_path=str(folder), commit_message="Upload Qwen2.5-VL-Depth export"
     )
     return str(url)
+
+
+def merged_model_from_adapter(
+    adapter_dir: str | Path, script_args: SpatialSFTScriptArguments, model_args: ModelConfig, training_args: SFTConfig
+) -> Qwen2_5_VLDepthForConditionalGeneration:
+    """Rebuild the starting model (unquantized), load the saved adapter (and full depth modules) into it and merge.
+
+    Used when training sharded the weights (FSDP, DeepSpeed): the adapter saved by `trainer.save_model` is gathered,
+    the in-memory model is not; and after QLoRA, whose 4/8-bit weights the adapter must not be merged into.
+    """
+    from peft import PeftModel
+
+    from training.model_loading import load_starting_model
+
+    model, _ = load_starting_model(script_args, model_args, training_args, quantize=False)
+    return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+
+
+def export_merged_model(
+    trainer: SFTTrainer,
+    export_dir: str | Path,
+    script_args: SpatialSFTScriptArguments,
+    model_args: ModelConfig,
+) -> Path:
+    """Merge LoRA into the weights and save a plain depth-model folder (model, processor, remote code).
+
+    Call on every rank. Unsharded (single process, DDP), the main process merges the trained model in place, which
+    leaves `trainer.model` merged. Sharded, the adapter is first gathered into `output_dir` and merged into a rebuilt
+    copy of the starting model; so is a QLoRA adapter (saved there by `finish`), into the unquantized model.
+    """
+    from modeling_qwen2_5_vl_depth import Qwen2_5_VLDepthForConditionalGeneration
+
+    accelerator = trainer.accelerator
+    export_dir = Path(export_dir)
+    model = accelerator.unwrap_model(trainer.model)
+    is_peft = hasattr(model, "merge_and_unload")
+    sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
+    quantized = model_args.load_in_4bit or model_args.load_in_8bit
+    if sharded:
+        trainer.save_model(trainer.args.output_dir)  # collective: gathers the full adapter / weights
+    if accelerator.is_main_process:
+        if (sharded or quantized) and is_peft:
+            model = merged_model_from_adapter(trainer.args.output_dir, script_args, model_args, trainer.args)
+        elif sharded:
+            model = Qwen2_5_VLDepthForConditionalGeneration.from_pretrained(trainer.args.output_dir)
+        elif is_peft:
+            model = model.merge_and_unload()
+        model.save_pretrained(export_dir)
+        trainer.processing_class.save_pretrained(export_dir)
+    accelerator.wait_for_everyone()
+    return export_dir
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -3,6 +3,8 @@
 * `load_depth_model`: from a depth-model folder (its fusion optionally switched) or built from a plain Qwen2.5-VL
   base, with the base recorded in the config (`base_model_name_or_path`, `training.provenance`) so that every later
   folder (alignment, SFT, export) still names it.
+* `load_starting_model`: the depth model a TRL run (`training.sft`) starts from, with the `from_pretrained` arguments
+  TRL's own `sft` script builds from `ModelConfig` (`model_init_kwargs`; QLoRA's quantization and device map).
 * `keep_in_float32`: trainable weights stay fp32 under bf16/fp16 mixed precision.
 """
 
@@ -10,14 +12,24 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
+from accelerate import PartialState
+from trl import get_quantization_config
 
 from modeling_qwen2_5_vl_depth import Qwen2_5_VLDepthForConditionalGeneration
 from processing_depth import Qwen2_5_VLDepthProcessor
 from training.build_depth_model import build_depth_model
 from training.provenance import base_model_provenance
+from training.sft_policy import UNQUANTIZED_MODULES
 from training.spatialbot import model_depth_fusion, processor_for_arm
+
+
+if TYPE_CHECKING:
+    from trl import ModelConfig, SFTConfig
+
+    from training.sft_arguments import SpatialSFTScriptArguments
 
 
 DEPTH_MODEL_TYPE = Qwen2_5_VLDepthForConditionalGeneration.config_class.model_type
@@ -107,3 +119,52 @@ def keep_in_float32(parameters: Iterable[torch.nn.Parameter]) -> None:
     for parameter in parameters:
         if parameter.is_floating_point() and parameter.dtype != torch.float32:
             parameter.data = parameter.data.float()
+
+
+def kbit_device_map() -> dict[str, int] | None:
+    """Each process's quantized model whole on its own accelerator (bitsandbytes weights are placed as they load and
+    cannot be moved later), as TRL's `get_kbit_device_map` did; None without an accelerator."""
+    if torch.cuda.is_available() or torch.xpu.is_available():
+        return {"": PartialState().local_process_index}
+    return None
+
+
+def model_init_kwargs(model_args: ModelConfig, training_args: SFTConfig, quantize: bool = True) -> dict:
+    """`from_pretrained` keyword arguments of the starting model, built as TRL's own `sft` script builds them.
+
+    `--model_revision`, `--trust_remote_code`, `--attn_implementation` and `--dtype`, then `--model_init_kwargs` over
+    them; with `--load_in_4bit` / `--load_in_8bit` (and `quantize`) TRL's bitsandbytes config
+    (`get_quantization_config`) and a device map per process (`kbit_device_map`). Only the language model is
+    quantized (QLoRA): the vision towers are small next to it, the depth encoder is aligned to the unquantized RGB
+    tower, and its merger trains in full.
+    """
+    kwargs = {
+        "revision": model_args.model_revision,
+        "trust_remote_code": training_args.trust_remote_code,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+    }
+    kwargs.update(training_args.model_init_kwargs or {})
+    quantization_config = get_quantization_config(model_args) if quantize else None
+    if quantization_config is not None:
+        quantization_config.llm_int8_skip_modules = list(UNQUANTIZED_MODULES)
+        kwargs["quantization_config"] = quantization_config
+        kwargs["device_map"] = kbit_device_map()
+    return kwargs
+
+
+def load_starting_model(
+    script_args: SpatialSFTScriptArguments, model_args: ModelConfig, training_args: SFTConfig, quantize: bool = True
+) -> tuple[Qwen2_5_VLDepthForConditionalGeneration, Qwen2_5_VLDepthProcessor]:
+    """The depth model and processor training starts from, deterministically (the adapter merge rebuilds it).
+
+    From a base checkpoint (`--model_name_or_path`) every base weight is kept, so add/concat/none models share them
+    exactly. From a Stage-1 folder (`--aligned_depth_model`) its weights are loaded as they are, with the fusion
+    switched to `--depth_fusion`; its depth encoder must load in full (`training.model_loading.load_depth_model`).
+    """
+    return load_depth_model(
+        script_args.aligned_depth_model or model_args.model_name_or_path,
+        script_args.depth_fusion,
+        depth_estimator=script_args.depth_estimator,
+        **model_init_kwargs(model_args, training_args, quantize),
+    )
