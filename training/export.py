@@ -21,6 +21,10 @@ Base model: the card's `base_model` is the Hub model the depth model was built f
 and merging).
 A model built from a local folder names no `base_model` (a path means nothing on the Hub); `--base-model` overrides.
 
+Merging: `export_merged_model` is where `training.sft` turns its trained adapter into the plain depth-model folder
+this exports (in place, or into a rebuilt unquantized model after sharded training or QLoRA:
+`merged_model_from_adapter`).
+
 Licence: `--license` sets it. Without it, a known base's licence is used (Qwen2.5-VL-3B-Instruct: "qwen-research",
 written as `license: other` with its name and link; Qwen2.5-VL-72B-Instruct: "qwen"), and Apache-2.0 otherwise (the
 7B and 32B bases' licence). A fine-tune inherits its base's terms: check them before publishing.
@@ -476,7 +480,8 @@ def export_merged_model(
 
     Call on every rank. Unsharded (single process, DDP), the main process merges the trained model in place, which
     leaves `trainer.model` merged. Sharded, the adapter is first gathered into `output_dir` and merged into a rebuilt
-    copy of the starting model; so is a QLoRA adapter (saved there by `finish`), into the unquantized model.
+    copy of the starting model; so is a QLoRA adapter (saved there by `training.sft.finish`), into the unquantized
+    model.
     """
     from modeling_qwen2_5_vl_depth import Qwen2_5_VLDepthForConditionalGeneration
 

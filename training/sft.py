@@ -1,31 +1,24 @@
-"""Stage 2: spatial supervised fine-tuning of Qwen2.5-VL-Depth with LoRA, through TRL's `SFTTrainer`.
+"""Stage 2: spatial supervised fine-tuning of Qwen2.5-VL-Depth, a TRL script: parse, load, `SFTTrainer`, train, save.
 
 The model is built from a plain Qwen2.5-VL checkpoint (`--model_name_or_path`) with the chosen `--depth_fusion`, or
-loaded from a Stage-1 folder (`--aligned_depth_model`) whose depth encoder is kept. LoRA adapts the attention and MLP
-projections of the language model only; the depth projector (the depth encoder's `merger`) and the fusion gate
-(`depth_gate`, "add" only) are trained in full; the RGB vision tower and the depth encoder's blocks stay frozen. After
-training the adapter is merged and a plain depth-model folder is exported, loadable with
-`AutoModelForImageTextToText.from_pretrained(export_dir, trust_remote_code=True)`.
+loaded from a Stage-1 folder (`--aligned_depth_model`) whose depth encoder is kept (`training.model_loading`). What
+trains is `training.sft_policy`'s: LoRA on the language model's attention and MLP projections, the depth projector and
+the fusion gate in full, the RGB tower and the depth encoder's blocks frozen (`--use_peft false`: the whole language
+model instead of LoRA). The adapter is then merged into a plain depth-model folder (`training.export`), loadable with
+`AutoModelForImageTextToText.from_pretrained(export_dir, trust_remote_code=True)`, and the loss curve is plotted.
+Rows: TRL's conversational format with depth, as `python -m training.make_world` writes them (`training/collator.py`);
+`--depth_fusion none` trains the RGB-only baseline on the very same rows.
 
-Data: rows in TRL conversational format with depth, as written by `python -m training.make_world` (`messages`,
-`images`, `depth` as 16-bit millimetre PNGs); see `training/collator.py`. `--depth_fusion none` trains the RGB-only
-baseline on the very same rows (depth is ignored).
+GPU (defaults with CUDA: bf16 with the trained depth modules kept in fp32, gradient checkpointing, batch 8, lr 2e-4);
+several GPUs with `--multi_gpu --num_processes N`, or FSDP (it must save a FULL_STATE_DICT, for the merge) and
+DeepSpeed with `--config_file training/accelerate_configs/<config>.yaml`::
 
-GPU (defaults when CUDA is available: bf16 weights and autocast, with the trained depth merger and gate kept in fp32,
-gradient checkpointing, batch 8, lr 2e-4)::
-
-    accelerate launch -m training.sft \\
-        --model_name_or_path Qwen/Qwen2.5-VL-3B-Instruct --depth_fusion add \\
-        --dataset_path data/world_train --eval_dataset_path data/world_val \\
-        --output_dir runs/sft-add --export_dir runs/sft-add/merged --loss_curve runs/sft-add/loss.png \\
+    accelerate launch -m training.sft --model_name_or_path Qwen/Qwen2.5-VL-3B-Instruct --depth_fusion add \\
+        --dataset_path data/world_train --eval_dataset_path data/world_val --output_dir runs/sft-add \\
         --num_train_epochs 1 --gradient_accumulation_steps 4 --eval_strategy steps --eval_steps 500 \\
         --dataloader_num_workers 4
 
-Several GPUs: DDP with `accelerate launch --multi_gpu --num_processes N ...`; FSDP or DeepSpeed for big models with
-`accelerate launch --config_file training/accelerate_configs/<config>.yaml ...` (FSDP must save a FULL_STATE_DICT so
-the adapter can be gathered for the merge).
-
-CPU (defaults without CUDA: fp32, no gradient checkpointing, batch 4, `use_cpu`). The README's demo run, on
+CPU (defaults without CUDA: fp32, no gradient checkpointing, batch 4, `use_cpu`): the README's demo run, on
 `runs/tiny-base` = `training.tiny.save_tiny_base` with `model.language_model.norm.weight` scaled x4 (a pretrained-like
 logit scale; the random tiny head caps the loss near ln 512, see `sft_base` in tests/test_sft.py)::
 
@@ -37,27 +30,20 @@ logit scale; the random tiny head caps the loss near ln 512, see `sft_base` in t
         --logging_steps 5 --eval_strategy steps --eval_steps 20 --save_strategy no --report_to none \\
         --loss_curve docs/sft_loss_curve.png
 
-Two CPU processes (gloo DDP): accelerate starts several CPU processes only through torchrun, i.e. `--multi_gpu` (its
-`--cpu` flag and MULTI_CPU configs use the single-process / mpirun launcher); `use_cpu`, the CPU default here, makes
-them one gloo group. A launch whose processes do not form one group is refused::
-
-    accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no \\
-        -m training.sft ...   # or --config_file training/accelerate_configs/ddp_cpu.yaml
-
-Every `SFTConfig` / `TrainingArguments` flag and TRL's `ModelConfig` flags apply: LoRA (`--lora_r`, `--lora_alpha`,
-`--lora_target_modules`, `--lora_modules_to_save`, ...) and loading (`--load_in_4bit` / `--load_in_8bit` for QLoRA,
-which quantizes the language model only and merges the adapter into a rebuilt unquantized model at the end;
-`--model_revision`, `--attn_implementation`, `--dtype`, `--trust_remote_code`, `--model_init_kwargs`), all handed to
-`from_pretrained` as TRL's own `sft` script hands them. `--use_peft false` fine-tunes the whole language model instead
-(still with the vision tower and depth encoder blocks frozen). `--resume_from_checkpoint latest` resumes from the
-newest complete checkpoint (one whose save was killed is skipped), `auto` likewise or starts fresh when there is none.
-`--config run.yaml` reads any of them from YAML.
+Two CPU processes (gloo DDP) start only through torchrun, i.e. `accelerate launch --multi_gpu --num_processes 2
+--num_machines 1 --mixed_precision no --dynamo_backend no -m training.sft ...` (or `--config_file
+training/accelerate_configs/ddp_cpu.yaml`); `use_cpu` makes them one gloo group, and a launch whose processes do not
+form one group is refused. Every `SFTConfig` and `ModelConfig` flag applies, handed to `from_pretrained` as TRL's own
+`sft` script hands them: LoRA (`--lora_r`, `--lora_target_modules`, `--lora_modules_to_save`, ...), QLoRA
+(`--load_in_4bit` / `--load_in_8bit`: the language model only; the adapter is merged into a rebuilt unquantized
+model), `--model_revision`, `--attn_implementation`, `--dtype`, `--trust_remote_code`, `--model_init_kwargs`.
+`--resume_from_checkpoint latest` resumes from the newest complete checkpoint (one whose save was killed is skipped),
+`auto` likewise or starts fresh; `--config run.yaml` reads any flag from YAML.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
@@ -72,7 +58,8 @@ from training.export import export_merged_model
 from training.model_loading import keep_in_float32, load_starting_model
 from training.plots import write_loss_curve
 from training.processed_cache import process_rows
-from training.sft_arguments import SpatialSFTScriptArguments
+from training.sft_arguments import SpatialSFTScriptArguments, stage2_defaults
+from training.sft_diagnostics import summarise_training
 from training.sft_policy import (
     freeze_for_full_finetuning,
     is_depth_module_parameter,
@@ -85,23 +72,7 @@ from training.sft_trainer import DepthSFTTrainer
 def make_parser() -> TrlParser:
     """`TrlParser` over (script, SFT, model) arguments, with Stage-2 defaults that depend on whether CUDA is present."""
     parser = TrlParser((SpatialSFTScriptArguments, SFTConfig, ModelConfig))
-    on_gpu = torch.cuda.is_available()
-    parser.set_defaults(
-        use_peft=True,
-        learning_rate=2e-4,  # the usual LoRA rate; TRL's 2e-5 is meant for full fine-tuning
-        remove_unused_columns=False,  # the collator needs the raw `messages`, `images` and `depth` columns
-        prediction_loss_only=True,  # eval needs only the answer loss; logits would cost a second forward pass
-        # bf16 and gradient checkpointing are what big models need on GPUs; on CPU bf16 autocast is slow and
-        # checkpointing only trades time for memory that a CPU run does not lack.
-        bf16=on_gpu,
-        gradient_checkpointing=on_gpu,
-        # Without `use_cpu`, processes started by `accelerate launch` on a machine without GPUs do not form a gloo
-        # group: each would train alone on the whole dataset.
-        use_cpu=not on_gpu,
-        dtype="bfloat16" if on_gpu else "float32",
-        per_device_train_batch_size=8 if on_gpu else 4,
-        per_device_eval_batch_size=8 if on_gpu else 4,
-    )
+    parser.set_defaults(**stage2_defaults(on_gpu=torch.cuda.is_available()))
     return parser
 
 
@@ -195,7 +166,6 @@ def train(
 ) -> tuple[SFTTrainer, dict]:
     """Build the trainer, evaluate, train, evaluate; returns the trainer and a summary of losses and speed."""
     trainer = build_trainer(script_args, training_args, model_args)
-    print_ = trainer.accelerator.print
     summary = {"depth_fusion": script_args.depth_fusion}
     if trainer.eval_dataset is not None and script_args.eval_before_training:
         # Inside `train`, once the model is wrapped: evaluating before `train` marks the model as prepared, and
@@ -203,29 +173,7 @@ def train(
         # accelerate 1.15).
         trainer.args.eval_on_start = True
     result = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
-    first_eval = next((entry for entry in trainer.state.log_history if "eval_loss" in entry), None)
-    if trainer.args.eval_on_start and first_eval is not None:
-        summary["eval_loss_before"] = first_eval["eval_loss"]
-    summary.update(
-        train_loss=result.metrics["train_loss"],
-        train_steps=result.global_step,
-        train_steps_per_second=result.metrics["train_steps_per_second"],
-        train_samples_per_second=result.metrics["train_samples_per_second"],
-    )
-    if trainer.eval_dataset is not None:
-        last_eval = next((entry for entry in reversed(trainer.state.log_history) if "eval_loss" in entry), None)
-        if last_eval is not None and last_eval["step"] == result.global_step:  # eval_strategy just did it
-            summary["eval_loss_after"] = last_eval["eval_loss"]
-        else:
-            summary["eval_loss_after"] = trainer.evaluate()["eval_loss"]
-    print_(
-        f"Trained {result.global_step} steps at {summary['train_steps_per_second']:.3f} steps/s "
-        f"({summary['train_samples_per_second']:.2f} samples/s), mean train loss {summary['train_loss']:.4f}"
-    )
-    if "eval_loss_before" in summary and "eval_loss_after" in summary:
-        before, after = summary["eval_loss_before"], summary["eval_loss_after"]
-        drop = 100 * (1 - after / before) if before > 0 and math.isfinite(before) else float("nan")
-        print_(f"Eval answer loss {before:.4f} -> {after:.4f} ({drop:.1f}% lower)")
+    summary.update(summarise_training(trainer, result))
     return trainer, summary
 
 

@@ -1,4 +1,5 @@
-"""Stage 2's script arguments, besides TRL's `SFTConfig` and `ModelConfig` (`training.sft` parses all three)."""
+"""Stage 2's script arguments, besides TRL's `SFTConfig` and `ModelConfig` (`training.sft` parses all three), and its
+defaults of theirs."""
 
 from __future__ import annotations
 
@@ -109,4 +110,25 @@ class SpatialSFTScriptArguments(ScriptArguments):
         metadata={
             "help": "PNG of the training/eval loss (default: OUTPUT_DIR/loss_curve.png); a .json sits next to it."
         },
+    )
+
+
+def stage2_defaults(on_gpu: bool) -> dict:
+    """Stage 2's defaults of TRL's `SFTConfig` and `ModelConfig` flags (for `TrlParser.set_defaults`), with or without
+    GPUs."""
+    return dict(
+        use_peft=True,
+        learning_rate=2e-4,  # the usual LoRA rate; TRL's 2e-5 is meant for full fine-tuning
+        remove_unused_columns=False,  # the collator needs the raw `messages`, `images` and `depth` columns
+        prediction_loss_only=True,  # eval needs only the answer loss; logits would cost a second forward pass
+        # bf16 and gradient checkpointing are what big models need on GPUs; on CPU bf16 autocast is slow and
+        # checkpointing only trades time for memory that a CPU run does not lack.
+        bf16=on_gpu,
+        gradient_checkpointing=on_gpu,
+        # Without `use_cpu`, processes started by `accelerate launch` on a machine without GPUs do not form a gloo
+        # group: each would train alone on the whole dataset.
+        use_cpu=not on_gpu,
+        dtype="bfloat16" if on_gpu else "float32",
+        per_device_train_batch_size=8 if on_gpu else 4,
+        per_device_eval_batch_size=8 if on_gpu else 4,
     )

@@ -1,8 +1,11 @@
-"""What Stage 2 logs about the depth path next to the loss: the gate and projector scalars (`depth_fusion_stats`) and,
-for the last training batch, how large depth's contribution is next to the RGB tokens (`DepthFusionProbe`).
+"""What Stage 2 reports: about the depth path, next to the loss, the gate and projector scalars (`depth_fusion_stats`)
+and, for the last training batch, how large depth's contribution is next to the RGB tokens (`DepthFusionProbe`); at
+the end, the run's losses and speed (`summarise_training`).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -59,3 +62,34 @@ class DepthFusionProbe:
         if "rgb_token_norm" in stats and "depth_added_norm" in stats and stats["rgb_token_norm"] > 0:
             stats["depth_to_rgb_norm_ratio"] = stats["depth_added_norm"] / stats["rgb_token_norm"]
         return stats
+
+
+def summarise_training(trainer, result) -> dict:
+    """Losses and speed of a finished `trainer.train()` (`result`), printed too: the eval loss before training (from
+    `eval_on_start`) and after it (the last evaluation if `eval_strategy` just ran one, else a new one)."""
+    print_ = trainer.accelerator.print
+    summary = {}
+    first_eval = next((entry for entry in trainer.state.log_history if "eval_loss" in entry), None)
+    if trainer.args.eval_on_start and first_eval is not None:
+        summary["eval_loss_before"] = first_eval["eval_loss"]
+    summary.update(
+        train_loss=result.metrics["train_loss"],
+        train_steps=result.global_step,
+        train_steps_per_second=result.metrics["train_steps_per_second"],
+        train_samples_per_second=result.metrics["train_samples_per_second"],
+    )
+    if trainer.eval_dataset is not None:
+        last_eval = next((entry for entry in reversed(trainer.state.log_history) if "eval_loss" in entry), None)
+        if last_eval is not None and last_eval["step"] == result.global_step:  # eval_strategy just did it
+            summary["eval_loss_after"] = last_eval["eval_loss"]
+        else:
+            summary["eval_loss_after"] = trainer.evaluate()["eval_loss"]
+    print_(
+        f"Trained {result.global_step} steps at {summary['train_steps_per_second']:.3f} steps/s "
+        f"({summary['train_samples_per_second']:.2f} samples/s), mean train loss {summary['train_loss']:.4f}"
+    )
+    if "eval_loss_before" in summary and "eval_loss_after" in summary:
+        before, after = summary["eval_loss_before"], summary["eval_loss_after"]
+        drop = 100 * (1 - after / before) if before > 0 and math.isfinite(before) else float("nan")
+        print_(f"Eval answer loss {before:.4f} -> {after:.4f} ({drop:.1f}% lower)")
+    return summary
