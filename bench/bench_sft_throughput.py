@@ -42,7 +42,7 @@ from transformers.utils import logging as transformers_logging
 from bench.common import report
 from training import make_world
 from training.collator import DepthVLMCollator
-from training.load import load_rows
+from training.data_files import load_rows
 from training.processed_cache import process_rows
 from training.sft import build_trainer, parse_args
 from training.tiny import save_tiny_base

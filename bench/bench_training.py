@@ -27,7 +27,7 @@ from bench.common import (
     synchronize,
 )
 from training.align import DepthAlignmentModel
-from training.sft import DEPTH_MERGER, LLM_LORA_TARGET_MODULES
+from training.sft_policy import DEPTH_MERGER, LLM_LORA_TARGET_MODULES
 
 
 def timed_steps(step, device: torch.device, warmup: int, steps: int) -> float:

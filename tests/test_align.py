@@ -36,8 +36,9 @@ from training.align import (
 )
 from training.align.probe import region_log_depth, ridge_probe
 from training.build_depth_model import build_depth_model
-from training.load import load_depth_model, load_rows
+from training.data_files import load_rows
 from training.make_rgbd_pairs import RGBDPair, RGBDPairs
+from training.model_loading import load_depth_model
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

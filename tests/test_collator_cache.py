@@ -8,8 +8,8 @@ import torch
 
 from tests.conftest import reconfigured
 from training.collator import DepthVLMCollator
+from training.data_files import load_rows
 from training.depth_png import decode_depth_cell, decode_image_cell
-from training.load import load_rows
 from training.processed_cache import process_rows, processed_rows_fingerprint
 from training.spatialbot import processor_for_arm
 

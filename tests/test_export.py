@@ -20,8 +20,9 @@ from safetensors import safe_open
 from configuration_depth import Qwen2_5_VLDepthConfig
 from training import evaluate, export
 from training.benchmarks import read_benchmark
-from training.load import base_model_provenance, hub_base_model, load_depth_model
 from training.make_world import WorldConfig, write_dataset
+from training.model_loading import load_depth_model
+from training.provenance import base_model_provenance, hub_base_model
 from training.tiny import save_tiny_depth_anything
 
 

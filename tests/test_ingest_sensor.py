@@ -134,7 +134,7 @@ def folder_pairs(pair_folder, tmp_path_factory) -> Path:
 
 def test_folder_pairs_read_back_through_the_alignment_reader(pair_folder, folder_pairs):
     from training.align import select_pair_rows
-    from training.load import load_rows
+    from training.data_files import load_rows
 
     _, sources = pair_folder
     rows = read_rows(folder_pairs)
@@ -243,7 +243,7 @@ ingest_sensor.main(sys.argv[1:])
 
 
 def test_a_kill_mid_write_leaves_no_partial_shard(pair_folder, folder_pairs, tmp_path):
-    from training.load import find_data_files
+    from training.data_files import find_data_files
 
     out_dir = tmp_path / "pairs"
     argv = ["--input", str(pair_folder[0]), "--out", str(out_dir), "--depth-scale", "1000"]

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from transformers import AutoImageProcessor, Qwen2_5_VLForConditionalGeneration
 
 from training import pretrain_vision, world
-from training.load import load_rows
+from training.data_files import load_rows
 
 
 @pytest.fixture(scope="module")

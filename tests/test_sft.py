@@ -24,20 +24,13 @@ from transformers import AutoModelForImageTextToText, BitsAndBytesConfig, Qwen2_
 
 from modeling_qwen2_5_vl_depth import Qwen2_5_VLDepthForConditionalGeneration
 from training.build_depth_model import build_depth_model
+from training.checkpoints import resume_checkpoint
 from training.collator import IGNORE_INDEX, DepthVLMCollator
-from training.load import load_rows, resume_checkpoint
-from training.sft import (
-    UNQUANTIZED_MODULES,
-    build_trainer,
-    finish,
-    is_depth_module_parameter,
-    kbit_device_map,
-    load_starting_model,
-    make_parser,
-    merged_model_from_adapter,
-    parse_args,
-    train,
-)
+from training.data_files import load_rows
+from training.export import merged_model_from_adapter
+from training.model_loading import kbit_device_map, load_starting_model
+from training.sft import build_trainer, finish, make_parser, parse_args, train
+from training.sft_policy import UNQUANTIZED_MODULES, is_depth_module_parameter
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

@@ -49,7 +49,7 @@ from PIL import Image
 
 from training import world
 from training.answers import OPTION_LETTERS, unit_to_metres
-from training.load import find_data_files
+from training.data_files import find_data_files
 
 
 @dataclass

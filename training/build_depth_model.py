@@ -12,7 +12,7 @@ from pathlib import Path
 
 from modeling_qwen2_5_vl_depth import Qwen2_5_VLDepthForConditionalGeneration
 from processing_depth import Qwen2_5_VLDepthProcessor
-from training.load import base_model_provenance
+from training.provenance import base_model_provenance
 from training.spatialbot import TRAINING_ARMS, model_depth_fusion, processor_for_arm
 
 

@@ -17,8 +17,13 @@ synthetic image (with depth when the model has depth); its logits must equal thi
 (`reload_in_fresh_process`, which `training.demo` uses to ask the exported model a question).
 
 Base model: the card's `base_model` is the Hub model the depth model was built from, as its config records it
-(`base_model_name_or_path`, written by `training.load.load_depth_model` and kept through alignment, SFT and merging).
+(`base_model_name_or_path`, written by `training.model_loading.load_depth_model` and kept through alignment, SFT
+and merging).
 A model built from a local folder names no `base_model` (a path means nothing on the Hub); `--base-model` overrides.
+
+Merging: `export_merged_model` is where `training.sft` turns its trained adapter into the plain depth-model folder
+this exports (in place, or into a rebuilt unquantized model after sharded training or QLoRA:
+`merged_model_from_adapter`).
 
 Licence: `--license` sets it. Without it, a known base's licence is used (Qwen2.5-VL-3B-Instruct: "qwen-research",
 written as `license: other` with its name and link; Qwen2.5-VL-72B-Instruct: "qwen"), and Apache-2.0 otherwise (the
@@ -36,8 +41,16 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+
+if TYPE_CHECKING:
+    from trl import ModelConfig, SFTConfig, SFTTrainer
+
+    from modeling_qwen2_5_vl_depth import Qwen2_5_VLDepthForConditionalGeneration
+    from training.sft_arguments import SpatialSFTScriptArguments
 
 
 CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "model_card.md"
@@ -166,14 +179,14 @@ def build_model_card(
 ):
     """The filled model card (`huggingface_hub.ModelCard`) of a depth model and its evaluation results.
 
-    `base_model`: the Hub id it derives from; by default the one its config records (`training.load.hub_base_model`),
-    none for a model built from a local folder.
+    `base_model`: the Hub id it derives from; by default the one its config records
+    (`training.provenance.hub_base_model`), none for a model built from a local folder.
     """
     from huggingface_hub import ModelCard, ModelCardData
 
     from modeling_qwen2_5_vl_depth import DEPTH_MODULE_PREFIXES
     from training.evaluate import ANSWER_INSTRUCTION
-    from training.load import hub_base_model
+    from training.provenance import hub_base_model
 
     config = model.config
     base_model = base_model or hub_base_model(config)
@@ -358,9 +371,9 @@ def _prepare_out_dir(out: Path, source: Path, overwrite: bool) -> None:
 
 def load_exportable_model(model_dir: str | Path):
     """The source folder's depth model (its saved dtype, eval mode) and processor, through the checkout's classes
-    (`training.load.load_depth_model`), so the export carries the current remote code. Refuses adapters and plain
-    Qwen2.5-VL folders, which are not what a depth-model repo should hold."""
-    from training.load import load_depth_model
+    (`training.model_loading.load_depth_model`), so the export carries the current remote code. Refuses adapters
+    and plain Qwen2.5-VL folders, which are not what a depth-model repo should hold."""
+    from training.model_loading import load_depth_model
 
     model_dir = Path(model_dir)
     if (model_dir / "adapter_config.json").exists():
@@ -439,6 +452,58 @@ def push_to_hub(folder: str | Path, repo_id: str, private: bool = False, token: 
         repo_id=repo_id, repo_type="model", folder_path=str(folder), commit_message="Upload Qwen2.5-VL-Depth export"
     )
     return str(url)
+
+
+def merged_model_from_adapter(
+    adapter_dir: str | Path, script_args: SpatialSFTScriptArguments, model_args: ModelConfig, training_args: SFTConfig
+) -> Qwen2_5_VLDepthForConditionalGeneration:
+    """Rebuild the starting model (unquantized), load the saved adapter (and full depth modules) into it and merge.
+
+    Used when training sharded the weights (FSDP, DeepSpeed): the adapter saved by `trainer.save_model` is gathered,
+    the in-memory model is not; and after QLoRA, whose 4/8-bit weights the adapter must not be merged into.
+    """
+    from peft import PeftModel
+
+    from training.model_loading import load_starting_model
+
+    model, _ = load_starting_model(script_args, model_args, training_args, quantize=False)
+    return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
+
+
+def export_merged_model(
+    trainer: SFTTrainer,
+    export_dir: str | Path,
+    script_args: SpatialSFTScriptArguments,
+    model_args: ModelConfig,
+) -> Path:
+    """Merge LoRA into the weights and save a plain depth-model folder (model, processor, remote code).
+
+    Call on every rank. Unsharded (single process, DDP), the main process merges the trained model in place, which
+    leaves `trainer.model` merged. Sharded, the adapter is first gathered into `output_dir` and merged into a rebuilt
+    copy of the starting model; so is a QLoRA adapter (saved there by `training.sft.finish`), into the unquantized
+    model.
+    """
+    from modeling_qwen2_5_vl_depth import Qwen2_5_VLDepthForConditionalGeneration
+
+    accelerator = trainer.accelerator
+    export_dir = Path(export_dir)
+    model = accelerator.unwrap_model(trainer.model)
+    is_peft = hasattr(model, "merge_and_unload")
+    sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
+    quantized = model_args.load_in_4bit or model_args.load_in_8bit
+    if sharded:
+        trainer.save_model(trainer.args.output_dir)  # collective: gathers the full adapter / weights
+    if accelerator.is_main_process:
+        if (sharded or quantized) and is_peft:
+            model = merged_model_from_adapter(trainer.args.output_dir, script_args, model_args, trainer.args)
+        elif sharded:
+            model = Qwen2_5_VLDepthForConditionalGeneration.from_pretrained(trainer.args.output_dir)
+        elif is_peft:
+            model = model.merge_and_unload()
+        model.save_pretrained(export_dir)
+        trainer.processing_class.save_pretrained(export_dir)
+    accelerator.wait_for_everyone()
+    return export_dir
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -67,9 +67,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from training.data_files import find_data_files
 from training.dataset_files import card_front_matter, columns_table, skipped_section, write_atomically
 from training.depth_png import MAX_DEPTH_PNG, encode_depth_png
-from training.load import find_data_files
 from training.make_rgbd_pairs import (
     DEFAULT_MAX_PIXELS,
     FORMAT_VERSION,

@@ -44,8 +44,9 @@ from transformers import (
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
 from training import world
+from training.checkpoints import resume_checkpoint
+from training.data_files import load_rows
 from training.depth_png import decode_image_cell
-from training.load import load_rows, resume_checkpoint
 
 
 COLOUR_CLASSES = tuple(world.COLORS)  # then "no object"

@@ -1,31 +1,24 @@
-"""Stage 2: spatial supervised fine-tuning of Qwen2.5-VL-Depth with LoRA, through TRL's `SFTTrainer`.
+"""Stage 2: spatial supervised fine-tuning of Qwen2.5-VL-Depth, a TRL script: parse, load, `SFTTrainer`, train, save.
 
 The model is built from a plain Qwen2.5-VL checkpoint (`--model_name_or_path`) with the chosen `--depth_fusion`, or
-loaded from a Stage-1 folder (`--aligned_depth_model`) whose depth encoder is kept. LoRA adapts the attention and MLP
-projections of the language model only; the depth projector (the depth encoder's `merger`) and the fusion gate
-(`depth_gate`, "add" only) are trained in full; the RGB vision tower and the depth encoder's blocks stay frozen. After
-training the adapter is merged and a plain depth-model folder is exported, loadable with
-`AutoModelForImageTextToText.from_pretrained(export_dir, trust_remote_code=True)`.
+loaded from a Stage-1 folder (`--aligned_depth_model`) whose depth encoder is kept (`training.model_loading`). What
+trains is `training.sft_policy`'s: LoRA on the language model's attention and MLP projections, the depth projector and
+the fusion gate in full, the RGB tower and the depth encoder's blocks frozen (`--use_peft false`: the whole language
+model instead of LoRA). The adapter is then merged into a plain depth-model folder (`training.export`), loadable with
+`AutoModelForImageTextToText.from_pretrained(export_dir, trust_remote_code=True)`, and the loss curve is plotted.
+Rows: TRL's conversational format with depth, as `python -m training.make_world` writes them (`training/collator.py`);
+`--depth_fusion none` trains the RGB-only baseline on the very same rows.
 
-Data: rows in TRL conversational format with depth, as written by `python -m training.make_world` (`messages`,
-`images`, `depth` as 16-bit millimetre PNGs); see `training/collator.py`. `--depth_fusion none` trains the RGB-only
-baseline on the very same rows (depth is ignored).
+GPU (defaults with CUDA: bf16 with the trained depth modules kept in fp32, gradient checkpointing, batch 8, lr 2e-4);
+several GPUs with `--multi_gpu --num_processes N`, or FSDP (it must save a FULL_STATE_DICT, for the merge) and
+DeepSpeed with `--config_file training/accelerate_configs/<config>.yaml`::
 
-GPU (defaults when CUDA is available: bf16 weights and autocast, with the trained depth merger and gate kept in fp32,
-gradient checkpointing, batch 8, lr 2e-4)::
-
-    accelerate launch -m training.sft \\
-        --model_name_or_path Qwen/Qwen2.5-VL-3B-Instruct --depth_fusion add \\
-        --dataset_path data/world_train --eval_dataset_path data/world_val \\
-        --output_dir runs/sft-add --export_dir runs/sft-add/merged --loss_curve runs/sft-add/loss.png \\
+    accelerate launch -m training.sft --model_name_or_path Qwen/Qwen2.5-VL-3B-Instruct --depth_fusion add \\
+        --dataset_path data/world_train --eval_dataset_path data/world_val --output_dir runs/sft-add \\
         --num_train_epochs 1 --gradient_accumulation_steps 4 --eval_strategy steps --eval_steps 500 \\
         --dataloader_num_workers 4
 
-Several GPUs: DDP with `accelerate launch --multi_gpu --num_processes N ...`; FSDP or DeepSpeed for big models with
-`accelerate launch --config_file training/accelerate_configs/<config>.yaml ...` (FSDP must save a FULL_STATE_DICT so
-the adapter can be gathered for the merge).
-
-CPU (defaults without CUDA: fp32, no gradient checkpointing, batch 4, `use_cpu`). The README's demo run, on
+CPU (defaults without CUDA: fp32, no gradient checkpointing, batch 4, `use_cpu`): the README's demo run, on
 `runs/tiny-base` = `training.tiny.save_tiny_base` with `model.language_model.norm.weight` scaled x4 (a pretrained-like
 logit scale; the random tiny head caps the loss near ln 512, see `sft_base` in tests/test_sft.py)::
 
@@ -37,195 +30,49 @@ logit scale; the random tiny head caps the loss near ln 512, see `sft_base` in t
         --logging_steps 5 --eval_strategy steps --eval_steps 20 --save_strategy no --report_to none \\
         --loss_curve docs/sft_loss_curve.png
 
-Two CPU processes (gloo DDP): accelerate starts several CPU processes only through torchrun, i.e. `--multi_gpu` (its
-`--cpu` flag and MULTI_CPU configs use the single-process / mpirun launcher); `use_cpu`, the CPU default here, makes
-them one gloo group. A launch whose processes do not form one group is refused::
-
-    accelerate launch --multi_gpu --num_processes 2 --num_machines 1 --mixed_precision no --dynamo_backend no \\
-        -m training.sft ...   # or --config_file training/accelerate_configs/ddp_cpu.yaml
-
-Every `SFTConfig` / `TrainingArguments` flag and TRL's `ModelConfig` flags apply: LoRA (`--lora_r`, `--lora_alpha`,
-`--lora_target_modules`, `--lora_modules_to_save`, ...) and loading (`--load_in_4bit` / `--load_in_8bit` for QLoRA,
-which quantizes the language model only and merges the adapter into a rebuilt unquantized model at the end;
-`--model_revision`, `--attn_implementation`, `--dtype`, `--trust_remote_code`, `--model_init_kwargs`), all handed to
-`from_pretrained` as TRL's own `sft` script hands them. `--use_peft false` fine-tunes the whole language model instead
-(still with the vision tower and depth encoder blocks frozen). `--resume_from_checkpoint latest` resumes from the
-newest complete checkpoint (one whose save was killed is skipped), `auto` likewise or starts fresh when there is none.
-`--config run.yaml` reads any of them from YAML.
+Two CPU processes (gloo DDP) start only through torchrun, i.e. `accelerate launch --multi_gpu --num_processes 2
+--num_machines 1 --mixed_precision no --dynamo_backend no -m training.sft ...` (or `--config_file
+training/accelerate_configs/ddp_cpu.yaml`); `use_cpu` makes them one gloo group, and a launch whose processes do not
+form one group is refused. Every `SFTConfig` and `ModelConfig` flag applies, handed to `from_pretrained` as TRL's own
+`sft` script hands them: LoRA (`--lora_r`, `--lora_target_modules`, `--lora_modules_to_save`, ...), QLoRA
+(`--load_in_4bit` / `--load_in_8bit`: the language model only; the adapter is merged into a rebuilt unquantized
+model), `--model_revision`, `--attn_implementation`, `--dtype`, `--trust_remote_code`, `--model_init_kwargs`.
+`--resume_from_checkpoint latest` resumes from the newest complete checkpoint (one whose save was killed is skipped),
+`auto` likewise or starts fresh; `--config run.yaml` reads any flag from YAML.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
-from accelerate import PartialState
 from datasets import Dataset
-from trl import (
-    ModelConfig,
-    ScriptArguments,
-    SFTConfig,
-    SFTTrainer,
-    TrlParser,
-    get_peft_config,
-    get_quantization_config,
-)
+from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
 
-from modeling_qwen2_5_vl_depth import Qwen2_5_VLDepthForConditionalGeneration
-from processing_depth import Qwen2_5_VLDepthProcessor
+from training.checkpoints import resume_checkpoint
 from training.collator import DepthVLMCollator
-from training.load import keep_in_float32, load_depth_model, load_rows, resume_checkpoint
+from training.data_files import load_rows
+from training.export import export_merged_model
+from training.model_loading import keep_in_float32, load_starting_model
+from training.plots import write_loss_curve
 from training.processed_cache import process_rows
-
-
-# LoRA goes on every attention and MLP projection of the language model, and nowhere else: the vision tower and the
-# depth encoder use the same projection names (gate_proj, up_proj, down_proj), hence a regex anchored on
-# `language_model` (PEFT full-matches a string `target_modules` against module names).
-LLM_LORA_TARGET_MODULES = (
-    r".*\.language_model\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj))"
+from training.sft_arguments import SpatialSFTScriptArguments, stage2_defaults
+from training.sft_diagnostics import summarise_training
+from training.sft_policy import (
+    freeze_for_full_finetuning,
+    is_depth_module_parameter,
+    make_lora_config,
+    reinitialise_depth_fusion,
 )
-# Depth modules trained in full next to the adapter (PEFT matches module names by suffix): the depth projector, which
-# maps depth features into the LLM's embedding space, the "add" fusion gate, and the "rgbd" depth channel of the RGB
-# tower's patch embedding.
-DEPTH_MERGER = "depth_encoder.merger"
-DEPTH_GATE = "depth_gate"
-DEPTH_PATCH_EMBED = "depth_patch_embed"
-DEPTH_TRAINED_MODULES = (DEPTH_MERGER, DEPTH_GATE, DEPTH_PATCH_EMBED)
-# Modules bitsandbytes leaves unquantized under --load_in_4bit/8bit (start-of-name regexes; `lm_head` is transformers'
-# own default, which an explicit list replaces).
-UNQUANTIZED_MODULES = (r"model\.visual", r"model\.depth_encoder", r"model\.depth_patch_embed", "lm_head")
-DEPTH_PARAMETER_PREFIXES = ("model.depth_encoder.", "model.depth_gate.", "model.depth_patch_embed.")
-
-
-@dataclass
-class SpatialSFTScriptArguments(ScriptArguments):
-    """Script arguments of Stage 2, besides TRL's `ScriptArguments` (whose `dataset_name` is `dataset_path`'s alias)."""
-
-    depth_fusion: Literal["add", "concat", "rgbd", "none", "image"] = field(
-        default="add",
-        metadata={
-            "help": "How depth reaches the LLM: add | concat | rgbd (a 4th, depth input channel of the RGB tower) | "
-            "none (the RGB-only baseline) | image (depth drawn as a second picture through the RGB tower of an "
-            "RGB-only model: SpatialBot's baseline)."
-        },
-    )
-    dataset_path: str | None = field(
-        default=None,
-        metadata={
-            "help": "Training rows: a folder of parquet shards (training.make_world), a parquet file, a "
-            "`save_to_disk` folder, or a hub dataset id (split --dataset_train_split)."
-        },
-    )
-    eval_dataset_path: str | None = field(
-        default=None,
-        metadata={"help": "Held-out rows for the answer loss, same formats (split --dataset_test_split)."},
-    )
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
-    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation rows."})
-    question_types: list[str] | None = field(
-        default=None,
-        metadata={"help": "Train and evaluate only on rows of these question types (the `question_type` column)."},
-    )
-    eval_before_training: bool = field(
-        default=True,
-        metadata={
-            "help": "Evaluate once before the first step (`eval_on_start`), so the loss curve starts at step 0."
-        },
-    )
-    aligned_depth_model: str | None = field(
-        default=None,
-        metadata={
-            "help": "Stage-1 depth-model folder to start from instead of --model_name_or_path; its depth encoder is "
-            "kept, its fusion is switched to --depth_fusion when they differ."
-        },
-    )
-    depth_estimator: str | None = field(
-        default=None, metadata={"help": "DepthAnything id/folder, only for rows that have no depth."}
-    )
-    process_rows_ahead: bool = field(
-        default=False,
-        metadata={
-            "help": "Process every row once before training (chat template, image processor, depth patches; "
-            "training.processed_cache) instead of in every step's collator: bit-identical batches, ~350 KB of disk "
-            "per 112-px row. Pays off from about one epoch on."
-        },
-    )
-    train_vision_tower: bool = field(
-        default=False,
-        metadata={
-            "help": "With --use_peft false, train the RGB vision tower too (pre-training a base from scratch, as the "
-            "experiment's stage 0 does); by default it stays frozen."
-        },
-    )
-    export_dir: str | None = field(
-        default=None, metadata={"help": "Where the merged model + processor are saved (default: OUTPUT_DIR/merged)."}
-    )
-    depth_lr: float | None = field(
-        default=None,
-        metadata={
-            "help": "Learning rate of the depth modules that train (merger, gate, and the encoder blocks with "
-            "--train_depth_encoder); default: --learning_rate. The same schedule scales both rates."
-        },
-    )
-    depth_gate_init: float | None = field(
-        default=None,
-        metadata={
-            "help": "'add' only: set every channel of the fusion gate to this value before training (tanh(1.0) = "
-            "0.76). Default: leave it as loaded (zero for a new gate). Use with --depth_merger_zero_init so the "
-            "fresh model still equals the base exactly."
-        },
-    )
-    depth_merger_zero_init: bool = field(
-        default=False,
-        metadata={
-            "help": "Zero the depth projector's last layer (weight and bias) before training: depth then adds "
-            "exactly nothing, whatever the gate, and the last layer gets the full gradient from the first step."
-        },
-    )
-    train_depth_encoder: bool = field(
-        default=False,
-        metadata={"help": "With --use_peft false, also train the depth encoder's blocks (not only its merger)."},
-    )
-    train_only_depth: bool = field(
-        default=False,
-        metadata={
-            "help": "With --use_peft false, train only the depth modules (merger, gate, encoder blocks with "
-            "--train_depth_encoder) and freeze the language model: a projector warm-up stage (LLaVA's stage 1)."
-        },
-    )
-    loss_curve: str | None = field(
-        default=None,
-        metadata={
-            "help": "PNG of the training/eval loss (default: OUTPUT_DIR/loss_curve.png); a .json sits next to it."
-        },
-    )
+from training.sft_trainer import DepthSFTTrainer
 
 
 def make_parser() -> TrlParser:
     """`TrlParser` over (script, SFT, model) arguments, with Stage-2 defaults that depend on whether CUDA is present."""
     parser = TrlParser((SpatialSFTScriptArguments, SFTConfig, ModelConfig))
-    on_gpu = torch.cuda.is_available()
-    parser.set_defaults(
-        use_peft=True,
-        learning_rate=2e-4,  # the usual LoRA rate; TRL's 2e-5 is meant for full fine-tuning
-        remove_unused_columns=False,  # the collator needs the raw `messages`, `images` and `depth` columns
-        prediction_loss_only=True,  # eval needs only the answer loss; logits would cost a second forward pass
-        # bf16 and gradient checkpointing are what big models need on GPUs; on CPU bf16 autocast is slow and
-        # checkpointing only trades time for memory that a CPU run does not lack.
-        bf16=on_gpu,
-        gradient_checkpointing=on_gpu,
-        # Without `use_cpu`, processes started by `accelerate launch` on a machine without GPUs do not form a gloo
-        # group: each would train alone on the whole dataset.
-        use_cpu=not on_gpu,
-        dtype="bfloat16" if on_gpu else "float32",
-        per_device_train_batch_size=8 if on_gpu else 4,
-        per_device_eval_batch_size=8 if on_gpu else 4,
-    )
+    parser.set_defaults(**stage2_defaults(on_gpu=torch.cuda.is_available()))
     return parser
 
 
@@ -251,217 +98,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[SpatialSFTScriptArguments
     script_args.export_dir = script_args.export_dir or str(output_dir / "merged")
     script_args.loss_curve = script_args.loss_curve or str(output_dir / "loss_curve.png")
     return script_args, training_args, model_args
-
-
-def kbit_device_map() -> dict[str, int] | None:
-    """Each process's quantized model whole on its own accelerator (bitsandbytes weights are placed as they load and
-    cannot be moved later), as TRL's `get_kbit_device_map` did; None without an accelerator."""
-    if torch.cuda.is_available() or torch.xpu.is_available():
-        return {"": PartialState().local_process_index}
-    return None
-
-
-def model_init_kwargs(model_args: ModelConfig, training_args: SFTConfig, quantize: bool = True) -> dict:
-    """`from_pretrained` keyword arguments of the starting model, built as TRL's own `sft` script builds them.
-
-    `--model_revision`, `--trust_remote_code`, `--attn_implementation` and `--dtype`, then `--model_init_kwargs` over
-    them; with `--load_in_4bit` / `--load_in_8bit` (and `quantize`) TRL's bitsandbytes config
-    (`get_quantization_config`) and a device map per process (`kbit_device_map`). Only the language model is
-    quantized (QLoRA): the vision towers are small next to it, the depth encoder is aligned to the unquantized RGB
-    tower, and its merger trains in full.
-    """
-    kwargs = {
-        "revision": model_args.model_revision,
-        "trust_remote_code": training_args.trust_remote_code,
-        "attn_implementation": model_args.attn_implementation,
-        "dtype": model_args.dtype,
-    }
-    kwargs.update(training_args.model_init_kwargs or {})
-    quantization_config = get_quantization_config(model_args) if quantize else None
-    if quantization_config is not None:
-        quantization_config.llm_int8_skip_modules = list(UNQUANTIZED_MODULES)
-        kwargs["quantization_config"] = quantization_config
-        kwargs["device_map"] = kbit_device_map()
-    return kwargs
-
-
-def load_starting_model(
-    script_args: SpatialSFTScriptArguments, model_args: ModelConfig, training_args: SFTConfig, quantize: bool = True
-) -> tuple[Qwen2_5_VLDepthForConditionalGeneration, Qwen2_5_VLDepthProcessor]:
-    """The depth model and processor training starts from, deterministically (the adapter merge rebuilds it).
-
-    From a base checkpoint (`--model_name_or_path`) every base weight is kept, so add/concat/none models share them
-    exactly. From a Stage-1 folder (`--aligned_depth_model`) its weights are loaded as they are, with the fusion
-    switched to `--depth_fusion`; its depth encoder must load in full (`training.load.load_depth_model`).
-    """
-    return load_depth_model(
-        script_args.aligned_depth_model or model_args.model_name_or_path,
-        script_args.depth_fusion,
-        depth_estimator=script_args.depth_estimator,
-        **model_init_kwargs(model_args, training_args, quantize),
-    )
-
-
-def depth_modules_to_train(model: Qwen2_5_VLDepthForConditionalGeneration) -> list[str]:
-    """The depth modules trained in full for this fusion mode: merger (add, concat), gate (add), depth channel (rgbd)."""
-    names = []
-    if hasattr(model.model, "depth_encoder"):
-        names.append(DEPTH_MERGER)
-    if hasattr(model.model, "depth_gate"):
-        names.append(DEPTH_GATE)
-    if hasattr(model.model, DEPTH_PATCH_EMBED):
-        names.append(DEPTH_PATCH_EMBED)
-    return names
-
-
-def make_lora_config(model_args: ModelConfig, model: Qwen2_5_VLDepthForConditionalGeneration):
-    """TRL's LoRA config from `ModelConfig`, with Stage-2 defaults for what it targets and what it trains in full.
-
-    `--lora_target_modules` given once is used as PEFT's string form (a regex, or "all-linear"); given several times
-    it is a list of module-name suffixes, which also match the vision tower's and depth encoder's MLPs.
-    """
-    peft_config = get_peft_config(model_args)
-    if peft_config is None:
-        return None
-    targets = model_args.lora_target_modules
-    if targets is None:
-        peft_config.target_modules = LLM_LORA_TARGET_MODULES
-    elif len(targets) == 1:
-        peft_config.target_modules = targets[0]
-    if model_args.lora_modules_to_save is None:
-        peft_config.modules_to_save = depth_modules_to_train(model) or None
-    return peft_config
-
-
-def freeze_for_full_finetuning(
-    model: Qwen2_5_VLDepthForConditionalGeneration,
-    train_vision_tower: bool = False,
-    train_depth_encoder: bool = False,
-    train_only_depth: bool = False,
-) -> None:
-    """Without LoRA: train the language model, depth merger and gate (and the RGB tower, the depth encoder's blocks if
-    asked); freeze the rest. `train_only_depth`: the depth modules alone (the language model and RGB tower frozen)."""
-    for name, parameter in model.named_parameters():
-        is_depth = name.startswith(DEPTH_PARAMETER_PREFIXES)
-        if is_depth:
-            trains = (
-                name.startswith(tuple(f"model.{module}." for module in DEPTH_TRAINED_MODULES)) or train_depth_encoder
-            )
-        elif train_only_depth:
-            trains = False
-        else:
-            trains = not name.startswith("model.visual.") or train_vision_tower
-        parameter.requires_grad_(trains)
-
-
-def is_depth_parameter(name: str) -> bool:
-    """A depth-module parameter (encoder, merger, gate), also under a PEFT wrapper's prefix."""
-    return any(prefix in name for prefix in DEPTH_PARAMETER_PREFIXES)
-
-
-@torch.no_grad()
-def reinitialise_depth_fusion(
-    model: Qwen2_5_VLDepthForConditionalGeneration, gate_init: float | None, merger_zero_init: bool
-) -> None:
-    """`--depth_merger_zero_init`: zero the depth projector's last linear layer, so depth adds exactly nothing yet
-    gets the full gradient (not one scaled by tanh(0) = 0); `--depth_gate_init`: set the 'add' gate's channels."""
-    if merger_zero_init:
-        if not hasattr(model.model, "depth_encoder"):
-            raise ValueError("--depth_merger_zero_init needs a depth fusion (add, concat).")
-        last = model.model.depth_encoder.merger.mlp[-1]
-        last.weight.zero_()
-        if last.bias is not None:
-            last.bias.zero_()
-    if gate_init is not None:
-        if not hasattr(model.model, "depth_gate"):
-            raise ValueError("--depth_gate_init needs depth_fusion='add'.")
-        model.model.depth_gate.gate.fill_(gate_init)
-
-
-def depth_fusion_stats(model: torch.nn.Module) -> dict[str, float]:
-    """Scalars of the depth path to log during training: mean and max |tanh(gate)| ('add'), and the Frobenius norm
-    of the depth projector's last layer (only trainable copies: a PEFT wrapper also holds the frozen original)."""
-    stats = {}
-    for name, parameter in model.named_parameters():
-        if not parameter.requires_grad:
-            continue
-        if name.endswith(f"{DEPTH_GATE}.gate") or f"{DEPTH_GATE}.modules_to_save" in name:
-            gate = parameter.detach().float().tanh().abs()
-            stats.update(depth_gate_abs_mean=float(gate.mean()), depth_gate_abs_max=float(gate.max()))
-        elif DEPTH_MERGER in name and name.endswith("mlp.2.weight"):
-            stats["depth_merger_out_norm"] = float(parameter.detach().float().norm())
-        elif DEPTH_PATCH_EMBED in name and name.endswith(".weight"):
-            stats["depth_patch_embed_norm"] = float(parameter.detach().float().norm())
-    return stats
-
-
-class DepthFusionProbe:
-    """Forward hooks that keep, for the last training batch, the mean L2 norm per token of the RGB image tokens and of
-    what depth adds to them ('add': tanh(gate) * projector output; 'concat': the depth tokens; 'rgbd': per patch, the
-    RGB patch embedding and the depth channel's)."""
-
-    def __init__(self, model: torch.nn.Module):
-        self.norms: dict[str, float] = {}
-        modules = dict(model.named_modules())
-        # 'add' adds the gate's output; 'concat' the merger's; 'rgbd' the depth channel's onto the RGB patch embedding
-        # (a PEFT wrapper keeps the module's name as a suffix).
-        rgb_suffix, depth_suffix = "visual.merger", DEPTH_MERGER
-        if any(name.endswith(DEPTH_GATE) for name in modules):
-            depth_suffix = DEPTH_GATE
-        elif any(name.endswith(DEPTH_PATCH_EMBED) for name in modules):
-            rgb_suffix, depth_suffix = "visual.patch_embed", DEPTH_PATCH_EMBED
-        for name, module in modules.items():
-            if name.endswith(rgb_suffix):
-                module.register_forward_hook(self._hook("rgb_token_norm"))
-            elif name.endswith(depth_suffix):
-                module.register_forward_hook(self._hook("depth_added_norm"))
-
-    def _hook(self, key: str):
-        def hook(module, inputs, output):
-            if torch.is_tensor(output):
-                self.norms[key] = float(output.detach().float().norm(dim=-1).mean())
-
-        return hook
-
-    def stats(self) -> dict[str, float]:
-        stats = dict(self.norms)
-        if "rgb_token_norm" in stats and "depth_added_norm" in stats and stats["rgb_token_norm"] > 0:
-            stats["depth_to_rgb_norm_ratio"] = stats["depth_added_norm"] / stats["rgb_token_norm"]
-        return stats
-
-
-class DepthSFTTrainer(SFTTrainer):
-    """`SFTTrainer` with a separate learning rate for the depth modules (`depth_lr`) and the depth path's gate,
-    projector and token norms logged next to the loss (so they land in `log_history` and the loss-curve JSON)."""
-
-    def __init__(self, *args, depth_lr: float | None = None, **kwargs):
-        self.depth_lr = depth_lr
-        super().__init__(*args, **kwargs)
-        self.depth_probe = DepthFusionProbe(self.model)
-
-    def create_optimizer(self, model=None):
-        optimizer = super().create_optimizer(model)
-        if self.depth_lr is None:
-            return optimizer
-        names = {id(parameter): name for name, parameter in (model or self.model).named_parameters()}
-        groups = []
-        for group in optimizer.param_groups:
-            params = group.pop("params")
-            depth = [p for p in params if is_depth_parameter(names.get(id(p), ""))]
-            rest = [p for p in params if not is_depth_parameter(names.get(id(p), ""))]
-            if rest:
-                groups.append({**group, "params": rest})
-            if depth:
-                groups.append({**group, "params": depth, "lr": self.depth_lr})
-        optimizer.param_groups = []
-        for group in groups:
-            optimizer.add_param_group(group)
-        return optimizer
-
-    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
-        if "loss" in logs:  # training logs only
-            logs = {**logs, **depth_fusion_stats(self.model), **self.depth_probe.stats()}
-        super().log(logs, *args, **kwargs)
 
 
 def build_trainer(
@@ -525,93 +161,11 @@ def build_trainer(
     return trainer
 
 
-def is_depth_module_parameter(name: str) -> bool:
-    """Whether a parameter (plain or PEFT-wrapped name) belongs to a depth module trained in full (merger, gate,
-    depth channel)."""
-    return any(f".{module}." in f".{name}" for module in DEPTH_TRAINED_MODULES)
-
-
-def merged_model_from_adapter(
-    adapter_dir: str | Path, script_args: SpatialSFTScriptArguments, model_args: ModelConfig, training_args: SFTConfig
-) -> Qwen2_5_VLDepthForConditionalGeneration:
-    """Rebuild the starting model (unquantized), load the saved adapter (and full depth modules) into it and merge.
-
-    Used when training sharded the weights (FSDP, DeepSpeed): the adapter saved by `trainer.save_model` is gathered,
-    the in-memory model is not; and after QLoRA, whose 4/8-bit weights the adapter must not be merged into.
-    """
-    from peft import PeftModel
-
-    model, _ = load_starting_model(script_args, model_args, training_args, quantize=False)
-    return PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
-
-
-def export_merged_model(
-    trainer: SFTTrainer,
-    export_dir: str | Path,
-    script_args: SpatialSFTScriptArguments,
-    model_args: ModelConfig,
-) -> Path:
-    """Merge LoRA into the weights and save a plain depth-model folder (model, processor, remote code).
-
-    Call on every rank. Unsharded (single process, DDP), the main process merges the trained model in place, which
-    leaves `trainer.model` merged. Sharded, the adapter is first gathered into `output_dir` and merged into a rebuilt
-    copy of the starting model; so is a QLoRA adapter (saved there by `finish`), into the unquantized model.
-    """
-    accelerator = trainer.accelerator
-    export_dir = Path(export_dir)
-    model = accelerator.unwrap_model(trainer.model)
-    is_peft = hasattr(model, "merge_and_unload")
-    sharded = trainer.is_fsdp_enabled or trainer.is_deepspeed_enabled
-    quantized = model_args.load_in_4bit or model_args.load_in_8bit
-    if sharded:
-        trainer.save_model(trainer.args.output_dir)  # collective: gathers the full adapter / weights
-    if accelerator.is_main_process:
-        if (sharded or quantized) and is_peft:
-            model = merged_model_from_adapter(trainer.args.output_dir, script_args, model_args, trainer.args)
-        elif sharded:
-            model = Qwen2_5_VLDepthForConditionalGeneration.from_pretrained(trainer.args.output_dir)
-        elif is_peft:
-            model = model.merge_and_unload()
-        model.save_pretrained(export_dir)
-        trainer.processing_class.save_pretrained(export_dir)
-    accelerator.wait_for_everyone()
-    return export_dir
-
-
-def write_loss_curve(log_history: list[dict], png_path: str | Path, title: str = "Stage 2 spatial SFT") -> Path:
-    """Plot training and evaluation loss per step from `trainer.state.log_history`; the history goes next to it."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    png_path = Path(png_path)
-    png_path.parent.mkdir(parents=True, exist_ok=True)
-    png_path.with_suffix(".json").write_text(json.dumps(log_history, indent=1) + "\n")
-    train = [(entry["step"], entry["loss"]) for entry in log_history if "loss" in entry]
-    evaluation = [(entry["step"], entry["eval_loss"]) for entry in log_history if "eval_loss" in entry]
-    figure, axis = plt.subplots(figsize=(7, 4), dpi=120)
-    if train:
-        axis.plot(*zip(*train), label="train loss (answer tokens)", color="tab:blue")
-    if evaluation:
-        axis.plot(*zip(*evaluation), "o--", label="eval loss (answer tokens)", color="tab:orange")
-    axis.set_xlabel("optimizer step")
-    axis.set_ylabel("cross-entropy (nats/token)")
-    axis.set_title(title)
-    axis.grid(alpha=0.3)
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(png_path)
-    plt.close(figure)
-    return png_path
-
-
 def train(
     script_args: SpatialSFTScriptArguments, training_args: SFTConfig, model_args: ModelConfig
 ) -> tuple[SFTTrainer, dict]:
     """Build the trainer, evaluate, train, evaluate; returns the trainer and a summary of losses and speed."""
     trainer = build_trainer(script_args, training_args, model_args)
-    print_ = trainer.accelerator.print
     summary = {"depth_fusion": script_args.depth_fusion}
     if trainer.eval_dataset is not None and script_args.eval_before_training:
         # Inside `train`, once the model is wrapped: evaluating before `train` marks the model as prepared, and
@@ -619,29 +173,7 @@ def train(
         # accelerate 1.15).
         trainer.args.eval_on_start = True
     result = trainer.train(resume_from_checkpoint=resume_checkpoint(training_args))
-    first_eval = next((entry for entry in trainer.state.log_history if "eval_loss" in entry), None)
-    if trainer.args.eval_on_start and first_eval is not None:
-        summary["eval_loss_before"] = first_eval["eval_loss"]
-    summary.update(
-        train_loss=result.metrics["train_loss"],
-        train_steps=result.global_step,
-        train_steps_per_second=result.metrics["train_steps_per_second"],
-        train_samples_per_second=result.metrics["train_samples_per_second"],
-    )
-    if trainer.eval_dataset is not None:
-        last_eval = next((entry for entry in reversed(trainer.state.log_history) if "eval_loss" in entry), None)
-        if last_eval is not None and last_eval["step"] == result.global_step:  # eval_strategy just did it
-            summary["eval_loss_after"] = last_eval["eval_loss"]
-        else:
-            summary["eval_loss_after"] = trainer.evaluate()["eval_loss"]
-    print_(
-        f"Trained {result.global_step} steps at {summary['train_steps_per_second']:.3f} steps/s "
-        f"({summary['train_samples_per_second']:.2f} samples/s), mean train loss {summary['train_loss']:.4f}"
-    )
-    if "eval_loss_before" in summary and "eval_loss_after" in summary:
-        before, after = summary["eval_loss_before"], summary["eval_loss_after"]
-        drop = 100 * (1 - after / before) if before > 0 and math.isfinite(before) else float("nan")
-        print_(f"Eval answer loss {before:.4f} -> {after:.4f} ({drop:.1f}% lower)")
+    summary.update(summarise_training(trainer, result))
     return trainer, summary
 
 

@@ -18,8 +18,10 @@ from training.align.data import RGBDPairCollator, select_pair_rows
 from training.align.model import ALIGNMENT_LEVELS, DepthAlignmentModel
 from training.align.probe import metric_depth_probe
 from training.align.trainer import DepthAlignmentTrainer
-from training.load import load_depth_model, load_rows, resume_checkpoint
+from training.checkpoints import resume_checkpoint
+from training.data_files import load_rows
 from training.make_rgbd_pairs import RGBDPairs
+from training.model_loading import load_depth_model
 
 
 logger = logging.get_logger(__name__)

@@ -17,7 +17,7 @@ from transformers.modeling_outputs import ModelOutput
 from configuration_depth import Qwen2_5_VLDepthConfig
 from modeling_qwen2_5_vl_depth import Qwen2_5_VLDepthForConditionalGeneration, encode_metric_depth
 from training.align.loss import ClipLoss, distributed_rank_and_world_size
-from training.load import keep_in_float32
+from training.model_loading import keep_in_float32
 
 
 ALIGNMENT_LEVELS = ("global", "dense")

@@ -18,8 +18,9 @@ import torch
 
 from training.align.data import RGBDPairCollator, select_pair_rows
 from training.align.model import DepthAlignmentModel
-from training.load import load_depth_model, load_rows
+from training.data_files import load_rows
 from training.make_rgbd_pairs import RGBDPairs
+from training.model_loading import load_depth_model
 
 
 # Ridge strengths tried; the one with the best R² on a held-out part of the fitting half is refitted on all of it.

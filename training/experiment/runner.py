@@ -170,7 +170,7 @@ class Experiment:
         if not done.exists():
             from datasets import concatenate_datasets
 
-            from training.load import load_rows
+            from training.data_files import load_rows
 
             rows = load_rows(source)
             # Reading only the type column: a row-wise filter would decode every image.

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from training.data_files import load_rows
 from training.depth_png import decode_depth_cell, decode_image_cell
-from training.load import load_rows
 
 
 DEFAULT_MAX_ROTATION_DEGREES = 10.0
@@ -127,11 +127,11 @@ class RGBDPairs(torch.utils.data.Dataset):
     """RGB-D pairs as a torch Dataset of `RGBDPair`s, decoded (and augmented) at load time.
 
     `pairs`: what `python -m training.make_rgbd_pairs` writes (its output folder), any folder or file
-    `training.load.load_rows` reads, or a `datasets.Dataset`, with an `image` (or `images`: the first is used) and a
-    `depth` column; `indices` picks rows (default: all). With `augment=True` each item gets a random horizontal flip
-    and rotation (up to `max_rotation_degrees`; 0: flips only) drawn from (seed, epoch, position): reproducible, the
-    same in any DataLoader worker and on every rank, new every epoch once `set_epoch` is called, and the same again on
-    resume.
+    `training.data_files.load_rows` reads, or a `datasets.Dataset`, with an `image` (or `images`: the first is used)
+    and a `depth` column; `indices` picks rows (default: all). With `augment=True` each item gets a random horizontal
+    flip and rotation (up to `max_rotation_degrees`; 0: flips only) drawn from (seed, epoch, position): reproducible,
+    the same in any DataLoader worker and on every rank, new every epoch once `set_epoch` is called, and the same again
+    on resume.
     """
 
     def __init__(

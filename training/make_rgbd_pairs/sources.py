@@ -11,7 +11,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from training.load import find_data_files
+from training.data_files import find_data_files
 from training.make_rgbd_pairs.images import SkippedImage
 from training.make_rgbd_pairs.reader import without_image_decoding
 
