@@ -17,8 +17,8 @@ Protocol (fixed, so runs are comparable):
   "Answer with a number and a unit, or with one of the options."
 - Decoding: greedy (`do_sample=False`, one beam, `repetition_penalty=1.0`, whatever the checkpoint's
   `generation_config` says), `--max-new-tokens` 16, batches of `--batch-size` left-padded prompts.
-- Depth: a model with depth (`processor.depth_fusion != "none"`) gets the dataset's `depth` column (the world's
-  exact metric depth); rows without depth get the processor's estimator's (`--depth-estimator` sets one), else they
+- Depth: a model with depth (`processor.depth_fusion != "none"`) gets the depth in each row's image block (the
+  world's exact metric depth); rows without depth get the processor's estimator's (`--depth-estimator` sets one), else they
   run RGB-only, which the results record (`depth_source`). `--no-depth` runs a depth model RGB-only (an ablation).
 - Reading answers: `training.answers` (lengths with units to metres; a bare number is metres; choices by exact
   match, option letter, or unique containment; orders as full lists). Unreadable answers count as wrong and are

@@ -133,10 +133,10 @@ class RGBDPairs(torch.utils.data.Dataset):
 
     `pairs`: what `python -m training.make_rgbd_pairs` writes (its output folder), any folder or file
     `training.load.load_rows` reads, or a `datasets.Dataset`, with an `images` column (the first is used) and depth in
-    the image blocks of `messages` (or older `image` and `depth` columns); `indices` picks rows (default: all). With `augment=True` each item gets a random horizontal flip
-    and rotation (up to `max_rotation_degrees`; 0: flips only) drawn from (seed, epoch, position): reproducible, the
-    same in any DataLoader worker and on every rank, new every epoch once `set_epoch` is called, and the same again on
-    resume.
+    the image blocks of `messages` (or older `image` and `depth` columns); `indices` picks rows (default: all). With
+    `augment=True` each item gets a random horizontal flip and rotation (up to `max_rotation_degrees`; 0: flips only)
+    drawn from (seed, epoch, position): reproducible, the same in any DataLoader worker and on every rank, new every
+    epoch once `set_epoch` is called, and the same again on resume.
     """
 
     def __init__(
