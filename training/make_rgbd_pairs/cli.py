@@ -26,6 +26,7 @@ from training.make_rgbd_pairs.sources import (
     DEFAULT_DEPTH_DIR,
     INPUT_TYPES,
     RGB_DIR_NAMES,
+    TABLE_INPUT_TYPES,
     detect_input_type,
     open_source,
 )
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None, measured_only: bool = False, prog: str |
         if input_type == "auto":
             input_type = detect_input_type(args.input, args.rgb_dir, args.depth_dir)
         input_type = "pairs" if input_type == "folder" else input_type
-        if input_type != "mat":
+        if input_type in TABLE_INPUT_TYPES:
             depth_column = depth_column or DEFAULT_DEPTH_COLUMN
     source = open_source(
         args.input, input_type, args.split, args.image_column, depth_column, args.rgb_dir, args.depth_dir

@@ -35,6 +35,7 @@ DEFAULT_DEPTH_DIR = "depth"
 DEFAULT_DEPTH_COLUMN = "depth"
 NYU_IMAGE_KEY, NYU_DEPTH_KEY = "images", "depths"
 INPUT_TYPES = ("auto", "folder", "pairs", "mat", "disk", "parquet", "hub")
+TABLE_INPUT_TYPES = ("disk", "parquet", "hub")
 DATASET_FOLDER_FILES = ("dataset_dict.json", "state.json", "dataset_info.json")
 
 
@@ -386,8 +387,10 @@ def open_source(
 
     if input_type == "auto":
         input_type = detect_input_type(source, rgb_dir, depth_dir)
-    if input_type in ("folder", "pairs") and image_column is not None:
-        raise SystemExit("--image-column applies to datasets and .mat files, not to folders.")
+    if input_type in ("folder", "pairs") and (image_column or depth_column) is not None:
+        raise SystemExit(
+            f"--image-column and --depth-column apply to datasets and .mat files, not to {source}, a folder."
+        )
     if input_type == "folder":
         return ImageFolderSource(source)
     if input_type == "pairs":
