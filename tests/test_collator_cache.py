@@ -12,6 +12,7 @@ from training.data_files import load_rows
 from training.depth_png import decode_depth_cell, decode_image_cell
 from training.processed_cache import process_rows, processed_rows_fingerprint
 from training.spatialbot import processor_for_arm
+from training.trl_layout import first_depth
 
 
 # Every key the processor and collator put in a batch of the rendered world (depth keys only when depth is used).
@@ -78,7 +79,7 @@ def test_images_with_and_without_depth_in_one_batch(depth_models, rows):
     expected = processor(
         images=images,
         text=texts,
-        depth=[[decode_depth_cell(rows[0]["depth"])], [None]],
+        depth=[[decode_depth_cell(first_depth(rows[0]))], [None]],
         padding=True,
         return_tensors="pt",
     )

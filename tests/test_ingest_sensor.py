@@ -25,6 +25,7 @@ from PIL import Image
 from training import ingest_sensor, make_rgbd_pairs
 from training.depth_png import decode_depth_cell
 from training.make_rgbd_pairs import METRIC_DEPTH_ENCODING, shard_path
+from training.trl_layout import first_depth
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -74,7 +75,7 @@ def skipped_reasons(out_dir: Path) -> dict[str, str]:
 
 
 def stored_image(row: dict) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(row["image"]["bytes"])).convert("RGB"))
+    return np.asarray(Image.open(io.BytesIO(row["images"][0]["bytes"])).convert("RGB"))
 
 
 def card_yaml(out_dir: Path) -> dict:
@@ -153,7 +154,7 @@ def test_folder_pairs_read_back_through_the_alignment_reader(pair_folder, folder
     for row in rows:
         assert row["depth_is_metric"] is True
         assert row["depth_encoding"] == METRIC_DEPTH_ENCODING
-        assert row["estimator"] == ingest_sensor.SENSOR_ESTIMATOR
+        assert row["estimator"] == make_rgbd_pairs.SENSOR_ESTIMATOR
         assert (row["width"], row["height"]) == (WIDTH, HEIGHT)
 
 
@@ -270,7 +271,7 @@ def test_preset_scales_tum_and_sunrgbd_are_exact(tmp_path):
     write_file(tmp_path / "tum/rgb/1.png", png_bytes(rgb_array(11)))
     write_file(tmp_path / "tum/depth/1.png", png_bytes(tum_raw))
     run_cli(tmp_path / "tum", tmp_path / "tum_out", "--depth-scale", "tum")
-    tum_depth = decode_depth_cell(read_rows(tmp_path / "tum_out")[0]["depth"])
+    tum_depth = decode_depth_cell(first_depth(read_rows(tmp_path / "tum_out")[0]))
     np.testing.assert_array_equal(tum_depth, metres_of(np.rint(tum_raw / 5.0).astype(np.uint16)))
 
     # SUN RGB-D: millimetres rotated left by 3 bits; depths over 8.191 m wrap their top bits around.
@@ -280,7 +281,9 @@ def test_preset_scales_tum_and_sunrgbd_are_exact(tmp_path):
     write_file(tmp_path / "sun/image/1.jpg", png_bytes(rgb_array(12)))  # a PNG named .jpg: read by content
     write_file(tmp_path / "sun/depth/1.png", png_bytes(stored.astype(np.uint16)))
     run_cli(tmp_path / "sun", tmp_path / "sun_out", "--depth-scale", "sunrgbd")
-    np.testing.assert_array_equal(decode_depth_cell(read_rows(tmp_path / "sun_out")[0]["depth"]), metres_of(sun_mm))
+    np.testing.assert_array_equal(
+        decode_depth_cell(first_depth(read_rows(tmp_path / "sun_out")[0])), metres_of(sun_mm)
+    )
 
 
 def test_downscaled_image_keeps_measured_depths(tmp_path):
@@ -291,7 +294,7 @@ def test_downscaled_image_keeps_measured_depths(tmp_path):
     row = read_rows(tmp_path / "out")[0]
     assert (row["width"], row["height"]) == (32, 24) and stored_image(row).shape == (24, 32, 3)
     # Nearest neighbour at half size takes every second sample (the one nearest each output pixel's centre).
-    np.testing.assert_array_equal(decode_depth_cell(row["depth"]), metres_of(depth[1::2, 1::2]))
+    np.testing.assert_array_equal(decode_depth_cell(first_depth(row)), metres_of(depth[1::2, 1::2]))
 
 
 def test_exif_rotation_turns_image_and_depth_together(tmp_path):
@@ -306,7 +309,7 @@ def test_exif_rotation_turns_image_and_depth_together(tmp_path):
     row = read_rows(tmp_path / "out")[0]
     assert (row["width"], row["height"]) == (HEIGHT, WIDTH)
     np.testing.assert_array_equal(stored_image(row), np.rot90(rgb, k=-1))
-    np.testing.assert_array_equal(decode_depth_cell(row["depth"]), metres_of(np.rot90(depth, k=-1)))
+    np.testing.assert_array_equal(decode_depth_cell(first_depth(row)), metres_of(np.rot90(depth, k=-1)))
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -358,7 +361,7 @@ def test_nyu_mat_reads_back_exactly(nyu_mat, depth_key, tmp_path):
     for row in rows:
         index = int(row["source_id"])
         np.testing.assert_array_equal(stored_image(row), images[index])
-        np.testing.assert_array_equal(decode_depth_cell(row["depth"]), metres_of(expected_mm[depth_key][index]))
+        np.testing.assert_array_equal(decode_depth_cell(first_depth(row)), metres_of(expected_mm[depth_key][index]))
         assert row["depth_is_metric"] and (row["width"], row["height"]) == (WIDTH, HEIGHT)
     assert result["totals"]["skipped_by_reason"] == {"negative_depth": 1}
     assert "NYU Depth v2 `nyu_depth_v2_labeled.mat`" in (tmp_path / "out" / "README.md").read_text()
@@ -403,7 +406,7 @@ def test_parquet_float_depth_reads_back_exactly(tmp_path):
     assert [row["source_id"] for row in rows] == ["0", "1"]
     for row in rows:
         index = int(row["source_id"])
-        np.testing.assert_array_equal(decode_depth_cell(row["depth"]), metres_of(mm[index]))
+        np.testing.assert_array_equal(decode_depth_cell(first_depth(row)), metres_of(mm[index]))
         np.testing.assert_array_equal(stored_image(row), rgb_array(50 + index))
     assert result["totals"]["skipped_by_reason"] == {"implausible_depth": 1}
 
@@ -437,7 +440,7 @@ def test_saved_dataset_with_png_depth_reads_back_exactly(tmp_path):
     rows = read_rows(tmp_path / "out")
     assert [row["source_id"] for row in rows] == ["0", "1"]
     for row, expected in zip(rows, mm):
-        np.testing.assert_array_equal(decode_depth_cell(row["depth"]), metres_of(expected))
+        np.testing.assert_array_equal(decode_depth_cell(first_depth(row)), metres_of(expected))
     with pytest.raises(SystemExit, match="'depth' is not a column"):
         run_cli(tmp_path / "saved", tmp_path / "default_column", "--depth-scale", "1000")
 
@@ -446,24 +449,24 @@ def test_saved_dataset_with_png_depth_reads_back_exactly(tmp_path):
 # Depth units and values
 # --------------------------------------------------------------------------------------------------------------
 def test_depth_scale_presets_and_numbers():
-    assert ingest_sensor.parse_depth_scale("TUM").units_per_metre == 5000
-    assert ingest_sensor.parse_depth_scale("scannet").units_per_metre == 1000
-    assert ingest_sensor.parse_depth_scale("kitti").units_per_metre == 256
-    assert ingest_sensor.parse_depth_scale("4000").units_per_metre == 4000
+    assert make_rgbd_pairs.parse_depth_scale("TUM").units_per_metre == 5000
+    assert make_rgbd_pairs.parse_depth_scale("scannet").units_per_metre == 1000
+    assert make_rgbd_pairs.parse_depth_scale("kitti").units_per_metre == 256
+    assert make_rgbd_pairs.parse_depth_scale("4000").units_per_metre == 4000
     for bad in ("-5", "0", "nan", "millimetres"):
         with pytest.raises(argparse.ArgumentTypeError):
-            ingest_sensor.parse_depth_scale(bad)
+            make_rgbd_pairs.parse_depth_scale(bad)
 
 
 def test_invalid_values_become_zero_and_unstorable_depths_are_not_clipped():
-    scale = ingest_sensor.parse_depth_scale("1")
+    scale = make_rgbd_pairs.parse_depth_scale("1")
     values = np.array([[2.0, 0.0, np.nan], [np.inf, -np.inf, 70.0], [1.5, 3.25, 80.0]])
-    metres = ingest_sensor.depth_in_metres(values, scale)
+    metres = make_rgbd_pairs.depth_in_metres(values, scale)
     np.testing.assert_array_equal(metres, np.array([[2.0, 0, 0], [0, 0, 0], [1.5, 3.25, 0]], dtype=np.float32))
     with pytest.raises(make_rgbd_pairs.SkippedImage, match="negative_depth"):
-        ingest_sensor.depth_in_metres(np.array([[1.0, -0.5]]), scale)
+        make_rgbd_pairs.depth_in_metres(np.array([[1.0, -0.5]]), scale)
     with pytest.raises(make_rgbd_pairs.SkippedImage, match="no_valid_depth"):
-        ingest_sensor.depth_in_metres(np.array([[0.0, np.nan]]), scale)
+        make_rgbd_pairs.depth_in_metres(np.array([[0.0, np.nan]]), scale)
 
 
 @pytest.mark.slow
@@ -481,3 +484,78 @@ def test_accelerate_launch_two_processes(pair_folder, folder_pairs, tmp_path):
     assert "rank 0/2" in completed.stderr and "rank 1/2" in completed.stderr
     assert read_rows(out_dir) == read_rows(folder_pairs)
     assert skipped_reasons(out_dir) == FOLDER_SKIPS
+
+
+# --------------------------------------------------------------------------------------------------------------
+# One builder: the sensor sources are make_rgbd_pairs' sources; jobs that would write nothing stop with the reason
+# --------------------------------------------------------------------------------------------------------------
+def test_make_rgbd_pairs_reads_sensor_inputs_without_an_estimator(pair_folder, folder_pairs, tmp_path):
+    """The same folder through the one CLI: measured depth, the same rows, and no estimator is ever loaded (the id
+    below does not exist)."""
+    argv = ["--input", str(pair_folder[0]), "--out", str(tmp_path / "out"), "--depth-scale", "1000"]
+    argv += ["--shard-size", str(FOLDER_SHARD_SIZE), "--num-workers", "0", "--no-progress"]
+    make_rgbd_pairs.main([*argv, "--estimator", str(tmp_path / "no_such_estimator")])
+    assert read_rows(tmp_path / "out") == read_rows(folder_pairs)
+    assert make_rgbd_pairs.detect_input_type(str(pair_folder[0])) == "pairs"
+    # Depth in the image block of the pair's one user turn, where the processor and TRL's collator read it.
+    row = read_rows(folder_pairs)[0]
+    assert [message["role"] for message in row["messages"]] == ["user"]
+    assert [block["type"] for block in row["messages"][0]["content"]] == ["image"] and len(row["images"]) == 1
+
+
+def test_a_folder_where_no_rgb_file_has_its_depth_partner_stops_with_the_reason(tmp_path):
+    write_file(tmp_path / "in/rgb/0001.png", png_bytes(rgb_array(1)))
+    write_file(tmp_path / "in/rgb/0002.png", png_bytes(rgb_array(2)))
+    write_file(tmp_path / "in/depth/frame_0001.png", png_bytes(millimetres(1)))  # another naming scheme
+    with pytest.raises(SystemExit, match=r"No RGB image under .* has a depth file of the same name \(2 rgb, 1 depth"):
+        run_cli(tmp_path / "in", tmp_path / "out", "--depth-scale", "1000")
+    assert not (tmp_path / "out" / "data").exists()
+
+
+def test_a_depth_column_with_every_cell_empty_stops_with_the_reason(tmp_path):
+    from datasets import Dataset, Features, Value
+    from datasets import Image as ImageFeature
+
+    features = Features({"image": ImageFeature(), "depth": Value("binary")})
+    images = [{"bytes": png_bytes(rgb_array(70 + i)), "path": None} for i in range(3)]
+    Dataset.from_dict({"image": images, "depth": [None, b"", None]}, features=features).to_parquet(
+        str(tmp_path / "empty.parquet")
+    )
+    with pytest.raises(SystemExit, match=r"Every cell of the depth column 'depth' .* is empty \(3 rows\)"):
+        run_cli(tmp_path / "empty.parquet", tmp_path / "out", "--depth-scale", "1000")
+    assert not (tmp_path / "out" / "data").exists()
+    # One empty cell among good ones is that row's skip, not the job's end.
+    depth = [png_bytes(millimetres(70)), None, png_bytes(millimetres(72))]
+    Dataset.from_dict({"image": images, "depth": depth}, features=features).to_parquet(str(tmp_path / "some.parquet"))
+    result = run_cli(tmp_path / "some.parquet", tmp_path / "some", "--depth-scale", "1000")
+    assert [row["source_id"] for row in read_rows(tmp_path / "some")] == ["0", "2"]
+    assert result["totals"]["skipped_by_reason"] == {"missing_depth": 1}
+
+
+def test_a_job_that_skips_every_input_stops_with_the_reasons(tmp_path):
+    for name in ("a", "b"):  # depth of another aspect ratio: not registered, skipped, and not a settings problem
+        write_file(tmp_path / f"in/rgb/{name}.png", png_bytes(rgb_array(80)))
+        write_file(tmp_path / f"in/depth/{name}.png", png_bytes(millimetres(80, HEIGHT, WIDTH - 8)))
+    with pytest.raises(
+        SystemExit, match=r"No usable pair among the 2 inputs: every one was skipped \(size_mismatch: 2\)"
+    ):
+        run_cli(tmp_path / "in", tmp_path / "out", "--depth-scale", "1000")
+
+
+def test_a_folder_of_float_npy_depth_is_metres_without_a_scale(tmp_path):
+    mm = [millimetres(90 + i) for i in range(2)]
+    for i, value in enumerate(mm):
+        write_file(tmp_path / f"in/rgb/{i}.png", png_bytes(rgb_array(90 + i)))
+        (tmp_path / "in/depth").mkdir(parents=True, exist_ok=True)
+        np.save(tmp_path / f"in/depth/{i}.npy", metres_with_noise(value, 90 + i))
+    run_cli(tmp_path / "in", tmp_path / "out")  # float depth is metres: no --depth-scale
+    rows = read_rows(tmp_path / "out")
+    assert [row["source_id"] for row in rows] == ["rgb/0.png", "rgb/1.png"]
+    for row, expected in zip(rows, mm):
+        np.testing.assert_array_equal(decode_depth_cell(first_depth(row)), metres_of(expected))
+    assert "float metres" in (tmp_path / "out" / "README.md").read_text()
+    # Integer .npy depth has no unit: the scale is still asked for.
+    np.save(tmp_path / "in/depth/0.npy", mm[0].astype(np.int32))
+    np.save(tmp_path / "in/depth/1.npy", mm[1].astype(np.int32))
+    with pytest.raises(SystemExit, match="stores integer depth"):
+        run_cli(tmp_path / "in", tmp_path / "integer")

@@ -308,8 +308,8 @@ def test_the_readable_rate_is_reported_per_type():
 # ---- scene conversations -------------------------------------------------------------------------------------------
 def test_a_scenes_questions_become_one_conversation_whose_every_answer_is_a_target(world_dir, depth_models):
     from training.collator import IGNORE_INDEX, DepthVLMCollator
+    from training.data_files import load_rows
     from training.experiment.conversations import SCENE_CONVERSATION_TYPE, scene_conversations
-    from training.load import load_rows
 
     rows = load_rows(world_dir)
     conversations = scene_conversations(rows)

@@ -33,6 +33,7 @@ from training.make_rgbd_pairs import (
     transform_rgbd_pair,
 )
 from training.tiny import save_tiny_depth_anything
+from training.trl_layout import first_depth
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -135,7 +136,7 @@ def read_rows(out_dir: Path) -> list[dict]:
 
 
 def stored_image(row: dict) -> Image.Image:
-    return Image.open(io.BytesIO(row["image"]["bytes"])).convert("RGB")
+    return Image.open(io.BytesIO(row["images"][0]["bytes"])).convert("RGB")
 
 
 @pytest.fixture(scope="session")
@@ -211,12 +212,12 @@ def test_written_and_skipped_images(metric_pairs):
 def test_images_are_converted_to_upright_rgb(metric_pairs, photos):
     rows = {row["source_id"]: row for row in read_rows(metric_pairs[0])}
     for source_id, row in rows.items():
-        image = Image.open(io.BytesIO(row["image"]["bytes"]))
+        image = Image.open(io.BytesIO(row["images"][0]["bytes"]))
         assert image.mode == "RGB", source_id
         assert (row["width"], row["height"]) == image.size
     # An unchanged RGB JPEG keeps its bytes.
-    assert rows["rgb.jpg"]["image"]["bytes"] == (photos / "rgb.jpg").read_bytes()
-    assert Image.open(io.BytesIO(rows["rgb.png"]["image"]["bytes"])).format == "PNG"
+    assert rows["rgb.jpg"]["images"][0]["bytes"] == (photos / "rgb.jpg").read_bytes()
+    assert Image.open(io.BytesIO(rows["rgb.png"]["images"][0]["bytes"])).format == "PNG"
     # Downscaled to --max-side on the longer side.
     assert (rows["large.png"]["width"], rows["large.png"]["height"]) == (64, 53)
     # EXIF orientation 6: the 64x40 stored pixels are shown (and kept) as 40x64.
@@ -251,7 +252,7 @@ def test_metric_depth_equals_the_estimator_on_the_stored_image(metric_pairs, est
     spreads = []
     for row in rows:
         image = stored_image(row)
-        depth = decode_depth_png(row["depth"])
+        depth = decode_depth_png(first_depth(row))
         assert depth.shape == (image.height, image.width), row["source_id"]
         expected = estimator([image])[0]
         np.testing.assert_allclose(depth, expected, atol=0.001, err_msg=row["source_id"])
@@ -270,7 +271,7 @@ def test_relative_depth_is_median_normalised(relative_pairs, estimators):
         assert row["depth_is_metric"] is False
         assert row["depth_encoding"] == "uint16_png_relative_x1000"
         image = stored_image(row)
-        depth = decode_depth_png(row["depth"])
+        depth = decode_depth_png(first_depth(row))
         assert depth.shape == (image.height, image.width)
         assert abs(np.median(depth[depth > 0]) - 1.0) <= 0.002, row["source_id"]
         # Bucketed by preprocessed shape and resized back, yet the same as the estimator on this image alone.
@@ -295,7 +296,7 @@ def test_dataset_card_and_loading(metric_pairs):
     # The card's `configs` make the folder loadable as is.
     pairs = load_dataset(str(out_dir), split="train")
     assert len(pairs) == len(GOOD_IMAGES)
-    assert pairs.features["image"].__class__.__name__ == "Image"
+    assert pairs.features["images"].feature.__class__.__name__ == "Image"
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -358,8 +359,10 @@ def test_accelerate_launch_two_processes(photos, estimators, metric_pairs, tmp_p
     single_process = read_rows(metric_pairs[0])
     assert [row["source_id"] for row in rows] == [row["source_id"] for row in single_process]
     for row, reference in zip(rows, single_process):
-        assert row["image"] == reference["image"]
-        np.testing.assert_allclose(decode_depth_png(row["depth"]), decode_depth_png(reference["depth"]), atol=0.001)
+        assert row["images"][0] == reference["images"][0]
+        np.testing.assert_allclose(
+            decode_depth_png(first_depth(row)), decode_depth_png(first_depth(reference)), atol=0.001
+        )
     assert "| 14 | 10 | 4 | 4 / 4 | complete |" in (out_dir / "README.md").read_text()
 
 
@@ -392,9 +395,9 @@ def test_saved_dataset_and_parquet_inputs(photos, estimators, metric_pairs, tmp_
         assert [row["source_id"] for row in rows] == ["0", "2"]
         assert result["totals"]["skipped_by_reason"] == {"unreadable": 1}
         # Same image, same stored bytes and depth as from the folder.
-        assert rows[0]["image"] == by_name["rgb.png"]["image"]
+        assert rows[0]["images"][0] == by_name["rgb.png"]["images"][0]
         np.testing.assert_allclose(
-            decode_depth_png(rows[1]["depth"]), decode_depth_png(by_name["gray.png"]["depth"]), atol=0.001
+            decode_depth_png(first_depth(rows[1])), decode_depth_png(first_depth(by_name["gray.png"])), atol=0.001
         )
 
 
@@ -467,7 +470,7 @@ def test_rgbd_pairs_dataset(metric_pairs):
         item = plain[index]
         row = stored[item.source_id]
         assert item.depth_is_metric is True
-        np.testing.assert_array_equal(item.depth, decode_depth_png(row["depth"]))
+        np.testing.assert_array_equal(item.depth, decode_depth_png(first_depth(row)))
         np.testing.assert_array_equal(np.asarray(item.image), np.asarray(stored_image(row)))
         image, depth = load_rgbd_pair(row)
         np.testing.assert_array_equal(depth, item.depth)
@@ -491,6 +494,27 @@ def test_rgbd_pairs_dataset(metric_pairs):
         item, reference = flipped[position], plain[index]
         assert item.source_id == reference.source_id
         assert np.array_equal(item.depth, reference.depth) or np.array_equal(item.depth, reference.depth[:, ::-1])
+
+
+def test_an_older_pair_table_with_image_and_depth_columns_reads_the_same(metric_pairs):
+    from datasets import Dataset, Features, Value
+    from datasets import Image as ImageFeature
+
+    rows = read_rows(metric_pairs[0])
+    older = Dataset.from_dict(
+        {
+            "image": [row["images"][0] for row in rows],
+            "depth": [first_depth(row) for row in rows],
+            "source_id": [row["source_id"] for row in rows],
+        },
+        features=Features({"image": ImageFeature(), "depth": Value("binary"), "source_id": Value("string")}),
+    )
+    current, old = RGBDPairs(metric_pairs[0]), RGBDPairs(older)
+    assert len(current) == len(old) == len(GOOD_IMAGES)
+    for index in range(len(current)):
+        assert current[index].source_id == old[index].source_id
+        np.testing.assert_array_equal(current[index].depth, old[index].depth)
+        np.testing.assert_array_equal(np.asarray(current[index].image), np.asarray(old[index].image))
 
 
 def test_depth_of_another_resolution_is_transformed_with_its_image():

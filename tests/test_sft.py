@@ -31,6 +31,7 @@ from training.export import merged_model_from_adapter
 from training.model_loading import kbit_device_map, load_starting_model
 from training.sft import build_trainer, finish, make_parser, parse_args, train
 from training.sft_policy import UNQUANTIZED_MODULES, is_depth_module_parameter
+from training.trl_layout import first_depth, without_depth
 
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -145,7 +146,13 @@ class TestAssistantOnlyLabels:
         row = dict(rows[0])
         row["messages"] = [
             {"role": "system", "content": [{"type": "text", "text": "Answer in metres."}]},
-            {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "How many objects are there?"}]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "image", "depth": first_depth(rows[0])},
+                    {"type": "text", "text": "How many objects are there?"},
+                ],
+            },
             {"role": "assistant", "content": [{"type": "text", "text": "3"}]},
             {"role": "user", "content": [{"type": "text", "text": "Which is closer to the camera?"}]},
             {"role": "assistant", "content": [{"type": "text", "text": "the red cube"}]},
@@ -171,8 +178,8 @@ class TestAssistantOnlyLabels:
             collator([rows[0], rows[1]])
 
     def test_rows_without_depth_are_refused_by_a_depth_model(self, depth_models, rows):
-        row = {**rows[0], "depth": None}
-        with pytest.raises(ValueError, match="have no depth"):
+        row = {**rows[0], "messages": without_depth(rows[0]["messages"])}
+        with pytest.raises(ValueError, match="Row 0 has no depth for an image"):
             DepthVLMCollator(depth_models["add"][1])([row])
         assert "depth_values" not in DepthVLMCollator(depth_models["none"][1])([row])
 
@@ -180,7 +187,7 @@ class TestAssistantOnlyLabels:
         """The 16-bit millimetre PNG must arrive as metres: an image on the 112x112 grid keeps every value."""
         row = rows[0]
         batch = DepthVLMCollator(depth_models["add"][1])([row])
-        millimetres = np.asarray(Image.open(io.BytesIO(row["depth"])), dtype=np.float64)
+        millimetres = np.asarray(Image.open(io.BytesIO(first_depth(row))), dtype=np.float64)
         assert batch["image_grid_thw"].tolist() == [[1, 8, 8]]  # 112x112 is already on the grid: no resizing
         assert batch["depth_values"].double().sum().item() == pytest.approx(millimetres.sum() / 1000, rel=1e-6)
 

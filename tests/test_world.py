@@ -459,7 +459,10 @@ def test_writer_is_resumable_and_loads_with_datasets(tmp_path):
     scene = json.loads(row["scene"])
     assert row["scene_id"] == scene["scene_id"] == "val-0-0000000" and row["split"] == "val"
     sample = world.make_sample("val", 0, 0, 48, questions_per_scene=3, type_counts={})
-    assert np.abs(world.decode_depth_png(row["depth"]) - sample.rendering.depth).max() <= 0.0005 + 1e-6
+    # Depth rides in the image block (where TRL's collator keeps it); the text blocks have none.
+    image_block, text_block = row["messages"][0]["content"]
+    assert "depth" not in row and text_block["depth"] is None and row["messages"][1]["content"][0]["depth"] is None
+    assert np.abs(world.decode_depth_png(image_block["depth"]) - sample.rendering.depth).max() <= 0.0005 + 1e-6
     assert np.array_equal(np.asarray(row["images"][0]), sample.rendering.rgb) or row["marker"]
     assert [r["question"] for r in dataset.select(range(3))] == [q.question for q in sample.questions]
 

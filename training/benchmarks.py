@@ -50,6 +50,7 @@ from PIL import Image
 from training import world
 from training.answers import OPTION_LETTERS, unit_to_metres
 from training.data_files import find_data_files
+from training.trl_layout import first_depth
 
 
 @dataclass
@@ -186,7 +187,7 @@ def read_world(path: str | Path) -> BenchmarkData:
                     answer_value=row.get("answer_value"),
                     choices=list(row.get("choices") or []),
                     image=images[0] if images else None,
-                    depth=row.get("depth"),
+                    depth=first_depth(row),
                 )
             )
             splits[row.get("split") or "test"] += 1

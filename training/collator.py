@@ -1,4 +1,4 @@
-"""Batch TRL conversational rows (``messages`` + ``images`` + ``depth``) into Qwen2.5-VL-Depth training inputs.
+"""Batch TRL conversational rows (``messages`` + ``images``, depth in the image blocks) into training inputs.
 
     from training.collator import DepthVLMCollator
 
@@ -6,11 +6,14 @@
     batch = collator([dataset[0], dataset[1]])  # input_ids, attention_mask, pixel_values, ..., depth_values, labels
     loss = model(**batch).loss
 
-Rows are what `python -m training.make_world` writes: ``messages`` (user turn with an image block and a question,
-assistant turn with the answer), ``images`` (one PIL image, or PNG bytes, per image block) and ``depth`` (one 16-bit
-millimetre PNG per image: raw bytes, a list of them, or float arrays in metres). Depth is used only when the
-processor's ``depth_fusion`` is not ``"none"``, so the RGB-only baseline is the same pipeline with one switch flipped;
-SpatialBot's arm (``training.spatialbot.DepthAsImageProcessor``) takes it the same way and draws it as pictures.
+Rows are what `python -m training.make_world` writes (`training.trl_layout`): ``messages`` (user turn with an image
+block and a question, assistant turn with the answer; each image block's ``depth`` is a 16-bit millimetre PNG, or a
+float array in metres) and ``images`` (one PIL image, or PNG bytes, per image block); an older row's ``depth`` column
+is moved into its blocks on read. A batch is what TRL's vision collator builds (`prepare_multimodal_messages`, then
+the processor's chat template, which reads depth from the image blocks) plus assistant-only labels. Depth is used only
+when the processor's ``depth_fusion`` is not ``"none"`` (else it is taken out of the blocks), so the RGB-only baseline
+is the same pipeline with one switch flipped; SpatialBot's arm (``training.spatialbot.DepthAsImageProcessor``) takes it
+the same way and draws it as pictures.
 
 Labels are ``-100`` everywhere except the assistant turns: the content of each assistant message and its closing
 ``<|im_end|>`` are trained; the system prompt, user turns, role headers, the newline after ``<|im_end|>``, image
@@ -28,13 +31,14 @@ have built from the raw rows.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 import torch
 from transformers import BatchFeature
+from trl.data_utils import prepare_multimodal_messages
 
 from training.depth_png import decode_depth_cell, decode_image_cell
+from training.trl_layout import DEPTH_KEY, depth_into_messages, image_blocks, without_depth
 
 
 IGNORE_INDEX = -100
@@ -52,18 +56,6 @@ PROCESSED_ROW_DTYPES = {
     "depth_values": torch.float32,
     "image_has_depth": torch.bool,
 }
-
-
-def _depth_maps_of_row(depth: Any, num_images: int, row_index: int) -> list:
-    """The row's depth as one map per image (`depth` may be a single map or a list of them)."""
-    if depth is None:
-        return [None] * num_images
-    if isinstance(depth, (bytes, bytearray, dict, np.ndarray, torch.Tensor)):
-        depth = [depth]
-    depth = list(depth)
-    if len(depth) != num_images:
-        raise ValueError(f"Row {row_index} has {num_images} images but {len(depth)} depth maps: give one per image.")
-    return [decode_depth_cell(item) for item in depth]
 
 
 class DepthVLMCollator:
@@ -98,24 +90,42 @@ class DepthVLMCollator:
                     "a dataset, or none."
                 )
             return self.collate_processed(rows)
-        texts = [self.processor.apply_chat_template(row["messages"]) for row in rows]
-        images = [[decode_image_cell(image) for image in row["images"]] for row in rows]
-        processor_kwargs = {}
-        if self.uses_depth:
-            depth = [
-                _depth_maps_of_row(row.get("depth"), len(imgs), i) for i, (row, imgs) in enumerate(zip(rows, images))
-            ]
-            missing = [i for i, maps in enumerate(depth) if any(item is None for item in maps)]
-            if missing and self.processor.depth_estimator is None:
-                raise ValueError(
-                    f"Rows {missing} have no depth and the processor has no depth_estimator: with "
-                    f"depth_fusion={self.processor.depth_fusion!r} every image needs a depth map."
-                )
-            processor_kwargs["depth"] = depth
-        batch = self.processor(images=images, text=texts, return_tensors="pt", padding=True, **processor_kwargs)
+        conversations = [self.conversation(row, index) for index, row in enumerate(rows)]
+        batch = self.processor.apply_chat_template(
+            conversations, tokenize=True, return_dict=True, return_tensors="pt", processor_kwargs={"padding": True}
+        )
         self._check_lengths(batch["attention_mask"])
         batch["labels"] = self.assistant_labels(batch["input_ids"], batch["attention_mask"])
         return batch
+
+    def conversation(self, row: dict, index: int = 0) -> list[dict]:
+        """A row's `messages` as the chat template takes them: each image block holds its decoded image (TRL's
+        `prepare_multimodal_messages`) and its depth map in metres, or no depth at all for an RGB-only processor."""
+        row = depth_into_messages(row)  # an older row (a `depth` column) reads like a new one
+        images = [decode_image_cell(image) for image in row["images"]]
+        messages = prepare_multimodal_messages(row["messages"], images)
+        if not self.uses_depth:
+            return without_depth(messages)
+        if (
+            any(block.get(DEPTH_KEY) is None for block in image_blocks(messages))
+            and not self.processor.depth_estimator
+        ):
+            raise ValueError(
+                f"Row {index} has no depth for an image and the processor has no depth_estimator: with "
+                f"depth_fusion={self.processor.depth_fusion!r} every image needs a depth map."
+            )
+        return [
+            {
+                **message,
+                "content": [
+                    {**block, DEPTH_KEY: decode_depth_cell(block[DEPTH_KEY])}
+                    if block.get(DEPTH_KEY) is not None
+                    else block
+                    for block in message["content"]
+                ],
+            }
+            for message in messages
+        ]
 
     def _check_lengths(self, attention_mask: torch.Tensor) -> None:
         lengths = attention_mask.sum(dim=1)

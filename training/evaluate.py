@@ -17,11 +17,11 @@ Protocol (fixed, so runs are comparable):
   "Answer with a number and a unit, or with one of the options."
 - Decoding: greedy (`do_sample=False`, one beam, `repetition_penalty=1.0`, whatever the checkpoint's
   `generation_config` says), `--max-new-tokens` 16, batches of `--batch-size` left-padded prompts.
-- Depth: a model with depth (`processor.depth_fusion != "none"`) gets the dataset's `depth` column (the world's
-  exact metric depth); rows without depth get the processor's estimator's (`--depth-estimator` sets one), else they
-  run RGB-only, which the results record (`depth_source`). `--no-depth` runs a depth model RGB-only (an ablation);
-  `--depth-override shuffled` gives every question the depth of another scene, `constant` one uninformative map
-  (`training.controls`): a model that reads depth must lose its gain under both.
+- Depth: a model with depth (`processor.depth_fusion != "none"`) gets the depth in each row's image block (the
+  world's exact metric depth); rows without depth get the processor's estimator's (`--depth-estimator` sets one), else
+  they run RGB-only, which the results record (`depth_source`). `--no-depth` runs a depth model RGB-only (an
+  ablation); `--depth-override shuffled` gives every question the depth of another scene, `constant` one
+  uninformative map (`training.controls`): a model that reads depth must lose its gain under both.
 - The constant baseline: `python -m training.evaluate constant --train TRAIN_DIR --data TEST_DIR --out DIR` answers
   every question with one answer per type fitted on the training answers, scored exactly like a model.
 - Reading answers: `training.answers` (lengths with units to metres; a bare number is metres; choices by exact
@@ -74,7 +74,7 @@ from training.benchmarks import (  # noqa: E402
     read_benchmark,
 )
 from training.controls import DEPTH_OVERRIDES, constant_predictions, fit_constant_answers, override_depth  # noqa: E402
-from training.load import find_data_files  # noqa: E402
+from training.data_files import find_data_files  # noqa: E402
 
 
 ANSWER_INSTRUCTION = "Answer with a number and a unit, or with one of the options."

@@ -5,8 +5,9 @@ Example (the fixed, reproducible test set: 200 scenes x 6 questions = 1,200 rows
     python -m training.make_world --preset test --out data/world_test
     python -m training.make_world --out data/world_train --split train --num-scenes 20000 --seed 0 --workers 2
 
-One row per question, in TRL conversational format (``messages`` + ``images``) plus the metric ground truth
-(``depth`` as a 16-bit millimetre PNG, ``scene`` JSON with intrinsics, pose and objects). Shards are independent
+One row per question, in TRL conversational format (``messages`` + ``images``) with the metric ground truth: the depth
+map inside the image block (``{"type": "image", "depth": <16-bit millimetre PNG>}``, `training.trl_layout`), so that
+stock ``trl sft`` trains with it, and ``scene`` JSON with intrinsics, pose and objects. Shards are independent
 units: each is generated from its own scene indices, written to a temporary file and atomically renamed, so an
 interrupted run can simply be restarted and only missing shards are produced; temporary files a killed run left
 behind are removed when the next run starts. A dataset card (``README.md``: license, task categories, features, row
@@ -33,6 +34,7 @@ from training.dataset_files import (
     temporary_path,
     write_atomically,
 )
+from training.trl_layout import image_turn, message_features, text_turn
 
 
 PRESETS = {
@@ -56,7 +58,7 @@ DEFAULTS = {
     "shard_size": 100,
     "supersample": 1,
 }
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: depth inside the image block of `messages` (1: a `depth` column)
 # Rendered from seeds by this project's code alone: no third-party image, model output or annotation is in it.
 WORLD_LICENSE = "apache-2.0"
 GENERATION_INFO_NAME = "generation.json"
@@ -89,12 +91,10 @@ class WorldConfig:
 def dataset_features():
     from datasets import Features, Image, List, Value
 
-    text_part = {"type": Value("string"), "text": Value("string")}
     return Features(
         {
-            "messages": List({"role": Value("string"), "content": List(text_part)}),
+            "messages": message_features(),
             "images": List(Image()),
-            "depth": Value("binary"),
             "question_type": Value("string"),
             "question": Value("string"),
             "answer": Value("string"),
@@ -123,15 +123,8 @@ def sample_rows(sample: world.Sample) -> list[dict]:
         record = question.to_dict()
         rows.append(
             {
-                "messages": [
-                    {
-                        "role": "user",
-                        "content": [{"type": "image", "text": None}, {"type": "text", "text": record["question"]}],
-                    },
-                    {"role": "assistant", "content": [{"type": "text", "text": record["answer"]}]},
-                ],
+                "messages": [image_turn(depth_png, record["question"]), text_turn(record["answer"])],
                 "images": [{"bytes": image_png, "path": None}],
-                "depth": depth_png,
                 "question_type": record["question_type"],
                 "question": record["question"],
                 "answer": record["answer"],
@@ -220,10 +213,10 @@ def write_dataset(config: WorldConfig, out_dir: str | Path, workers: int = 1, pr
 
 
 COLUMN_DESCRIPTIONS = {
-    "messages": "TRL conversational turns: the user's image and question, the assistant's answer",
+    "messages": "TRL conversational turns: the user's image and question, the assistant's answer; the image block's "
+    "`depth` is a 16-bit PNG of the z-buffer depth along the optical axis in millimetres (value / 1000 = metres), "
+    "exact to the millimetre, 0 = sky (null in text blocks)",
     "images": "the RGB rendering (PNG); a `point_depth` row has its own copy with the marker drawn",
-    "depth": "16-bit PNG of the z-buffer depth along the optical axis in millimetres (value / 1000 = metres), exact "
-    "to the millimetre; 0 = sky",
     "question_type": "one of `" + "`, `".join(world.QUESTION_TYPES) + "`",
     "question": "the question text (also in `messages`)",
     "answer": "the reference answer text (also in `messages`)",
@@ -278,8 +271,9 @@ from datasets import load_dataset
 world = load_dataset("<this folder>", split="{config.split}")
 ```
 
-Depth in metres: `training.depth_png.decode_depth_png(row["depth"])`, or
-`numpy.asarray(PIL.Image.open(io.BytesIO(row["depth"])), dtype=numpy.float32) / 1000`.
+Depth in metres: `training.depth_png.decode_depth_png(row["messages"][0]["content"][0]["depth"])`, or
+`numpy.asarray(PIL.Image.open(io.BytesIO(<those bytes>)), dtype=numpy.float32) / 1000`. Stock `trl sft --dataset_name
+<this folder> --trust_remote_code ...` reads it from there.
 
 ## Settings
 

@@ -44,8 +44,9 @@ if TYPE_CHECKING:
 
 
 # Bump when what a processed row holds changes in a way the hashed sources below do not show.
-PROCESSED_ROWS_FORMAT = 1
-# The columns the collator reads from a raw row; the others (answers, scene JSON, ...) are never decoded.
+PROCESSED_ROWS_FORMAT = 2  # 2: rows built through the chat template, depth read from the image blocks
+# The columns the collator reads from a raw row (`depth`: an older dataset's); the others (answers, scene JSON, ...) are
+# never decoded.
 RAW_COLUMNS = ("messages", "images", "depth")
 ARROW_TYPES = {"int64": Value("int64"), "float32": Value("float32"), "bool": Value("bool")}
 # Rows per `map` batch: how often the progress bar moves and what a worker holds in memory before it writes.
@@ -87,7 +88,7 @@ def tokenizer_definition(tokenizer) -> dict:
 def processing_sources(processor) -> list[str]:
     """The source of every module of ours that builds a processed row: the collator, the cell decoders and the
     processor's class hierarchy up to transformers (whose code `transformers.__version__` stands for)."""
-    modules = {"training.collator", "training.depth_png"}
+    modules = {"training.collator", "training.depth_png", "training.trl_layout"}
     modules.update(
         cls.__module__
         for cls in type(processor).__mro__
@@ -120,7 +121,7 @@ def process_rows(
     tensors `DepthVLMCollator.process_row` returns; the same collator batches them.
 
     Args:
-        rows: a `datasets.Dataset` with `messages`, `images` and (for a depth model) `depth` columns.
+        rows: a `datasets.Dataset` with `messages` (depth in the image blocks, `training.trl_layout`) and `images`.
         collator: the collator training uses (its processor decides everything; its `max_length` is checked again at
             batching time, so it may differ later).
         num_proc: processes to share the work (`datasets.Dataset.map`); `None`: this one.

@@ -1,50 +1,111 @@
-"""Put each row's depth inside its image block of ``messages``: the layout in which depth reaches the model through
-TRL's own vision collator, so that ``trl sft`` trains a depth model with depth, unchanged.
+"""The project's one depth layout: each image's depth map inside its image block of ``messages``.
 
-TRL's ``SFTTrainer`` keeps only the ``messages``/``prompt``/``completion``/``image``/``images`` columns of a vision
-dataset, and its collator calls ``prepare_multimodal_messages`` (which fills each image block's ``"image"`` and keeps
-every other key of the block) and then ``processor.apply_chat_template(messages, tokenize=True, ...)``. The depth
-processor reads ``"depth"`` from image blocks on that path. So a row whose image block is
-``{"type": "image", "depth": <16-bit PNG bytes in millimetres>}`` brings its depth map along, and a separate ``depth``
-column (what ``training.make_world`` and ``training.make_rgbd_pairs`` write for this project's own collator) does not.
+    {"messages": [{"role": "user", "content": [{"type": "image", "text": None, "depth": <16-bit PNG bytes, mm>},
+                                               {"type": "text", "text": "How far is the cube?", "depth": None}]},
+                  {"role": "assistant", "content": [{"type": "text", "text": "2.1 m", "depth": None}]}],
+     "images": [<the RGB image of the image block>], ...}
 
-    python -m training.trl_layout --data data/world_train --out data/world_train_trl
-    trl sft --model_name_or_path runs/depth_model --dataset_name data/world_train_trl --trust_remote_code ...
+Every dataset writer (`training.make_world`, `training.make_rgbd_pairs`, sensor ingest) writes rows this way, and this
+is where depth reaches the model through TRL's own vision collator: TRL's ``SFTTrainer`` keeps only the
+``messages``/``images`` columns of a vision dataset, its collator calls ``prepare_multimodal_messages`` (which fills
+each image block's ``"image"`` and keeps every other key of the block) and then ``processor.apply_chat_template(
+messages, tokenize=True, ...)``, and the depth processor reads ``"depth"`` from image blocks on that path. So stock
+``trl sft --dataset_name <make_world output> --trust_remote_code ...`` trains a depth model with depth, and this
+project's collator (`training.collator`) is the same chat template plus assistant-only labels.
 
-A depth model trained on images without depth logs a warning, so a dataset in the other layout does not go unnoticed.
+Every block of a parquet file has a ``depth`` field, as a list of structs has one schema: ``null`` outside image blocks
+(and for an image without depth). A pair table (`make_rgbd_pairs`) has one user turn holding one image block and no
+text.
+
+Older datasets kept depth in a separate ``depth`` column (one map, or one per image). The readers here convert such a
+row on read (`depth_into_messages`); for stock ``trl sft``, which drops that column, convert the files once:
+
+    python -m training.trl_layout --data data/world_train_old --out data/world_train
 """
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from training.dataset_files import temporary_path, write_atomically
 
 
-def depth_into_messages(row: dict[str, Any]) -> dict[str, Any]:
-    """The row with its ``depth`` (one map, or one per image) moved into its image blocks, in order.
+# The key of an image block (and, in older datasets, the column) that holds its depth map.
+DEPTH_KEY = "depth"
 
-    Every block gets a ``depth`` key (``None`` outside image blocks), as a parquet column of structs needs one schema.
-    """
-    depth = row["depth"]
-    maps = list(depth) if isinstance(depth, (list, tuple)) else [depth]
-    image_blocks = [
+
+def message_features():
+    """The `messages` feature of every dataset the project writes: turns of text and image blocks, depth included."""
+    from datasets import List, Value
+
+    block = {"type": Value("string"), "text": Value("string"), DEPTH_KEY: Value("binary")}
+    return List({"role": Value("string"), "content": List(block)})
+
+
+def image_turn(depth: bytes | None, text: str | None = None, role: str = "user") -> dict[str, Any]:
+    """One turn with an image block carrying `depth` (then the text block, if any), in the written layout."""
+    content = [{"type": "image", "text": None, DEPTH_KEY: depth}]
+    if text is not None:
+        content.append({"type": "text", "text": text, DEPTH_KEY: None})
+    return {"role": role, "content": content}
+
+
+def text_turn(text: str, role: str = "assistant") -> dict[str, Any]:
+    return {"role": role, "content": [{"type": "text", "text": text, DEPTH_KEY: None}]}
+
+
+def image_blocks(messages: Iterable[dict]) -> list[dict]:
+    """The image blocks of a conversation, in order (one per entry of the row's `images`)."""
+    return [
         block
-        for message in row["messages"]
+        for message in messages
         if isinstance(message.get("content"), list)
         for block in message["content"]
         if block.get("type") == "image"
     ]
-    if len(maps) != len(image_blocks):
-        raise ValueError(f"A row has {len(image_blocks)} image blocks but {len(maps)} depth maps: give one per image.")
+
+
+def row_depths(row: dict[str, Any]) -> list:
+    """One depth cell per image of a row, `None` for an image without depth; either layout (older rows: `depth`)."""
+    if "messages" not in row:  # an older pair table: `image` and `depth` columns, no conversation
+        depth = row.get(DEPTH_KEY)
+        return list(depth) if isinstance(depth, (list, tuple)) else [depth]
+    row = depth_into_messages(row)
+    return [block.get(DEPTH_KEY) for block in image_blocks(row.get("messages") or [])]
+
+
+def first_depth(row: dict[str, Any]):
+    """The depth cell of a row's first image (a pair's, a world question's), or `None`."""
+    depths = row_depths(row)
+    return depths[0] if depths else None
+
+
+def has_depth_layout(column_names: Iterable[str]) -> bool:
+    """Whether a table can carry depth: `messages` with image blocks, or an older `depth` column."""
+    return bool({"messages", DEPTH_KEY} & set(column_names))
+
+
+def depth_into_messages(row: dict[str, Any]) -> dict[str, Any]:
+    """An older row (a `depth` column: one map, or one per image) in the written layout: its depth in its image
+    blocks, in order, and every block with a `depth` key (`None` outside image blocks). Other rows pass unchanged."""
+    if DEPTH_KEY not in row:
+        return row
+    depth = row[DEPTH_KEY]
+    maps = list(depth) if isinstance(depth, (list, tuple)) else [depth]
+    blocks = image_blocks(row["messages"])
+    if depth is None:
+        maps = [None] * len(blocks)
+    if len(maps) != len(blocks):
+        raise ValueError(f"A row has {len(blocks)} image blocks but {len(maps)} depth maps: give one per image.")
     maps = iter(maps)
     messages = [
         {
             **message,
             "content": [
-                {**block, "depth": next(maps) if block.get("type") == "image" else None}
+                {**block, DEPTH_KEY: next(maps) if block.get("type") == "image" else None}
                 for block in message["content"]
             ],
         }
@@ -52,11 +113,21 @@ def depth_into_messages(row: dict[str, Any]) -> dict[str, Any]:
         else message
         for message in row["messages"]
     ]
-    return {**{key: value for key, value in row.items() if key != "depth"}, "messages": messages}
+    return {**{key: value for key, value in row.items() if key != DEPTH_KEY}, "messages": messages}
+
+
+def without_depth(messages: list[dict]) -> list[dict]:
+    """The conversation with the depth path closed: no block keeps a `depth` key (an RGB-only model's input)."""
+    return [
+        {**message, "content": [{k: v for k, v in block.items() if k != DEPTH_KEY} for block in message["content"]]}
+        if isinstance(message.get("content"), list)
+        else message
+        for message in messages
+    ]
 
 
 def convert(data: Path, out: Path) -> list[Path]:
-    """Every parquet file under `data` rewritten to `out` (same relative paths) in the TRL depth layout."""
+    """Every parquet file of an older dataset under `data` rewritten to `out` (same relative paths) in this layout."""
     from datasets import Dataset, disable_progress_bars
 
     disable_progress_bars()
@@ -65,8 +136,10 @@ def convert(data: Path, out: Path) -> list[Path]:
         if source.name.startswith("."):  # a writer's temporary file
             continue
         target = Path(out) / source.relative_to(data)
-        # `map` keeps the other columns' features (the images stay an Image column) and infers the new blocks'.
-        rows = Dataset.from_parquet(str(source)).map(depth_into_messages, remove_columns=["depth"])
+        rows = Dataset.from_parquet(str(source))
+        if DEPTH_KEY in rows.column_names:
+            # `map` keeps the other columns' features (the images stay an Image column) and infers the new blocks'.
+            rows = rows.map(depth_into_messages, remove_columns=[DEPTH_KEY])
         temp = temporary_path(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         rows.to_parquet(str(temp))
@@ -79,7 +152,7 @@ def convert(data: Path, out: Path) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description="Move an older dataset's `depth` column into its image blocks.")
     parser.add_argument("--data", required=True, type=Path, help="a folder of parquet rows with a `depth` column")
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)

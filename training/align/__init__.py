@@ -23,11 +23,11 @@ Only the depth encoder, the two projection heads and the logit scale train; the 
 bit-identical afterwards (the language model is not even kept in memory while aligning).
 
 `--base` is a plain Qwen2.5-VL (folder or hub id; the depth encoder is then created as `build_depth_model` does,
-initialised from the RGB tower) or a Qwen2.5-VL-Depth folder (`training.model_loading.load_depth_model`).
-`--data` / `--eval_data` are parquet files or folders, `save_to_disk` folders or hub datasets
-(`training.data_files.load_rows`) with an `image` (or `images`: a list, the first is used) column and a `depth`
-column (16-bit PNG bytes, millimetres): what `training.make_world` and `training.make_rgbd_pairs` write, read as
-`RGBDPairs`. Rows sharing a `scene_id` are one
+initialised from the RGB tower) or a Qwen2.5-VL-Depth folder (`training.model_loading.load_depth_model`). `--data` /
+`--eval_data` are parquet files or folders, `save_to_disk` folders or hub datasets (`training.data_files.load_rows`)
+with an `images` column (the first is used) and depth in its image block (16-bit PNG bytes, millimetres;
+`training.trl_layout`): what `training.make_world` and `training.make_rgbd_pairs` write, read as `RGBDPairs`. Rows
+sharing a `scene_id` are one
 pair (the world writes one row per question). Without `--eval_data`, `--eval_pairs` pairs are held out of `--data`.
 Every image is centre-cropped to a square and resized to `--image_size` (the rendered world is square already), so a
 batch is equal-length images that the depth encoder runs in one SDPA call per block.

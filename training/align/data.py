@@ -11,6 +11,7 @@ from PIL import Image
 from processing_depth import Qwen2_5_VLDepthProcessor
 from training.depth_png import decode_depth_cell
 from training.make_rgbd_pairs import RGBDPair, decode_first_image
+from training.trl_layout import first_depth, has_depth_layout
 
 
 def select_pair_rows(table, metric_depth_only: bool = False) -> list[int]:
@@ -19,8 +20,8 @@ def select_pair_rows(table, metric_depth_only: bool = False) -> list[int]:
     The world writes one row per question, so a scene's image repeats; point-depth questions draw a marker on their
     image, so a row without a marker is preferred as the scene's pair.
     """
-    if "depth" not in table.column_names:
-        raise ValueError(f"The pairs need a 'depth' column; the columns are {table.column_names}.")
+    if not has_depth_layout(table.column_names):
+        raise ValueError(f"The pairs need depth in `messages`; the columns are {table.column_names}.")
     indices = list(range(len(table)))
     if metric_depth_only and "depth_is_metric" in table.column_names:
         is_metric = list(table["depth_is_metric"])
@@ -68,7 +69,7 @@ class RGBDPairCollator:
         images, depths = [], []
         for pair in pairs:
             if isinstance(pair, dict):
-                image, depth = pair["image"], pair["depth"]
+                image, depth = pair["images"] if "images" in pair else pair["image"], first_depth(pair)
             elif isinstance(pair, RGBDPair):
                 image, depth = pair.image, pair.depth
             else:

@@ -188,7 +188,7 @@ class Experiment:
         target = self.out / "data" / name
         done = target / "rows.parquet"
         if not done.exists():
-            from training.load import load_rows
+            from training.data_files import load_rows
 
             target.mkdir(parents=True, exist_ok=True)
             scene_conversations(load_rows(source)).to_parquet(str(target / "rows.tmp.parquet"))
@@ -367,7 +367,7 @@ class Experiment:
         target = self.out / "data" / f"{train.name}-uninformative"
         done = target / "rows.parquet"
         if not done.exists():
-            from training.load import load_rows
+            from training.data_files import load_rows
 
             target.mkdir(parents=True, exist_ok=True)
             with_uninformative_depth(load_rows(train)).to_parquet(str(target / "rows.tmp.parquet"))

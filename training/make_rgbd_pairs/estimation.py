@@ -1,8 +1,10 @@
-"""The estimation pipeline: DataLoader workers decode and preprocess images, the main process estimates depth.
+"""The pair pipeline: DataLoader workers read and decode pairs, the main process estimates the missing depth.
 
-Workers (`DecodeAndPreprocess`) run `prepare_image` and the estimator's image processor on CPU; the main process
-(`PairWriter`) buckets the preprocessed images by shape, runs the estimator batched, encodes the depth PNGs in a thread
-pool and writes each shard as soon as its last image is through (`generate_shards`).
+Workers (`DecodeAndPreprocess`) run `prepare_image` on each source item and, for measured depth, convert it to metres on
+the stored image's grid (`measured.measured_depth`); for an item without depth they run the estimator's image
+processor instead. The main process (`PairWriter`) buckets the images to estimate by preprocessed shape, runs the
+estimator batched, encodes the depth PNGs in a thread pool and writes each shard as soon as its last item is through
+(`generate_shards`). A measured source never loads an estimator.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ from tqdm import tqdm
 from processing_depth import MonocularDepthEstimator
 from training.depth_png import encode_depth_png
 from training.make_rgbd_pairs.images import DEFAULT_MAX_PIXELS, SkippedImage, prepare_image
+from training.make_rgbd_pairs.measured import SENSOR_ESTIMATOR, DepthScale, measured_depth
 from training.make_rgbd_pairs.shards import shard_item_range, write_shard
+from training.trl_layout import image_turn
 
 
 METRIC_DEPTH_ENCODING = "uint16_png_millimetres"
@@ -43,14 +47,24 @@ class WorkItem:
 
 
 class DecodeAndPreprocess(torch.utils.data.Dataset):
-    """Worker side: read, decode, convert, downscale, encode for storage and preprocess one image (CPU only)."""
+    """Worker side (CPU only): read one item, decode, convert, downscale and encode its image for storage, and either
+    bring its measured depth onto the stored grid or preprocess the image for the estimator."""
 
-    def __init__(self, source, items: list[WorkItem], estimator: MonocularDepthEstimator, max_side, max_pixels):
+    def __init__(
+        self,
+        source,
+        items: list[WorkItem],
+        estimator: MonocularDepthEstimator | None,
+        max_side: int,
+        max_pixels: int,
+        depth_scale: DepthScale | None = None,
+    ):
         self.source = source
         self.items = items
         self.estimator = estimator  # only its image processor is used here: the model stays in the main process
         self.max_side = max_side
         self.max_pixels = max_pixels
+        self.depth_scale = depth_scale
 
     def __len__(self) -> int:
         return len(self.items)
@@ -59,14 +73,18 @@ class DecodeAndPreprocess(torch.utils.data.Dataset):
         item = self.items[k]
         loaded = {"item": item}
         try:
-            prepared = prepare_image(self.source.read(item.index), self.max_side, self.max_pixels)
+            raw_image, depth = self.source.read(item.index)
+            prepared = prepare_image(raw_image, self.max_side, self.max_pixels)
             loaded["image_bytes"] = prepared.data
             loaded["size_hw"] = prepared.size_hw
-            loaded["pixel_values"] = self.estimator.preprocess([prepared.image])
+            if self.source.provides_depth:
+                loaded["depth"] = measured_depth(raw_image, depth, prepared, self.depth_scale)
+            else:
+                loaded["pixel_values"] = self.estimator.preprocess([prepared.image])
         except SkippedImage as skip:
             loaded["skip"] = {"reason": skip.reason, "detail": skip.detail}
         except Exception as error:  # whatever else one odd file triggers must not stop the job
-            loaded["skip"] = {"reason": "decode_error", "detail": f"{type(error).__name__}: {error}"}
+            loaded["skip"] = {"reason": "read_error", "detail": f"{type(error).__name__}: {error}"}
         return loaded
 
 
@@ -93,16 +111,17 @@ class ShardProgress:
 
 
 class PairWriter:
-    """Main-process side: buckets loaded images by shape, runs the estimator, encodes depth, writes finished shards."""
+    """Main-process side: buckets loaded images by shape, runs the estimator, encodes depth, writes finished shards.
+
+    `estimator` is `None` for a measured source: every loaded item then brings its depth.
+    """
 
     def __init__(self, estimator, out_dir: Path, batch_size: int, encode_threads: int, progress_bar):
         self.estimator = estimator
         self.out_dir = out_dir
         self.batch_size = batch_size
         self.progress_bar = progress_bar
-        self.is_metric = estimator.is_metric
-        self.encoding = depth_encoding_name(self.is_metric)
-        self.pin_memory = estimator.model.device.type == "cuda"
+        self.pin_memory = estimator is not None and estimator.model.device.type == "cuda"
         # PIL releases the GIL while compressing, so threads encode depth PNGs while the accelerator runs.
         self.encoder = ThreadPoolExecutor(max_workers=max(1, encode_threads))
         self.buckets: dict[tuple, list[dict]] = {}
@@ -123,6 +142,9 @@ class PairWriter:
         if "skip" in loaded:
             progress.skipped.append({"source_id": item.source_id, **loaded["skip"]})
             self.skipped += 1
+            self.progress_bar.update(1)
+        elif "depth" in loaded:  # measured: nothing to estimate
+            progress.rows[item.position] = self.encoder.submit(self._row, loaded, loaded.pop("depth"), None)
             self.progress_bar.update(1)
         else:
             shape = tuple(loaded["pixel_values"].shape[1:])
@@ -147,17 +169,20 @@ class PairWriter:
         depths = self.estimator.predict(pixel_values, [loaded["size_hw"] for loaded in group])
         for loaded, depth in zip(group, depths):
             item = loaded["item"]
-            self.shards[item.shard].rows[item.position] = self.encoder.submit(self._row, loaded, depth)
+            self.shards[item.shard].rows[item.position] = self.encoder.submit(self._row, loaded, depth, self.estimator)
         self.progress_bar.update(len(group))
 
-    def _row(self, loaded: dict, depth: np.ndarray) -> dict:
+    @staticmethod
+    def _row(loaded: dict, depth: np.ndarray, estimator: MonocularDepthEstimator | None) -> dict:
+        """A stored pair (`training.trl_layout`): the image, and its depth in the image block of a user turn."""
         height, width = loaded["size_hw"]
+        is_metric = estimator is None or estimator.is_metric  # measured depth is metric
         return {
-            "image": {"bytes": loaded["image_bytes"], "path": None},
-            "depth": encode_depth_png(depth),
-            "depth_is_metric": self.is_metric,
-            "depth_encoding": self.encoding,
-            "estimator": self.estimator.model_name_or_path,
+            "images": [{"bytes": loaded["image_bytes"], "path": None}],
+            "messages": [image_turn(encode_depth_png(depth))],
+            "depth_is_metric": is_metric,
+            "depth_encoding": depth_encoding_name(is_metric),
+            "estimator": SENSOR_ESTIMATOR if estimator is None else estimator.model_name_or_path,
             "source_id": loaded["item"].source_id,
             "width": width,
             "height": height,
@@ -174,11 +199,20 @@ class PairWriter:
         self.encoder.shutdown(wait=True)
 
 
+def shard_work_items(source_ids: list[str], shards: list[int], shard_size: int, num_items: int) -> list[WorkItem]:
+    """Every input item of `shards`, in shard order: the fixed slice of the sorted input list each shard holds."""
+    return [
+        WorkItem(shard, position, index, source_ids[index])
+        for shard in shards
+        for position, index in enumerate(shard_item_range(shard, shard_size, num_items))
+    ]
+
+
 def generate_shards(
     source,
     shards: list[int],
     num_items: int,
-    estimator: MonocularDepthEstimator,
+    estimator: MonocularDepthEstimator | None,
     out_dir: Path,
     shard_size: int,
     batch_size: int = 32,
@@ -188,19 +222,19 @@ def generate_shards(
     encode_threads: int = 4,
     progress: bool = True,
     description: str = "RGB-D pairs",
+    depth_scale: DepthScale | None = None,
 ) -> dict:
-    """Write `shards` (all of them this process's and missing); returns counts and timing."""
-    items = [
-        WorkItem(shard, position, index, source.source_ids[index])
-        for shard in shards
-        for position, index in enumerate(shard_item_range(shard, shard_size, num_items))
-    ]
-    # A second estimator object for the workers, whose model is never loaded: a worker gets the image processor only
-    # (loaded here, so that forked workers inherit it and spawned ones unpickle a few kilobytes).
-    worker_estimator = MonocularDepthEstimator(estimator.model_name_or_path)
-    worker_estimator.image_processor  # noqa: B018
+    """Write `shards` (all of them this process's and missing); returns counts and timing. `estimator`: `None` for a
+    measured source (whose stored units `depth_scale` converts)."""
+    items = shard_work_items(source.source_ids, shards, shard_size, num_items)
+    worker_estimator = None
+    if estimator is not None:
+        # A second estimator object for the workers, whose model is never loaded: a worker gets the image processor
+        # only (loaded here, so that forked workers inherit it and spawned ones unpickle a few kilobytes).
+        worker_estimator = MonocularDepthEstimator(estimator.model_name_or_path)
+        worker_estimator.image_processor  # noqa: B018
     loader = torch.utils.data.DataLoader(
-        DecodeAndPreprocess(source, items, worker_estimator, max_side, max_pixels),
+        DecodeAndPreprocess(source, items, worker_estimator, max_side, max_pixels, depth_scale),
         batch_size=batch_size,
         shuffle=False,  # shards complete in order, so each is written as soon as its last image is through
         num_workers=num_workers,
@@ -208,7 +242,7 @@ def generate_shards(
         worker_init_fn=_init_worker if num_workers > 0 else None,
         prefetch_factor=4 if num_workers > 0 else None,
     )
-    bar = tqdm(total=len(items), unit="img", disable=not progress, desc=description, dynamic_ncols=True)
+    bar = tqdm(total=len(items), unit="pair", disable=not progress, desc=description, dynamic_ncols=True)
     writer = PairWriter(estimator, out_dir, batch_size, encode_threads, bar)
     for shard in shards:
         writer.expect(shard, len(shard_item_range(shard, shard_size, num_items)))

@@ -1,8 +1,9 @@
 """Reading pairs back for training: `RGBDPairs`, a torch Dataset of `RGBDPair`s, decoded and augmented at load time.
 
 With `augment=True` a pair gets one random horizontal flip and small rotation, applied to image and depth alike; the
-stored pairs stay unaugmented. Any table with an `image` (or `images`) and a `depth` column reads this way: these
-pairs, the rendered world's rows, measured sensor pairs (`training.ingest_sensor`).
+stored pairs stay unaugmented. Any table with an `images` (or `image`) column and depth in its image blocks
+(`training.trl_layout`; an older table's `depth` column reads too) reads this way: these pairs, estimated or measured,
+and the rendered world's rows.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ from PIL import Image
 
 from training.data_files import load_rows
 from training.depth_png import decode_depth_cell, decode_image_cell
+from training.trl_layout import DEPTH_KEY, first_depth, has_depth_layout
 
 
 DEFAULT_MAX_ROTATION_DEGREES = 10.0
-# Columns of a pair besides its image (`RGBDPair`).
-PAIR_COLUMNS = ("depth", "depth_is_metric", "source_id")
+# Columns of a pair besides its image (`RGBDPair`): its depth (in `messages`, or an older table's column) and metadata.
+PAIR_COLUMNS = ("messages", DEPTH_KEY, "depth_is_metric", "source_id")
 
 
 @dataclass
@@ -83,10 +85,10 @@ def decode_first_image(value) -> Image.Image:
 
 
 def image_column_of(rows) -> str:
-    for name in ("image", "images"):
+    for name in ("images", "image"):
         if name in rows.column_names:
             return name
-    raise ValueError(f"RGB-D pairs need an 'image' or 'images' column; the columns are {rows.column_names}.")
+    raise ValueError(f"RGB-D pairs need an 'images' or 'image' column; the columns are {rows.column_names}.")
 
 
 def without_image_decoding(dataset, column: str):
@@ -112,11 +114,14 @@ def load_rgbd_pair(
     """A stored row -> (RGB image, depth float32 (H, W)), optionally augmented (see `augment_rgbd_pair`).
 
     Depth is in metres for metric rows (`depth_is_metric`), else median-relative (1.0 = the image median); 0 = invalid.
-    The image is `row["image"]`, or the first of `row["images"]` (rendered-world rows), decoded (PIL) or raw
-    (`{"bytes", "path"}`).
+    The image is the first of `row["images"]` (or an older table's `row["image"]`), decoded (PIL) or raw
+    (`{"bytes", "path"}`); the depth is its image block's.
     """
-    image = decode_first_image(row["image"] if "image" in row else row["images"])
-    depth = decode_depth_cell(row["depth"])
+    image = decode_first_image(row["images"] if "images" in row else row["image"])
+    depth = first_depth(row)
+    if depth is None:
+        raise ValueError(f"Row {row.get('source_id', '')!r} has no depth in its first image block.")
+    depth = decode_depth_cell(depth)
     if augment:
         rng = rng if rng is not None else np.random.default_rng()
         image, depth = augment_rgbd_pair(image, depth, rng, max_rotation_degrees)
@@ -127,11 +132,11 @@ class RGBDPairs(torch.utils.data.Dataset):
     """RGB-D pairs as a torch Dataset of `RGBDPair`s, decoded (and augmented) at load time.
 
     `pairs`: what `python -m training.make_rgbd_pairs` writes (its output folder), any folder or file
-    `training.data_files.load_rows` reads, or a `datasets.Dataset`, with an `image` (or `images`: the first is used)
-    and a `depth` column; `indices` picks rows (default: all). With `augment=True` each item gets a random horizontal
-    flip and rotation (up to `max_rotation_degrees`; 0: flips only) drawn from (seed, epoch, position): reproducible,
-    the same in any DataLoader worker and on every rank, new every epoch once `set_epoch` is called, and the same again
-    on resume.
+    `training.data_files.load_rows` reads, or a `datasets.Dataset`, with an `images` column (the first is used) and depth in
+    the image blocks of `messages` (or older `image` and `depth` columns); `indices` picks rows (default: all). With
+    `augment=True` each item gets a random horizontal flip and rotation (up to `max_rotation_degrees`; 0: flips only)
+    drawn from (seed, epoch, position): reproducible, the same in any DataLoader worker and on every rank, new every
+    epoch once `set_epoch` is called, and the same again on resume.
     """
 
     def __init__(
@@ -146,8 +151,8 @@ class RGBDPairs(torch.utils.data.Dataset):
 
         rows = pairs if isinstance(pairs, Dataset) else load_rows(pairs)
         image_column = image_column_of(rows)
-        if "depth" not in rows.column_names:
-            raise ValueError(f"RGB-D pairs need a 'depth' column; the columns are {rows.column_names}.")
+        if not has_depth_layout(rows.column_names):
+            raise ValueError(f"RGB-D pairs need depth in `messages`; the columns are {rows.column_names}.")
         columns = [name for name in (image_column, *PAIR_COLUMNS) if name in rows.column_names]
         self.rows = without_image_decoding(rows.select_columns(columns), image_column)
         self.indices = list(range(len(rows))) if indices is None else [int(index) for index in indices]

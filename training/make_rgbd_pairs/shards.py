@@ -3,8 +3,7 @@
 Shard `i` always holds the same slice of the sorted input list and goes to rank `i % world_size`; its log and its
 parquet file are written under temporary names and renamed into place, the parquet last, so a finished shard is one
 whose parquet exists and a rerun writes only the missing ones. `generation.json` records the settings, and a rerun
-with other settings is refused. `run_shard_job` is what every rank of a sharded pairs job does, here and in
-`training.ingest_sensor`.
+with other settings is refused. `run_shard_job` is what every rank of a pairs job does.
 """
 
 from __future__ import annotations
@@ -15,9 +14,24 @@ import sys
 from pathlib import Path
 
 from training.dataset_files import temporary_path, write_atomically
+from training.trl_layout import message_features
 
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: `images` + depth in `messages` (1: `image` and `depth` columns)
+# Settings a rerun must share with the shards already written (the input list's too: `num_items`, `items_sha256`).
+RESUME_SETTINGS = (
+    "format_version",
+    "estimator",
+    "depth_encoding",
+    "depth_scale",
+    "input_format",
+    "input_reading",
+    "shard_size",
+    "max_side",
+    "max_pixels",
+    "num_items",
+    "items_sha256",
+)
 
 
 def num_shards_for(num_items: int, shard_size: int) -> int:
@@ -54,13 +68,14 @@ def remove_stale_temp_files(out_dir: Path, shards: list[int]) -> list[Path]:
 
 
 def dataset_features():
-    from datasets import Features, Value
+    """A pair: its image in `images`, its depth in the image block of `messages` (`training.trl_layout`), metadata."""
+    from datasets import Features, List, Value
     from datasets import Image as ImageFeature
 
     return Features(
         {
-            "image": ImageFeature(),
-            "depth": Value("binary"),
+            "images": List(ImageFeature()),
+            "messages": message_features(),
             "depth_is_metric": Value("bool"),
             "depth_encoding": Value("string"),
             "estimator": Value("string"),
@@ -98,8 +113,7 @@ def check_generation_info(out_dir: Path, info: dict, write: bool) -> None:
     text = json.dumps(info, indent=2, sort_keys=True) + "\n"
     if info_path.exists():
         existing = json.loads(info_path.read_text())
-        keys = ("format_version", "estimator", "depth_encoding", "shard_size", "max_side", "max_pixels")
-        differing = [key for key in (*keys, "num_items", "items_sha256") if existing.get(key) != info.get(key)]
+        differing = [key for key in RESUME_SETTINGS if existing.get(key) != info.get(key)]
         if differing:
             raise SystemExit(
                 f"{out_dir} holds shards made with other settings or another input list ({', '.join(differing)} "
@@ -123,9 +137,9 @@ def read_shard_logs(out_dir: Path, num_shards: int) -> tuple[list[dict], list[in
 
 
 def run_shard_job(state, out_dir: Path, info: dict, write_pending, write_card, unit: str) -> dict:
-    """What every rank of a sharded pairs job does once its settings (`info`) are known; `make_rgbd_pairs.main` and
-    `ingest_sensor.main` both run it: record/check the settings, take this rank's shards, clear what a killed run left, write the missing
-    ones (`write_pending(shards, rank_name)`, returning counts), then the main process writes the card."""
+    """What every rank of a pairs job does once its settings (`info`) are known: record/check the settings, take this
+    rank's shards, clear what a killed run left, write the missing ones (`write_pending(shards, rank_name)`, returning
+    counts), then the main process writes the card (`write_card()`, returning the totals)."""
     # Every rank checks (so all fail together, before any barrier); the main one records.
     check_generation_info(out_dir, info, write=state.is_main_process)
     state.wait_for_everyone()
@@ -154,4 +168,11 @@ def run_shard_job(state, out_dir: Path, info: dict, write_pending, write_card, u
             f"{num_shards - len(totals['missing_shards'])}/{num_shards} shards",
             file=sys.stderr,
         )
+        if totals["rows"] == 0 and not totals["missing_shards"]:
+            # A dataset of skips is a failed job, not a finished one (a wrong folder layout, column or scale).
+            reasons = ", ".join(f"{reason}: {count}" for reason, count in sorted(totals["skipped_by_reason"].items()))
+            raise SystemExit(
+                f"No usable pair among the {info['num_items']} inputs: every one was skipped ({reasons}). "
+                f"See {out_dir / 'skipped.jsonl'} for each input's reason."
+            )
     return result
