@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from configuration_depth import DEPTH_FUSION_MODES
 from training import make_world
 from training.build_depth_model import build_depth_model
 from training.tiny import save_tiny_base
@@ -29,9 +30,9 @@ def world_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def depth_models(tiny_base):
-    """One (model, processor) per fusion mode, built from the base folder, in eval mode."""
+    """One (model, processor) per fusion mode of the fusion table, built from the base folder, in eval mode."""
     built = {}
-    for fusion in ("add", "concat", "rgbd", "none"):
+    for fusion in DEPTH_FUSION_MODES:
         torch.manual_seed(0)
         model, processor = build_depth_model(tiny_base, depth_fusion=fusion)
         built[fusion] = (model.eval(), processor)
