@@ -961,14 +961,15 @@ class Qwen2_5_VLDepthForConditionalGeneration(
 
 # Checkpoints saved before transformers 4.52 (the published Qwen2.5-VL ones) name the text model `model.*` and the
 # tower `visual.*`. transformers maps them for its own Qwen2.5-VL classes only, so the same renaming is registered for
-# ours, leaving every depth module of the fusion table alone.
+# ours, leaving every depth module of the fusion table alone. (transformers inverts these patterns to save in the same
+# layout: keep their shape.)
 _MODERN_SUBMODULES = "|".join(("language_model", "visual", *DEPTH_MODULE_NAMES))
 register_checkpoint_conversion_mapping(
     "Qwen2_5_VLDepthForConditionalGeneration",
     [
         WeightRenaming(source_patterns=r"^visual", target_patterns="model.visual"),
         WeightRenaming(
-            source_patterns=rf"^model(?!\.(?:{_MODERN_SUBMODULES})\.)",
+            source_patterns=rf"^model(?!\.({_MODERN_SUBMODULES}))",
             target_patterns="model.language_model",
         ),
     ],
