@@ -629,6 +629,38 @@ class TestBaseCheckpointLoading:
                 assert torch.equal(loaded[modern_key(key)], value), key
             assert len(loaded) == len(state) + len(depth_keys) + 1  # + lm_head, tied to the embeddings
 
+    @pytest.mark.parametrize("fusion", DEPTH_MODES)
+    def test_save_writes_the_published_layout_and_reloads_every_weight(self, depth_models, tmp_path, fusion):
+        model, _ = depth_models[fusion]
+        model.save_pretrained(tmp_path)
+        saved = load_file(tmp_path / "model.safetensors")
+        prefixes = (
+            "model.layers.",
+            "model.embed_tokens.",
+            "model.norm.",
+            "visual.",
+            "lm_head.",
+            *DEPTH_MODULE_PREFIXES,
+        )
+        assert all(key.startswith(prefixes) for key in saved), [k for k in saved if not k.startswith(prefixes)][:5]
+        assert {key.split(".")[1] for key in saved if key.startswith(DEPTH_MODULE_PREFIXES)} == set(
+            DEPTH_FUSIONS[fusion].modules
+        )
+        reloaded = Qwen2_5_VLDepthForConditionalGeneration.from_pretrained(tmp_path).state_dict()
+        for name, value in model.state_dict().items():
+            assert torch.equal(reloaded[name], value), name
+
+    def test_build_depth_model_command_builds_an_adapter_model_from_a_base(self, tiny_base, tmp_path, capsys):
+        from training import build_depth_model
+
+        build_depth_model.main(["--base", str(tiny_base), "--out", str(tmp_path), "--depth-fusion", "adapter"])
+        model = Qwen2_5_VLDepthForConditionalGeneration.from_pretrained(tmp_path)
+        assert model.config.depth_fusion == "adapter" and "Wrote" in capsys.readouterr().out
+        # The depth encoder starts from the RGB tower, as in the other modes; the adapters start closed.
+        for depth_block, rgb_block in zip(model.model.depth_encoder.blocks, model.model.visual.blocks):
+            assert torch.equal(depth_block.attn.qkv.weight, rgb_block.attn.qkv.weight)
+        assert all(not adapter.up.weight.any() for adapter in model.model.depth_adapters.adapters)
+
     def test_base_model_class_loads_the_published_layout(self, tiny_base):
         state = load_file(tiny_base / "model.safetensors")
         model, info = Qwen2_5_VLDepthModel.from_pretrained(tiny_base, output_loading_info=True)
