@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny plain Qwen2.5-VL folder built offline, a small rendered world, and depth models made from it."""
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,19 @@ def depth_models(tiny_base):
         model, processor = build_depth_model(tiny_base, depth_fusion=fusion)
         built[fusion] = (model.eval(), processor)
     return built
+
+
+def with_open_depth_path(model, seed: int = 0):
+    """A copy of a depth model whose zero-initialised depth modules are open (the `add` gate, the `adapter`
+    up-projections), so depth changes its outputs."""
+    model = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        if model.config.fusion.has_gate:
+            model.model.depth_gate.gate.fill_(1.0)
+        for adapter in getattr(getattr(model.model, "depth_adapters", None), "adapters", ()):
+            adapter.up.weight.copy_(torch.randn(adapter.up.weight.shape, generator=generator) * 0.5)
+    return model
 
 
 def random_image(height: int, width: int, seed: int) -> Image.Image:

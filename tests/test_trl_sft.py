@@ -1,6 +1,5 @@
 """The installed `trl sft` command, unchanged, fine-tunes an exported depth model with the dataset's depth."""
 
-import copy
 import json
 import os
 import subprocess
@@ -8,8 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
+from tests.conftest import with_open_depth_path
 from training.trl_layout import convert, depth_into_messages
 
 
@@ -54,11 +53,10 @@ def run_trl_sft(model_folder: Path, dataset: Path, out: Path) -> tuple[list[floa
     return [entry["loss"] for entry in state["log_history"] if "loss" in entry], result.stderr
 
 
-def test_trl_sft_command_trains_with_depth(depth_models, world_dir, tmp_path):
-    model, processor = depth_models["add"]
-    model = copy.deepcopy(model)
-    with torch.no_grad():
-        model.model.depth_gate.gate.fill_(1.0)  # open, so depth changes the loss
+@pytest.mark.parametrize("fusion", ["add", "adapter"])
+def test_trl_sft_command_trains_with_depth(depth_models, world_dir, tmp_path, fusion):
+    model, processor = depth_models[fusion]
+    model = with_open_depth_path(model)  # so depth changes the loss
     folder = tmp_path / "model"
     model.save_pretrained(folder)
     processor.save_pretrained(folder)

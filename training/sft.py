@@ -76,11 +76,21 @@ from trl import (
     get_quantization_config,
 )
 
-from modeling_qwen2_5_vl_depth import Qwen2_5_VLDepthForConditionalGeneration
+from configuration_depth import (
+    DEFAULT_DEPTH_FUSION,
+    DEPTH_ADAPTERS,
+    DEPTH_ENCODER_MERGER,
+    DEPTH_FUSIONS,
+    DEPTH_GATE,
+    DEPTH_MODULE_NAMES,
+    DEPTH_PATCH_EMBED,
+)
+from modeling_qwen2_5_vl_depth import DEPTH_MODULE_PREFIXES, Qwen2_5_VLDepthForConditionalGeneration
 from processing_depth import Qwen2_5_VLDepthProcessor
 from training.collator import DepthVLMCollator
 from training.load import keep_in_float32, load_depth_model, load_rows, resume_checkpoint
 from training.processed_cache import process_rows
+from training.spatialbot import ARM_SUMMARIES, TRAINING_ARMS
 
 
 # LoRA goes on every attention and MLP projection of the language model, and nowhere else: the vision tower and the
@@ -89,29 +99,26 @@ from training.processed_cache import process_rows
 LLM_LORA_TARGET_MODULES = (
     r".*\.language_model\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj))"
 )
-# Depth modules trained in full next to the adapter (PEFT matches module names by suffix): the depth projector, which
-# maps depth features into the LLM's embedding space, the "add" fusion gate, and the "rgbd" depth channel of the RGB
-# tower's patch embedding.
-DEPTH_MERGER = "depth_encoder.merger"
-DEPTH_GATE = "depth_gate"
-DEPTH_PATCH_EMBED = "depth_patch_embed"
-DEPTH_TRAINED_MODULES = (DEPTH_MERGER, DEPTH_GATE, DEPTH_PATCH_EMBED)
+# Depth modules trained in full next to the adapter (PEFT matches module names by suffix), as the fusion table says
+# per mode (`DepthFusion.trained_in_sft`): e.g. the depth projector, which maps depth features into the LLM's
+# embedding space, and the "add" fusion gate.
+DEPTH_TRAINED_MODULES = tuple(dict.fromkeys(m for fusion in DEPTH_FUSIONS.values() for m in fusion.trained_in_sft))
 # Modules bitsandbytes leaves unquantized under --load_in_4bit/8bit (start-of-name regexes; `lm_head` is transformers'
 # own default, which an explicit list replaces).
-UNQUANTIZED_MODULES = (r"model\.visual", r"model\.depth_encoder", r"model\.depth_patch_embed", "lm_head")
-DEPTH_PARAMETER_PREFIXES = ("model.depth_encoder.", "model.depth_gate.", "model.depth_patch_embed.")
+UNQUANTIZED_MODULES = (r"model\.visual", *(rf"model\.{name}" for name in DEPTH_MODULE_NAMES), "lm_head")
+DEPTH_PARAMETER_PREFIXES = DEPTH_MODULE_PREFIXES
 
 
 @dataclass
 class SpatialSFTScriptArguments(ScriptArguments):
     """Script arguments of Stage 2, besides TRL's `ScriptArguments` (whose `dataset_name` is `dataset_path`'s alias)."""
 
-    depth_fusion: Literal["add", "concat", "rgbd", "none", "image"] = field(
-        default="add",
+    depth_fusion: Literal[TRAINING_ARMS] = field(
+        default=DEFAULT_DEPTH_FUSION,
         metadata={
-            "help": "How depth reaches the LLM: add | concat | rgbd (a 4th, depth input channel of the RGB tower) | "
-            "none (the RGB-only baseline) | image (depth drawn as a second picture through the RGB tower of an "
-            "RGB-only model: SpatialBot's baseline)."
+            "help": "How depth reaches the LLM: "
+            + " | ".join(f"{arm} (depth is {summary})" for arm, summary in ARM_SUMMARIES.items())
+            + "."
         },
     )
     dataset_path: str | None = field(
@@ -303,15 +310,8 @@ def load_starting_model(
 
 
 def depth_modules_to_train(model: Qwen2_5_VLDepthForConditionalGeneration) -> list[str]:
-    """The depth modules trained in full for this fusion mode: merger (add, concat), gate (add), depth channel (rgbd)."""
-    names = []
-    if hasattr(model.model, "depth_encoder"):
-        names.append(DEPTH_MERGER)
-    if hasattr(model.model, "depth_gate"):
-        names.append(DEPTH_GATE)
-    if hasattr(model.model, DEPTH_PATCH_EMBED):
-        names.append(DEPTH_PATCH_EMBED)
-    return names
+    """The depth modules trained in full for this fusion mode (its row of the fusion table)."""
+    return list(model.config.fusion.trained_in_sft)
 
 
 def make_lora_config(model_args: ModelConfig, model: Qwen2_5_VLDepthForConditionalGeneration):
@@ -365,16 +365,27 @@ def reinitialise_depth_fusion(
 ) -> None:
     """`--depth_merger_zero_init`: zero the depth projector's last linear layer, so depth adds exactly nothing yet
     gets the full gradient (not one scaled by tanh(0) = 0); `--depth_gate_init`: set the 'add' gate's channels."""
+    fusion = model.config.fusion
     if merger_zero_init:
-        if not hasattr(model.model, "depth_encoder"):
-            raise ValueError("--depth_merger_zero_init needs a depth fusion (add, concat).")
+        if DEPTH_ENCODER_MERGER not in fusion.trained_in_sft:
+            raise ValueError(
+                "--depth_merger_zero_init needs a fusion that trains the depth projector ("
+                + ", ".join(
+                    name for name, other in DEPTH_FUSIONS.items() if DEPTH_ENCODER_MERGER in other.trained_in_sft
+                )
+                + f"), not {fusion.name!r}."
+            )
         last = model.model.depth_encoder.merger.mlp[-1]
         last.weight.zero_()
         if last.bias is not None:
             last.bias.zero_()
     if gate_init is not None:
-        if not hasattr(model.model, "depth_gate"):
-            raise ValueError("--depth_gate_init needs depth_fusion='add'.")
+        if not fusion.has_gate:
+            raise ValueError(
+                "--depth_gate_init needs a gated fusion ("
+                + ", ".join(name for name, other in DEPTH_FUSIONS.items() if other.has_gate)
+                + f"), not {fusion.name!r}."
+            )
         model.model.depth_gate.gate.fill_(gate_init)
 
 
@@ -388,36 +399,36 @@ def depth_fusion_stats(model: torch.nn.Module) -> dict[str, float]:
         if name.endswith(f"{DEPTH_GATE}.gate") or f"{DEPTH_GATE}.modules_to_save" in name:
             gate = parameter.detach().float().tanh().abs()
             stats.update(depth_gate_abs_mean=float(gate.mean()), depth_gate_abs_max=float(gate.max()))
-        elif DEPTH_MERGER in name and name.endswith("mlp.2.weight"):
+        elif DEPTH_ENCODER_MERGER in name and name.endswith("mlp.2.weight"):
             stats["depth_merger_out_norm"] = float(parameter.detach().float().norm())
         elif DEPTH_PATCH_EMBED in name and name.endswith(".weight"):
             stats["depth_patch_embed_norm"] = float(parameter.detach().float().norm())
+        elif DEPTH_ADAPTERS in name and name.endswith("up.weight"):  # all adapters' output layers together
+            norm = float(parameter.detach().float().norm())
+            stats["depth_adapter_up_norm"] = math.hypot(stats.get("depth_adapter_up_norm", 0.0), norm)
     return stats
 
 
 class DepthFusionProbe:
-    """Forward hooks that keep, for the last training batch, the mean L2 norm per token of the RGB image tokens and of
-    what depth adds to them ('add': tanh(gate) * projector output; 'concat': the depth tokens; 'rgbd': per patch, the
-    RGB patch embedding and the depth channel's)."""
+    """Forward hooks that keep, for the last training batch, the mean L2 norm per token of what the RGB path computes
+    and of what depth adds to it, at the modules the fusion table names (`DepthFusion.probe`: e.g. 'add' compares the
+    RGB image tokens with tanh(gate) * projector output, 'rgbd' the RGB patch embedding with the depth channel's)."""
 
     def __init__(self, model: torch.nn.Module):
         self.norms: dict[str, float] = {}
         modules = dict(model.named_modules())
-        # 'add' adds the gate's output; 'concat' the merger's; 'rgbd' the depth channel's onto the RGB patch embedding
-        # (a PEFT wrapper keeps the module's name as a suffix).
-        rgb_suffix, depth_suffix = "visual.merger", DEPTH_MERGER
-        if any(name.endswith(DEPTH_GATE) for name in modules):
-            depth_suffix = DEPTH_GATE
-        elif any(name.endswith(DEPTH_PATCH_EMBED) for name in modules):
-            rgb_suffix, depth_suffix = "visual.patch_embed", DEPTH_PATCH_EMBED
+        # A PEFT wrapper keeps the module's name as a suffix. Without depth, the RGB image tokens alone.
+        rgb_suffix, depth_suffix = model.config.fusion.probe or ("visual.merger", None)
         for name, module in modules.items():
             if name.endswith(rgb_suffix):
                 module.register_forward_hook(self._hook("rgb_token_norm"))
-            elif name.endswith(depth_suffix):
+            elif depth_suffix is not None and name.endswith(depth_suffix):
                 module.register_forward_hook(self._hook("depth_added_norm"))
 
     def _hook(self, key: str):
         def hook(module, inputs, output):
+            if isinstance(output, tuple) and output:  # the side adapters: the first one's residual
+                output = output[0]
             if torch.is_tensor(output):
                 self.norms[key] = float(output.detach().float().norm(dim=-1).mean())
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from configuration_depth import RGB_ONLY_FUSION
 from training.experiment.presets import METRIC_QUESTION_TYPES
 
 
@@ -82,7 +83,7 @@ DEPTH_BAR_QUESTION_TYPES = ("distance_to_camera", "point_depth")
 DEPTH_BAR_RATIO = 1.2
 
 
-def against_rgb_only(aggregate_: dict, baseline: str = "none") -> list[dict]:
+def against_rgb_only(aggregate_: dict, baseline: str = RGB_ONLY_FUSION) -> list[dict]:
     """Each depth arm measured on 2+ seeds against `baseline` on `DEPTH_BAR_QUESTION_TYPES`: the ratio of the mean
     δ₁, the difference of the means, twice the larger seed std, and whether the bar is met on that type."""
     rows = []

@@ -13,10 +13,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
+from configuration_depth import DEFAULT_DEPTH_FUSION, DEPTH_ENCODER_MERGER, DEPTH_FUSIONS, RGB_ONLY_FUSION
 from training.experiment.presets import RGB_ONLY_QUESTION_TYPES, Preset
 from training.experiment.report import STAGE0_ARM, aggregate, summary_of, write_report, write_sft_loss_curves
 from training.experiment.stage0 import save_as_plain_qwen2_5_vl, scene_descriptions
 from training.tiny import save_tiny_base
+
+
+def has_depth_encoder(arm: str) -> bool:
+    """Whether a training arm's model has a depth encoder (the fusion table's row; the "image" arm has none): its
+    arms start from the aligned encoder and take the depth-path flags."""
+    return arm in DEPTH_FUSIONS and DEPTH_FUSIONS[arm].has_depth_encoder
 
 
 class Experiment:
@@ -153,7 +160,7 @@ class Experiment:
         if self.preset.vision_pretrain_steps:
             raw_base = self.pretrain_vision(raw_base, train_world, val_world)
         args = [
-            "--model_name_or_path", str(raw_base), "--depth_fusion", "none", "--use_peft", "false",
+            "--model_name_or_path", str(raw_base), "--depth_fusion", RGB_ONLY_FUSION, "--use_peft", "false",
             "--train_vision_tower", "true", "--dataset_path", str(train), "--eval_dataset_path", str(val),
             "--output_dir", str(folder / "trainer"), "--export_dir", str(folder / "model"),
             "--loss_curve", str(folder / "loss_curve.png"), "--eval_strategy", "no",
@@ -198,7 +205,7 @@ class Experiment:
 
     def sft(self, arm: str, seed: int, base: Path, aligned: Path | None, train: Path, val: Path, name: str) -> Path:
         folder = self.out / "sft" / f"{name}-seed{seed}"
-        warm = self.preset.depth_warmup_steps > 0 and arm in ("add", "concat")
+        warm = self.preset.depth_warmup_steps > 0 and has_depth_encoder(arm)
         if warm:
             aligned = self.sft_stage(
                 f"sft-{name}-seed{seed}-warmup", folder / "warmup", arm, seed, base, aligned, train, val,
@@ -244,11 +251,12 @@ class Experiment:
         """training.sft flags that set how the depth path of `arm` starts (`initialise`) and trains (none for RGB-only
         arms)."""
         preset, args = self.preset, []
-        if arm not in ("add", "concat"):
+        if not has_depth_encoder(arm):
             return args
-        if preset.depth_merger_zero_init and initialise:
+        fusion = DEPTH_FUSIONS[arm]
+        if preset.depth_merger_zero_init and initialise and DEPTH_ENCODER_MERGER in fusion.trained_in_sft:
             args += ["--depth_merger_zero_init", "true"]
-        if preset.depth_gate_init is not None and arm == "add" and initialise:
+        if preset.depth_gate_init is not None and fusion.has_gate and initialise:
             args += ["--depth_gate_init", str(preset.depth_gate_init)]
         if preset.depth_lr is not None:
             args += ["--depth_lr", str(preset.depth_lr)]
@@ -304,10 +312,10 @@ class Experiment:
         arm_seeds = [(arm, seed) for seed in preset.seeds for arm in preset.arms]
         arm_seeds += [(arm, seed) for arm in preset.single_seed_arms for seed in preset.ablation_seeds]
         plan = [  # (run name, fusion arm, start: aligned folder, None, or an ablation's (level, pair multiplier), seed)
-            (arm, arm, aligned if arm in ("add", "concat") else None, seed) for arm, seed in arm_seeds
+            (arm, arm, aligned if has_depth_encoder(arm) else None, seed) for arm, seed in arm_seeds
         ]
         plan += [
-            (name, "add", (level, multiplier), seed)
+            (name, DEFAULT_DEPTH_FUSION, (level, multiplier), seed)
             for name, level, multiplier in preset.alignment_ablations
             for seed in preset.ablation_seeds
         ]
