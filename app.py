@@ -97,7 +97,7 @@ def answer_question(
     if not question or not question.strip():
         raise ValueError("Type a question about the image.")
     image = image.convert("RGB")
-    if processor.depth_fusion == "none":
+    if not processor.fusion.has_depth:
         depth_map = depth  # an RGB-only processor reads no depth: given some, it raises its own error below
     else:
         # Read and checked against the image, or estimated, by the processor: the page shows exactly this map.
@@ -119,8 +119,11 @@ def answer_question(
 def describe_depth(answer: Answer, processor) -> str:
     """One line for the page: where the depth came from, or why there was none."""
     if answer.depth_source == "none":
-        if processor.depth_fusion == "none":
-            return "This model is RGB-only (`depth_fusion='none'`): answered from the RGB image alone."
+        if not processor.fusion.has_depth:
+            return (
+                f"This model is RGB-only (`depth_fusion={processor.depth_fusion!r}`): answered from the RGB image "
+                "alone."
+            )
         return (
             "No depth map given and this model's processor has no `depth_estimator` configured: "
             "**answered from RGB only.**"

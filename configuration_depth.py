@@ -5,15 +5,136 @@ model folder that carries it loads with `from_pretrained(..., trust_remote_code=
 """
 
 import math
+from dataclasses import dataclass
 
 from huggingface_hub.dataclasses import strict
 from transformers.configuration_utils import SubConfigSpec
 from transformers.models.qwen2_5_vl.configuration_qwen2_5_vl import Qwen2_5_VLConfig, Qwen2_5_VLVisionConfig
 
 
-DEPTH_FUSION_MODES = ("concat", "add", "rgbd", "none")
-# The modes whose depth goes through a separate depth encoder (`rgbd` feeds depth to the RGB tower itself).
-DEPTH_ENCODER_FUSION_MODES = ("concat", "add")
+# The depth modules, by their names under the depth model's `model.` (what a base Qwen2.5-VL checkpoint lacks).
+DEPTH_ENCODER = "depth_encoder"  # Qwen2.5-VL vision blocks over the depth map (a copy of the RGB tower's first ones)
+DEPTH_ENCODER_MERGER = "depth_encoder.merger"  # the depth projector: merged depth tokens at the LLM's width
+DEPTH_GATE = "depth_gate"  # `add`: tanh(gate) per LLM channel, zero-initialised
+DEPTH_PATCH_EMBED = "depth_patch_embed"  # `rgbd`: the zero-initialised depth input channel of the RGB tower
+DEPTH_ADAPTERS = "depth_adapters"  # `adapter`: side adapters into the RGB tower's blocks, zero-initialised outputs
+DEPTH_MODULE_NAMES = (DEPTH_ENCODER, DEPTH_GATE, DEPTH_PATCH_EMBED, DEPTH_ADAPTERS)
+
+
+@dataclass(frozen=True)
+class DepthFusion:
+    """One fusion mode: how depth reaches the language model, and everything that follows from it.
+
+    Every part of the project reads these rows (model, processor, rope index, training policy, experiment arms,
+    benchmarks, model card); a new mode is a row here plus its module in the modeling file.
+
+    Attributes:
+        name: the `config.depth_fusion` value.
+        summary: how depth reaches the LLM, one clause ("depth is ..."), for help texts and the model card.
+        details: the mechanism in a sentence or two (the model card's).
+        modules: the depth modules the mode builds (`DEPTH_MODULE_NAMES`); every other one is absent.
+        fused_into: where depth joins the RGB path: `"image_tokens"` (the merged image features), `"vision_blocks"`
+            (the RGB tower's residual stream), `"patch_embed"` (the RGB tower's input), or None (no depth).
+        tokens_per_image_with_depth: an image with depth takes this many times its own placeholder tokens (2: its
+            RGB tokens, then as many depth tokens, each at the M-RoPE position of the RGB patch it covers).
+        trained_in_sft: the depth modules Stage 2 trains in full (with LoRA: PEFT's `modules_to_save`); the rest of
+            the depth modules stay frozen unless asked (`--train_depth_encoder`). Stage 1 (`training.align`) trains
+            the depth encoder of the modes that have one.
+        probe: (RGB module, depth module) whose output norms the training log compares: what depth adds, and to what
+            (None: the RGB image tokens alone).
+    """
+
+    name: str
+    summary: str
+    details: str = ""
+    modules: tuple[str, ...] = ()
+    fused_into: str | None = None
+    tokens_per_image_with_depth: int = 1
+    trained_in_sft: tuple[str, ...] = ()
+    probe: tuple[str, str] | None = None
+
+    @property
+    def has_depth(self) -> bool:
+        return self.fused_into is not None
+
+    @property
+    def has_depth_encoder(self) -> bool:
+        return DEPTH_ENCODER in self.modules
+
+    @property
+    def has_gate(self) -> bool:
+        return DEPTH_GATE in self.modules
+
+    @property
+    def trained_in_alignment(self) -> tuple[str, ...]:
+        return (DEPTH_ENCODER,) if self.has_depth_encoder else ()
+
+    def new_modules_from(self, source: "DepthFusion | None") -> tuple[str, ...]:
+        """How a checkpoint of `source` (None: a base Qwen2.5-VL one) converts to this mode: the depth modules it lacks
+        start fresh (the depth encoder copied from the RGB tower when `depth_init_from_rgb`, the gate, depth channel
+        and adapter outputs at zero, so the model is the source's RGB model exactly); the ones this mode has no use
+        for are left out."""
+        return tuple(module for module in self.modules if source is None or module not in source.modules)
+
+
+# The mode a depth model gets unless told otherwise.
+DEFAULT_DEPTH_FUSION = "add"
+# The mode without depth: the RGB-only baseline (and the model of experiment arms that show depth another way).
+RGB_ONLY_FUSION = "none"
+DEPTH_FUSIONS = {
+    fusion.name: fusion
+    for fusion in (
+        DepthFusion(
+            name="add",
+            summary="added onto the image tokens through a learned, zero-initialised gate (no extra tokens)",
+            details="The depth tokens are added onto the image tokens as `image + tanh(g) · depth`; the per-channel "
+            "gate `g` starts at 0, so an untrained depth model is exactly the base model.",
+            modules=(DEPTH_ENCODER, DEPTH_GATE),
+            fused_into="image_tokens",
+            trained_in_sft=(DEPTH_ENCODER_MERGER, DEPTH_GATE),
+            probe=("visual.merger", DEPTH_GATE),
+        ),
+        DepthFusion(
+            name="concat",
+            summary="appended after each image's tokens as its own tokens, at the positions of the RGB patches",
+            details="The depth tokens follow the image's own tokens inside its placeholder run (an image with depth "
+            "takes twice as many `<|image_pad|>`), each carrying the M-RoPE position of the RGB patch it covers.",
+            modules=(DEPTH_ENCODER,),
+            fused_into="image_tokens",
+            tokens_per_image_with_depth=2,
+            trained_in_sft=(DEPTH_ENCODER_MERGER,),
+            probe=("visual.merger", DEPTH_ENCODER_MERGER),
+        ),
+        DepthFusion(
+            name="rgbd",
+            summary="a fourth, zero-initialised input channel of the RGB tower's patch embedding (no depth encoder)",
+            details="No depth encoder: a zero-initialised depth channel of the RGB tower's patch embedding adds each "
+            "depth patch to its RGB patch, and depth goes through the RGB tower's own blocks.",
+            modules=(DEPTH_PATCH_EMBED,),
+            fused_into="patch_embed",
+            trained_in_sft=(DEPTH_PATCH_EMBED,),
+            probe=("visual.patch_embed", DEPTH_PATCH_EMBED),
+        ),
+        DepthFusion(
+            name="adapter",
+            summary="injected into the frozen RGB tower's first blocks through zero-initialised side adapters from "
+            "the depth encoder (no extra tokens)",
+            details="After each of the RGB tower's first blocks, a side adapter (down-projection, GELU, "
+            "zero-initialised up-projection) of the paired depth-encoder block's output is added to the RGB "
+            "residual stream at the same patch; a fresh model is exactly the base model.",
+            modules=(DEPTH_ENCODER, DEPTH_ADAPTERS),
+            fused_into="vision_blocks",
+            trained_in_sft=(DEPTH_ADAPTERS,),
+            probe=("visual.blocks.0", DEPTH_ADAPTERS),  # the first adapter's residual, onto the first block's output
+        ),
+        DepthFusion(
+            name=RGB_ONLY_FUSION,
+            summary="absent: the RGB-only baseline of the same recipe",
+            details="This checkpoint is RGB-only: no depth module is used.",
+        ),
+    )
+}
+DEPTH_FUSION_MODES = tuple(DEPTH_FUSIONS)
 
 # Where each Auto class finds this model's code inside a saved folder. One class serves `AutoModel` and
 # `AutoModelForImageTextToText`: both should give a model that can `generate`.
@@ -98,7 +219,12 @@ class Qwen2_5_VLDepthConfig(Qwen2_5_VLConfig):
             - `"rgbd"`: direct RGB-D input, the seed's baseline: the RGB tower's patch embedding gets a fourth (depth)
               channel, a zero-initialised `Conv3d` over the encoded depth added to the RGB patch embeddings, so a fresh
               model is exactly the base model. No depth encoder; depth goes through the RGB tower's own blocks.
+            - `"adapter"`: side adapters beside the frozen RGB tower (HFIT-style): the depth encoder runs beside the
+              RGB tower's first blocks, and after RGB block `i` a small adapter of depth block `i`'s output
+              (down-projection, GELU, zero-initialised up-projection) is added to the RGB residual stream at the same
+              patch. No extra tokens; a fresh model is exactly the base model.
             - `"none"`: the RGB-only baseline. No depth modules are built and depth input is an error.
+            Each mode's properties (modules, tokens, what trains) are its row of `DEPTH_FUSIONS`.
         depth_init_from_rgb (`bool`, *optional*, defaults to `True`):
             When the depth encoder is newly created from a base checkpoint, copy the RGB tower's first blocks, merger
             and patch embedding (summed over colour and time into one channel) instead of a random init.
@@ -109,6 +235,8 @@ class Qwen2_5_VLDepthConfig(Qwen2_5_VLConfig):
         depth_invalid_value (`float`, *optional*, defaults to -2.0):
             Encoder input for invalid pixels (depth that is 0, negative, NaN or inf: sensor holes, sky). It lies
             outside [-1, 1] so the encoder can tell "no measurement" from "near".
+        depth_adapter_width (`int`, *optional*):
+            `"adapter"` only: the bottleneck width of each side adapter; defaults to a quarter of the RGB tower's width.
         base_model_name_or_path (`str`, *optional*):
             The Qwen2.5-VL checkpoint the depth model was built from: a hub id, or a local folder's absolute path.
             Saved with the config (unlike `_name_or_path`), so a model card can name its real base.
@@ -122,11 +250,12 @@ class Qwen2_5_VLDepthConfig(Qwen2_5_VLConfig):
     }
 
     depth_config: dict | Qwen2_5_VLDepthEncoderConfig | None = None
-    depth_fusion: str = "add"
+    depth_fusion: str = DEFAULT_DEPTH_FUSION
     depth_init_from_rgb: bool = True
     depth_min_meters: float = 0.1
     depth_max_meters: float = 100.0
     depth_invalid_value: float = -2.0
+    depth_adapter_width: int | None = None
     base_model_name_or_path: str | None = None
 
     def __post_init__(self, **kwargs):
@@ -154,6 +283,8 @@ class Qwen2_5_VLDepthConfig(Qwen2_5_VLConfig):
             attn_implementation = attn_implementation.get("depth_config", self._attn_implementation)
         if attn_implementation is not None:
             self.depth_config._attn_implementation = attn_implementation
+        if self.depth_adapter_width is None:
+            self.depth_adapter_width = max(1, self.vision_config.hidden_size // 4)
         # Entries already present (e.g. `repo--module.Class` from the Hub) win over the local file names.
         self.auto_map = {**AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
 
@@ -179,22 +310,36 @@ class Qwen2_5_VLDepthConfig(Qwen2_5_VLConfig):
         return Qwen2_5_VLDepthEncoderConfig(**{**fields, **overrides})
 
     @property
+    def fusion(self) -> DepthFusion:
+        """The fusion mode's row of `DEPTH_FUSIONS`."""
+        return DEPTH_FUSIONS[self.depth_fusion]
+
+    @property
     def has_depth(self) -> bool:
         """Whether the model takes depth input at all."""
-        return self.depth_fusion != "none"
+        return self.fusion.has_depth
 
     @property
     def has_depth_encoder(self) -> bool:
-        """Whether depth goes through a separate depth encoder (`add`, `concat`)."""
-        return self.depth_fusion in DEPTH_ENCODER_FUSION_MODES
+        """Whether depth goes through a separate depth encoder."""
+        return self.fusion.has_depth_encoder
 
 
 Qwen2_5_VLDepthConfig.register_for_auto_class()
 
 __all__ = [
+    "DEFAULT_DEPTH_FUSION",
     "Qwen2_5_VLDepthConfig",
     "Qwen2_5_VLDepthEncoderConfig",
-    "DEPTH_ENCODER_FUSION_MODES",
+    "DEPTH_ADAPTERS",
+    "DEPTH_ENCODER",
+    "DEPTH_ENCODER_MERGER",
+    "DEPTH_FUSIONS",
     "DEPTH_FUSION_MODES",
+    "DEPTH_GATE",
+    "DEPTH_MODULE_NAMES",
+    "DEPTH_PATCH_EMBED",
+    "DepthFusion",
     "MLP_WIDTH_MULTIPLE",
+    "RGB_ONLY_FUSION",
 ]

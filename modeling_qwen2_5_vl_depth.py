@@ -10,8 +10,11 @@ features, chosen by `config.depth_fusion`:
   token with the M-RoPE position of the RGB patch it covers;
 - `"rgbd"`: direct RGB-D input (the seed's baseline): the RGB tower's patch embedding gets a zero-initialised fourth,
   depth channel, and depth goes through the RGB tower's own blocks; no depth encoder, no extra tokens;
+- `"adapter"`: side adapters beside the frozen RGB tower (HFIT-style): the depth encoder's block `i` feeds a small
+  adapter whose zero-initialised output is added to RGB block `i`'s output at the same patch; no extra tokens;
 - `"none"`: no depth at all (the RGB-only baseline).
 
+Each mode's modules, token count and training policy are its row of `configuration_depth.DEPTH_FUSIONS`.
 Everything after the image features is stock Qwen2.5-VL, so transformers' generation machinery (pre-encoding before
 prefill, beam expansion, chunked prefill) carries depth as it carries the images.
 
@@ -33,10 +36,12 @@ from transformers.generation import GenerationMixin
 from transformers.modeling_outputs import BaseModelOutputWithPooling, MultimodalCausalLMOutputWithPast
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
     Qwen2_5_VisionPatchEmbed,
+    Qwen2_5_VisionTransformerPretrainedModel,
     Qwen2_5_VLForConditionalGeneration,
     Qwen2_5_VLModel,
     Qwen2_5_VLPatchMerger,
     Qwen2_5_VLPreTrainedModel,
+    Qwen2_5_VLTextModel,
     Qwen2_5_VLVisionAttention,
     Qwen2_5_VLVisionBlock,
     Qwen2_5_VLVisionRotaryEmbedding,
@@ -45,22 +50,46 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, can_return_tuple, logging
 from transformers.utils.deprecation import deprecate_kwarg
-from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids, get_vision_window_index
+from transformers.utils.generic import get_max_seqlen, merge_with_config_defaults
+from transformers.utils.output_capturing import capture_outputs
+from transformers.vision_utils import (
+    get_vision_attention_seqlens,
+    get_vision_cu_seqlens,
+    get_vision_position_ids,
+    get_vision_window_index,
+)
 
 
 try:  # loaded as remote code: a module of a package built from the model folder
-    from .configuration_depth import DEPTH_ENCODER_FUSION_MODES, Qwen2_5_VLDepthConfig, Qwen2_5_VLDepthEncoderConfig
+    from .configuration_depth import (
+        DEFAULT_DEPTH_FUSION,
+        DEPTH_ADAPTERS,
+        DEPTH_ENCODER,
+        DEPTH_FUSIONS,
+        DEPTH_GATE,
+        DEPTH_MODULE_NAMES,
+        DEPTH_PATCH_EMBED,
+        Qwen2_5_VLDepthConfig,
+        Qwen2_5_VLDepthEncoderConfig,
+    )
 except ImportError:  # imported from a checkout, where the three remote-code files are top-level modules
-    from configuration_depth import DEPTH_ENCODER_FUSION_MODES, Qwen2_5_VLDepthConfig, Qwen2_5_VLDepthEncoderConfig
+    from configuration_depth import (
+        DEFAULT_DEPTH_FUSION,
+        DEPTH_ADAPTERS,
+        DEPTH_ENCODER,
+        DEPTH_FUSIONS,
+        DEPTH_GATE,
+        DEPTH_MODULE_NAMES,
+        DEPTH_PATCH_EMBED,
+        Qwen2_5_VLDepthConfig,
+        Qwen2_5_VLDepthEncoderConfig,
+    )
 
 
 logger = logging.get_logger(__name__)
 
 # Parameter names of the modules a base Qwen2.5-VL checkpoint does not have.
-DEPTH_ENCODER_PREFIX = "model.depth_encoder."
-DEPTH_GATE_PREFIX = "model.depth_gate."
-DEPTH_PATCH_EMBED_PREFIX = "model.depth_patch_embed."
-DEPTH_MODULE_PREFIXES = (DEPTH_ENCODER_PREFIX, DEPTH_GATE_PREFIX, DEPTH_PATCH_EMBED_PREFIX)
+DEPTH_MODULE_PREFIXES = tuple(f"model.{name}." for name in DEPTH_MODULE_NAMES)
 
 
 @functools.lru_cache(maxsize=256)
@@ -109,6 +138,7 @@ def image_text_rope_index(
     attention_mask: torch.Tensor | None,
     image_grid_thw: torch.Tensor | None,
     spatial_merge_size: int,
+    tokens_per_image_with_depth: int = 1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Stock Qwen2.5-VL M-RoPE positions and deltas for text-and-image sequences, computed on the host.
 
@@ -118,9 +148,10 @@ def image_text_rope_index(
     ~7,000 for a batch of 128: on a GPU that outweighs a small model's whole forward. Here the token types come to the
     host once, each sample is a few CPU ops, and the positions go back in one copy.
 
-    An image run twice as long as its grid's tokens is an image followed by its depth tokens (`concat` fusion): the
-    depth half takes the positions of the RGB patches it covers, and the text after it continues as if it were absent,
-    so the rope delta counts the depth tokens as length that adds no position.
+    With `tokens_per_image_with_depth=2` (the fusion table's value for `concat`) an image run twice as long as its
+    grid's tokens is an image followed by its depth tokens: the depth half takes the positions of the RGB patches it
+    covers, and the text after it continues as if it were absent, so the rope delta counts the depth tokens as length
+    that adds no position.
     """
     token_types = mm_token_type_ids.cpu()
     in_sequence = (
@@ -141,11 +172,16 @@ def image_text_rope_index(
             t, h, w = next(grids)
             image_positions = _grid_rope_positions(t, h, w, spatial_merge_size) + position
             copies, remainder = divmod(run_length, image_positions.shape[1])
-            if remainder or copies not in (1, 2):
+            if remainder or copies not in (1, tokens_per_image_with_depth):
+                with_depth = (
+                    f", or {tokens_per_image_with_depth} times as many with its depth"
+                    if tokens_per_image_with_depth > 1
+                    else ""
+                )
                 raise ValueError(
                     f"Sample {batch_index} has a run of {run_length} image tokens for an image of "
-                    f"{image_positions.shape[1]} tokens (grid {[t, h, w]}): expected the image's tokens, or twice as "
-                    "many with its depth (concat fusion). Build inputs with the model's processor."
+                    f"{image_positions.shape[1]} tokens (grid {[t, h, w]}): expected the image's tokens{with_depth}. "
+                    "Build inputs with the model's processor."
                 )
             runs.append(image_positions.repeat(1, copies))
             position += max(h, w) // spatial_merge_size
@@ -259,6 +295,117 @@ class Qwen2_5_VLDepthPatchEmbed(nn.Conv3d):
         return super().forward(depth_patches).view(-1, self.out_channels)
 
 
+class Qwen2_5_VLDepthAdapterUpProjection(nn.Linear):
+    """A side adapter's output layer: an `nn.Linear` that `_init_weights` starts at zero (weight and bias)."""
+
+
+class Qwen2_5_VLDepthAdapter(nn.Module):
+    """One side adapter of the `adapter` fusion: depth-encoder hidden states of a block -> what is added to the RGB
+    tower's residual stream after the paired RGB block, per patch: `up(gelu(down(depth)))`.
+
+    A bottleneck (down to `depth_adapter_width`) as in adapter tuning, with the up-projection zero-initialised (as
+    LoRA's B, ControlNet's zero convolutions): a fresh adapter adds exactly nothing, and its first gradient (on `up`)
+    is not zero.
+    """
+
+    def __init__(self, depth_width: int, rgb_width: int, bottleneck_width: int) -> None:
+        super().__init__()
+        self.down = nn.Linear(depth_width, bottleneck_width)
+        self.act = nn.GELU()
+        self.up = Qwen2_5_VLDepthAdapterUpProjection(bottleneck_width, rgb_width)
+
+    def forward(self, depth_hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.up(self.act(self.down(depth_hidden_states.to(self.down.weight.dtype))))
+
+
+class Qwen2_5_VLDepthAdapters(nn.Module):
+    """The `adapter` fusion's side adapters, one per depth-encoder block: adapter `i` reads depth block `i`'s output
+    and writes into RGB block `i`'s. The depth encoder starts as a copy of the RGB tower's first blocks, so each pair
+    of blocks sits at the same depth of the same network."""
+
+    def __init__(self, config: Qwen2_5_VLDepthConfig) -> None:
+        super().__init__()
+        depth_width, rgb_width = config.depth_config.hidden_size, config.vision_config.hidden_size
+        if config.depth_config.depth > config.vision_config.depth:
+            raise ValueError(
+                f"The adapter fusion pairs each of the depth encoder's {config.depth_config.depth} blocks with an RGB "
+                f"block, but the RGB tower has only {config.vision_config.depth}."
+            )
+        self.adapters = nn.ModuleList(
+            Qwen2_5_VLDepthAdapter(depth_width, rgb_width, config.depth_adapter_width)
+            for _ in range(config.depth_config.depth)
+        )
+
+    def forward(self, depth_block_states: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        """The depth encoder's per-block outputs -> each adapter's residual, in the same (patch) order."""
+        return tuple(adapter(states) for adapter, states in zip(self.adapters, depth_block_states))
+
+
+class Qwen2_5_VLDepthAwareVisionTransformer(Qwen2_5_VisionTransformerPretrainedModel):
+    """The stock RGB tower (same weights, same keys) whose forward can add a residual to the output of each of its
+    first blocks: what the `adapter` fusion's side adapters inject. Without `block_residuals` it is the stock tower.
+
+    The tower reorders its patches into windows (`get_vision_window_index`, 2x2 merge units at a time) before its
+    blocks and back after the merger, while the residuals come per patch in the processor's order (that of
+    `pixel_values` and `depth_values`): each is put in window order the way the stock forward reorders its patch
+    embeddings, so residual row `p` lands on RGB patch `p`.
+    """
+
+    @merge_with_config_defaults
+    @capture_outputs
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        grid_thw: torch.Tensor,
+        block_residuals: tuple[torch.Tensor, ...] | None = None,
+        **kwargs: Unpack[TransformersKwargs],
+    ) -> tuple | BaseModelOutputWithPooling:
+        """
+        Args:
+            hidden_states (`torch.Tensor` of shape `(seq_len, patch_dim)`): `pixel_values`.
+            grid_thw (`torch.Tensor` of shape `(num_images, 3)`): the images' patch grids.
+            block_residuals (`tuple[torch.Tensor]`, *optional*):
+                Residual `i`, of shape `(seq_len, hidden_size)` in the patches' input order, is added to block `i`'s
+                output; blocks past the tuple's length get none.
+        """
+        # The stock forward, with the residuals added after their blocks.
+        position_ids = get_vision_position_ids(grid_thw, self.spatial_merge_size, kwargs=kwargs)
+        cu_seqlens, max_seqlen = get_vision_attention_seqlens(grid_thw, self.config, kwargs=kwargs)
+        window_index, cu_window_seqlens = get_vision_window_index(
+            grid_thw,
+            spatial_merge_size=self.spatial_merge_size,
+            window_size=self.window_size,
+            patch_size=self.patch_size,
+            kwargs=kwargs,
+        )
+        max_window_seqlen = get_max_seqlen(
+            cu_window_seqlens, self.config, kwargs=kwargs, kwarg_name="max_window_seqlen"
+        )
+        hidden_states = self.patch_embed(hidden_states)
+        seq_len, _ = hidden_states.size()
+        hidden_states = self.permute_input_for_window_attn(hidden_states, window_index, seq_len=seq_len)
+        position_embeddings = self.rotary_pos_emb(hidden_states, position_ids)
+        position_embeddings = tuple(
+            self.permute_input_for_window_attn(freq, window_index, seq_len=seq_len) for freq in position_embeddings
+        )
+        for layer_num, blk in enumerate(self.blocks):
+            full_attention = layer_num in self.fullatt_block_indexes
+            hidden_states = blk(
+                hidden_states,
+                cu_seqlens=cu_seqlens if full_attention else cu_window_seqlens,
+                max_seqlen=max_seqlen if full_attention else max_window_seqlen,
+                position_embeddings=position_embeddings,
+                **kwargs,
+            )
+            if block_residuals is not None and layer_num < len(block_residuals):
+                residual = self.permute_input_for_window_attn(block_residuals[layer_num], window_index, seq_len)
+                hidden_states = hidden_states + residual.to(hidden_states.dtype)
+        reverse_indices = torch.argsort(window_index)
+        merged_hidden_states = self.merger(hidden_states)
+        merged_hidden_states = merged_hidden_states[reverse_indices, :]
+        return BaseModelOutputWithPooling(last_hidden_state=hidden_states, pooler_output=merged_hidden_states)
+
+
 class Qwen2_5_VLDepthPreTrainedModel(Qwen2_5_VLPreTrainedModel):
     config: Qwen2_5_VLDepthConfig
     input_modalities = ("image", "video", "text")
@@ -267,6 +414,10 @@ class Qwen2_5_VLDepthPreTrainedModel(Qwen2_5_VLPreTrainedModel):
     def _init_weights(self, module):
         if isinstance(module, Qwen2_5_VLDepthPatchEmbed):  # a Conv3d, which the parent would draw at random
             init.zeros_(module.weight)
+            return
+        if isinstance(module, Qwen2_5_VLDepthAdapterUpProjection):  # a Linear, which the parent would draw at random
+            init.zeros_(module.weight)
+            init.zeros_(module.bias)
             return
         super()._init_weights(module)
         if isinstance(module, Qwen2_5_VLDepthGate):
@@ -303,13 +454,18 @@ class Qwen2_5_VLDepthEncoder(Qwen2_5_VLDepthPreTrainedModel):
         self.gradient_checkpointing = False
         self.post_init()
 
-    def forward(self, hidden_states: torch.Tensor, grid_thw: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+    def forward(
+        self, hidden_states: torch.Tensor, grid_thw: torch.Tensor, output_hidden_states: bool = False, **kwargs
+    ) -> BaseModelOutputWithPooling:
         """
         Args:
             hidden_states (`torch.Tensor` of shape `(num_patches, patch_size * patch_size)`):
                 Encoded depth (see `Qwen2_5_VLDepthModel.encode_depth`), one row per patch.
             grid_thw (`torch.LongTensor` of shape `(num_images, 3)`):
                 The RGB images' patch grids, which the depth maps share.
+            output_hidden_states (`bool`, defaults to `False`):
+                Also return `hidden_states`: the patch embeddings, then every block's output (what the `adapter`
+                fusion's side adapters read), one row per patch in the input's order.
         """
         position_ids = vision_position_ids(grid_thw, self.spatial_merge_size)
         cu_seqlens = get_vision_cu_seqlens(grid_thw)
@@ -318,6 +474,7 @@ class Qwen2_5_VLDepthEncoder(Qwen2_5_VLDepthPreTrainedModel):
 
         hidden_states = self.patch_embed(hidden_states)
         position_embeddings = self.rotary_pos_emb(hidden_states, position_ids)
+        all_hidden_states = [hidden_states]
         for block in self.blocks:
             hidden_states = block(
                 hidden_states,
@@ -326,7 +483,12 @@ class Qwen2_5_VLDepthEncoder(Qwen2_5_VLDepthPreTrainedModel):
                 max_seqlen=max(seq_lens),
                 uniform_seq_len=uniform_seq_len,
             )
-        return BaseModelOutputWithPooling(last_hidden_state=hidden_states, pooler_output=self.merger(hidden_states))
+            all_hidden_states.append(hidden_states)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=hidden_states,
+            pooler_output=self.merger(hidden_states),
+            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+        )
 
     @torch.no_grad()
     def init_from_rgb(self, rgb_tower: nn.Module) -> None:
@@ -404,21 +566,36 @@ def encode_metric_depth(depth_meters: torch.Tensor, config: Qwen2_5_VLDepthConfi
     return torch.where(valid, encoded, torch.full_like(encoded, config.depth_invalid_value))
 
 
+def on_every_patch(
+    values: torch.Tensor, image_grid_thw: torch.LongTensor, has_depth: torch.BoolTensor
+) -> torch.Tensor:
+    """Per-patch rows of the images with depth -> rows for every image's patches, exact zeros for those without."""
+    patch_has_depth = has_depth.repeat_interleave(image_grid_thw.prod(-1))
+    every_patch = values.new_zeros(patch_has_depth.shape[0], values.shape[-1])
+    return every_patch.masked_scatter(patch_has_depth[:, None].to(values.device), values)
+
+
 class Qwen2_5_VLDepthModel(Qwen2_5_VLDepthPreTrainedModel, Qwen2_5_VLModel):
     config: Qwen2_5_VLDepthConfig
 
     def __init__(self, config: Qwen2_5_VLDepthConfig):
-        super().__init__(config)
-        # The RGB tower keeps its classes and weights; only its attention's per-window loop becomes one batched call.
+        # Qwen2_5_VLModel.__init__, with the RGB tower that can take the side adapters' residuals (same weights).
+        super(Qwen2_5_VLModel, self).__init__(config)
+        self.visual = Qwen2_5_VLDepthAwareVisionTransformer._from_config(config.vision_config)
+        self.language_model = Qwen2_5_VLTextModel._from_config(config.text_config)
+        self.rope_deltas = None
+        # The RGB tower keeps its weights; only its attention's per-window loop becomes one batched call.
         for block in self.visual.blocks:
             block.attn = Qwen2_5_VLBatchedVisionAttention(config=config.vision_config)
-        if config.has_depth_encoder:
-            self.depth_encoder = Qwen2_5_VLDepthEncoder._from_config(config.depth_config)
-        if config.depth_fusion == "add":
-            self.depth_gate = Qwen2_5_VLDepthGate(config.depth_config.out_hidden_size)
-        if config.depth_fusion == "rgbd":
-            self.depth_patch_embed = Qwen2_5_VLDepthPatchEmbed(config.vision_config)
-        # The parent's post_init ran before the depth modules existed; this one initialises only those.
+        # The fusion mode's depth modules (its row of DEPTH_FUSIONS), under their table names.
+        depth_modules = {
+            DEPTH_ENCODER: lambda: Qwen2_5_VLDepthEncoder._from_config(config.depth_config),
+            DEPTH_GATE: lambda: Qwen2_5_VLDepthGate(config.depth_config.out_hidden_size),
+            DEPTH_PATCH_EMBED: lambda: Qwen2_5_VLDepthPatchEmbed(config.vision_config),
+            DEPTH_ADAPTERS: lambda: Qwen2_5_VLDepthAdapters(config),
+        }
+        for name in config.fusion.modules:
+            self.add_module(name, depth_modules[name]())
         self.post_init()
 
     @can_return_tuple
@@ -433,7 +610,8 @@ class Qwen2_5_VLDepthModel(Qwen2_5_VLDepthPreTrainedModel, Qwen2_5_VLModel):
         r"""
         Each image's features, with its depth fused in per `config.depth_fusion`: `add` gives the RGB tokens plus the
         gated depth tokens, `concat` the RGB tokens followed by the depth tokens, `rgbd` the RGB tower's tokens of the
-        image with depth as a fourth input channel. Images without depth get their stock RGB features, so without
+        image with depth as a fourth input channel, `adapter` the RGB tower's tokens with the side adapters' residuals
+        added after its first blocks. Images without depth get their stock RGB features, so without
         `depth_values` this is exactly Qwen2.5-VL's `get_image_features`.
 
         The tower's index bookkeeping (rotary position ids, window permutation and window lengths) comes from a
@@ -458,7 +636,11 @@ class Qwen2_5_VLDepthModel(Qwen2_5_VLDepthPreTrainedModel, Qwen2_5_VLModel):
                 kwargs["image_cu_window_seqlens"] = cu_window_seqlens
         kwargs["return_dict"] = True
         has_depth = self.images_with_depth(depth_values, image_has_depth, image_grid_thw)
-        if has_depth is not None and self.config.depth_fusion == "rgbd":
+        fused_into = self.config.fusion.fused_into
+        if has_depth is not None and fused_into == "vision_blocks":
+            kwargs["block_residuals"] = self.depth_block_residuals(depth_values, image_grid_thw, has_depth)
+            return super().get_image_features(pixel_values, image_grid_thw, **kwargs)
+        if has_depth is not None and fused_into == "patch_embed":
             depth_embeds = self.depth_patch_embeds(depth_values, image_grid_thw, has_depth)
             # The tower's forward embeds its patches first; the depth channel's embeddings join them right there.
             hook = self.visual.patch_embed.register_forward_hook(
@@ -479,26 +661,29 @@ class Qwen2_5_VLDepthModel(Qwen2_5_VLDepthPreTrainedModel, Qwen2_5_VLModel):
                 fused.append(rgb_tokens)
                 continue
             depth = next(depth_tokens).to(rgb_tokens.dtype)
-            if self.config.depth_fusion == "add":
+            if self.config.fusion.has_gate:
                 fused.append(rgb_tokens + self.depth_gate(depth))
-            else:
+            else:  # the depth tokens follow the image's (`tokens_per_image_with_depth=2`)
                 fused.append(torch.cat([rgb_tokens, depth]))
         image_outputs.pooler_output = tuple(fused)
         return image_outputs
 
     def get_placeholder_mask(self, input_ids, inputs_embeds, image_features=None, video_features=None):
-        """Stock, with a mismatch of image placeholders and features under `concat` explained by depth: the text of an
-        image with depth has twice its placeholders, so a prompt and depth inputs that disagree on depth mismatch."""
+        """Stock, with a mismatch of image placeholders and features explained by depth under a fusion with depth
+        tokens (`concat`): the text of an image with depth has more placeholders, so a prompt and depth inputs that
+        disagree on depth mismatch."""
         try:
             return super().get_placeholder_mask(input_ids, inputs_embeds, image_features, video_features)
         except ValueError as error:
-            if self.config.depth_fusion != "concat" or image_features is None:
+            copies = self.config.fusion.tokens_per_image_with_depth
+            if copies == 1 or image_features is None:
                 raise
+            times = "twice" if copies == 2 else f"{copies} times"
             raise ValueError(
-                f"{error}. With depth_fusion='concat' an image with depth has twice its image placeholders (its RGB "
-                "tokens, then its depth tokens) and an image without depth only its RGB tokens: the text and the depth "
-                "inputs disagree on which images have depth (were the depth_values / image_has_depth of this prompt "
-                "dropped, or marked False?)."
+                f"{error}. With depth_fusion={self.config.depth_fusion!r} an image with depth has {times} its image "
+                "placeholders (its RGB tokens, then its depth tokens) and an image without depth only its RGB tokens: "
+                "the text and the depth inputs disagree on which images have depth (were the depth_values / "
+                "image_has_depth of this prompt dropped, or marked False?)."
             ) from error
 
     def images_with_depth(
@@ -514,7 +699,9 @@ class Qwen2_5_VLDepthModel(Qwen2_5_VLDepthPreTrainedModel, Qwen2_5_VLModel):
                 raise ValueError("image_has_depth marks images with depth, but no depth_values were given.")
             return None
         if not self.config.has_depth:
-            raise ValueError("This model has depth_fusion='none' (RGB only): it takes no depth_values.")
+            raise ValueError(
+                f"This model has depth_fusion={self.config.depth_fusion!r} (RGB only): it takes no depth_values."
+            )
         if image_grid_thw is None:
             raise ValueError("depth_values were given without an image: depth needs image_grid_thw of its images.")
         num_images = image_grid_thw.shape[0]
@@ -549,9 +736,16 @@ class Qwen2_5_VLDepthModel(Qwen2_5_VLDepthPreTrainedModel, Qwen2_5_VLModel):
         depth_grids = image_grid_thw[has_depth]
         self.check_depth_values(depth_values, depth_grids, self.depth_patch_embed.patch_size**2)
         embeds = self.depth_patch_embed(self.encode_depth(depth_values))
-        patch_has_depth = has_depth.repeat_interleave(image_grid_thw.prod(-1))
-        all_embeds = embeds.new_zeros(patch_has_depth.shape[0], embeds.shape[-1])
-        return all_embeds.masked_scatter(patch_has_depth[:, None].to(embeds.device), embeds)
+        return on_every_patch(embeds, image_grid_thw, has_depth)
+
+    def depth_block_residuals(
+        self, depth_values: torch.Tensor, image_grid_thw: torch.LongTensor, has_depth: torch.BoolTensor
+    ) -> tuple[torch.Tensor, ...]:
+        """`adapter`: what each side adapter adds to its RGB block's output, one row per patch of every image in the
+        processor's patch order (exactly zero for the images without depth, so they get their stock features)."""
+        depth_outputs = self.get_depth_features(depth_values, image_grid_thw[has_depth], output_hidden_states=True)
+        residuals = self.depth_adapters(depth_outputs.hidden_states[1:])  # each block's output, not the embeddings
+        return tuple(on_every_patch(residual, image_grid_thw, has_depth) for residual in residuals)
 
     @can_return_tuple
     def get_depth_features(
@@ -566,15 +760,18 @@ class Qwen2_5_VLDepthModel(Qwen2_5_VLDepthPreTrainedModel, Qwen2_5_VLModel):
                 The grids of the images the depth maps belong to: depth maps share them by construction.
         """
         if not self.config.has_depth_encoder:
+            with_encoder = [repr(name) for name, fusion in DEPTH_FUSIONS.items() if fusion.has_depth_encoder]
             raise ValueError(
-                f"This model has depth_fusion={self.config.depth_fusion!r}: it has no depth encoder (only 'add' and "
-                "'concat' do)."
+                f"This model has depth_fusion={self.config.depth_fusion!r}: it has no depth encoder (only "
+                f"{', '.join(with_encoder)} do)."
             )
         encoder_config = self.depth_encoder.config
         patch_dim = encoder_config.in_channels * encoder_config.temporal_patch_size * encoder_config.patch_size**2
         self.check_depth_values(depth_values, image_grid_thw, patch_dim)
         encoder_input = self.encode_depth(depth_values).to(self.depth_encoder.dtype)
-        depth_outputs = self.depth_encoder(encoder_input, grid_thw=image_grid_thw)
+        depth_outputs = self.depth_encoder(
+            encoder_input, grid_thw=image_grid_thw, output_hidden_states=kwargs.get("output_hidden_states", False)
+        )
         split_sizes = (image_grid_thw.prod(-1) // self.depth_encoder.spatial_merge_size**2).tolist()
         depth_outputs.pooler_output = torch.split(depth_outputs.pooler_output, split_sizes)
         return depth_outputs
@@ -589,11 +786,15 @@ class Qwen2_5_VLDepthModel(Qwen2_5_VLDepthPreTrainedModel, Qwen2_5_VLModel):
         attention_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stock M-RoPE positions, on the host for text and images (`image_text_rope_index`: same values, and each
-        `concat` depth token at the position of the RGB patch it covers), through the stock method with video."""
+        """Stock M-RoPE positions, on the host for text and images (`image_text_rope_index`: same values, and a fusion
+        with depth tokens puts each at the position of the RGB patch it covers), through the stock method with video."""
         if video_grid_thw is None:
             return image_text_rope_index(
-                mm_token_type_ids, attention_mask, image_grid_thw, self.config.vision_config.spatial_merge_size
+                mm_token_type_ids,
+                attention_mask,
+                image_grid_thw,
+                self.config.vision_config.spatial_merge_size,
+                self.config.fusion.tokens_per_image_with_depth,
             )
         return super().get_rope_index(
             input_ids, mm_token_type_ids, image_grid_thw, video_grid_thw, second_per_grid_ts, attention_mask
@@ -664,19 +865,12 @@ class Qwen2_5_VLDepthModel(Qwen2_5_VLDepthPreTrainedModel, Qwen2_5_VLModel):
 
 def new_depth_module_prefixes(source_config: dict, config: Qwen2_5_VLDepthConfig) -> tuple[str, ...]:
     """The depth modules of `config` that a checkpoint with `source_config` (its config.json) does not have by design:
-    all of them for a base Qwen2.5-VL checkpoint; for a depth checkpoint saved in another fusion mode, the depth
-    encoder (from `none` or `rgbd`), the `add` gate and the `rgbd` depth channel when it had none."""
+    all of them for a base Qwen2.5-VL checkpoint; for a depth checkpoint saved in another fusion mode, those its mode
+    lacks (`DepthFusion.new_modules_from`)."""
     if source_config.get("model_type") != config.model_type:
         return DEPTH_MODULE_PREFIXES
-    source_fusion = source_config.get("depth_fusion", "add")
-    new = []
-    if source_fusion not in DEPTH_ENCODER_FUSION_MODES and config.has_depth_encoder:
-        new.append(DEPTH_ENCODER_PREFIX)
-    if source_fusion != "add" and config.depth_fusion == "add":
-        new.append(DEPTH_GATE_PREFIX)
-    if source_fusion != "rgbd" and config.depth_fusion == "rgbd":
-        new.append(DEPTH_PATCH_EMBED_PREFIX)
-    return tuple(new)
+    source_fusion = DEPTH_FUSIONS.get(source_config.get("depth_fusion", DEFAULT_DEPTH_FUSION))
+    return tuple(f"model.{name}." for name in config.fusion.new_modules_from(source_fusion))
 
 
 class Qwen2_5_VLDepthForConditionalGeneration(
@@ -756,7 +950,7 @@ class Qwen2_5_VLDepthForConditionalGeneration(
         if (
             model.config.has_depth_encoder
             and model.config.depth_init_from_rgb
-            and DEPTH_ENCODER_PREFIX in new_prefixes
+            and f"model.{DEPTH_ENCODER}." in new_prefixes
         ):
             model.model.depth_encoder.init_from_rgb(model.model.visual)
             logger.info("New depth encoder initialised from the RGB tower of %s.", pretrained_model_name_or_path)
@@ -820,13 +1014,15 @@ class Qwen2_5_VLDepthForConditionalGeneration(
 
 # Checkpoints saved before transformers 4.52 (the published Qwen2.5-VL ones) name the text model `model.*` and the
 # tower `visual.*`. transformers maps them for its own Qwen2.5-VL classes only, so the same renaming is registered for
-# ours, leaving the depth modules alone.
+# ours, leaving every depth module of the fusion table alone. (transformers inverts these patterns to save in the same
+# layout: keep their shape.)
+_MODERN_SUBMODULES = "|".join(("language_model", "visual", *DEPTH_MODULE_NAMES))
 register_checkpoint_conversion_mapping(
     "Qwen2_5_VLDepthForConditionalGeneration",
     [
         WeightRenaming(source_patterns=r"^visual", target_patterns="model.visual"),
         WeightRenaming(
-            source_patterns=r"^model(?!\.(language_model|visual|depth_encoder|depth_gate))",
+            source_patterns=rf"^model(?!\.({_MODERN_SUBMODULES}))",
             target_patterns="model.language_model",
         ),
     ],
@@ -836,7 +1032,7 @@ register_checkpoint_conversion_mapping(
     "Qwen2_5_VLDepthModel",
     [
         WeightRenaming(
-            source_patterns=r"^model\.(?!(?:language_model|visual|depth_encoder|depth_gate)\.)(.+)",
+            source_patterns=rf"^model\.(?!(?:{_MODERN_SUBMODULES})\.)(.+)",
             target_patterns=r"model.language_model.\1",
         ),
     ],

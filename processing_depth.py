@@ -28,9 +28,9 @@ from transformers.utils import CONFIG_NAME, cached_file, logging
 
 
 try:  # loaded as remote code: a module of a package built from the model folder
-    from .configuration_depth import DEPTH_FUSION_MODES
+    from .configuration_depth import DEFAULT_DEPTH_FUSION, DEPTH_FUSION_MODES, DEPTH_FUSIONS
 except ImportError:  # imported from a checkout, where the three remote-code files are top-level modules
-    from configuration_depth import DEPTH_FUSION_MODES
+    from configuration_depth import DEFAULT_DEPTH_FUSION, DEPTH_FUSION_MODES, DEPTH_FUSIONS
 
 
 logger = logging.get_logger(__name__)
@@ -363,9 +363,10 @@ class Qwen2_5_VLDepthProcessor(Qwen2_5_VLProcessor):
         tokenizer: a Qwen2 tokenizer.
         chat_template (`str`, *optional*): the Qwen2.5-VL chat template.
         depth_fusion (`str`, defaults to `"add"`): the model's `config.depth_fusion`, which `from_pretrained` reads from
-            the folder's `config.json` (it is not saved with the processor). With `"concat"` an image with depth expands
-            to twice its image placeholders (its RGB tokens, then its depth tokens, in one run); with `"add"` depth adds
-            no tokens; with `"none"` depth is an error.
+            the folder's `config.json` (it is not saved with the processor). An image with depth expands to its mode's
+            `tokens_per_image_with_depth` times its image placeholders (`configuration_depth.DEPTH_FUSIONS`: 2 for
+            `"concat"`, its RGB tokens then its depth tokens in one run; 1 for the others); with `"none"` depth is an
+            error.
         depth_estimator (`str`, *optional*): id or folder of a `DepthAnythingForDepthEstimation` checkpoint, run on
             images given without depth. `None`: images without depth go without it.
         invalid_depth (`str`, defaults to `"mask"`): what 0/NaN/inf depth pixels do: `"mask"` encodes them as "no
@@ -383,19 +384,17 @@ class Qwen2_5_VLDepthProcessor(Qwen2_5_VLProcessor):
         image_processor=None,
         tokenizer=None,
         chat_template=None,
-        depth_fusion: str = "add",
+        depth_fusion: str = DEFAULT_DEPTH_FUSION,
         depth_estimator: str | None = None,
         invalid_depth: str = "mask",
         **kwargs,
     ):
-        if depth_fusion == "image":
-            raise ValueError(
-                "depth_fusion='image' (depth drawn as a second picture for an RGB-only model, SpatialBot's baseline) "
-                "is not a mode of the model: it is an experiment arm, training.spatialbot.DepthAsImageProcessor."
-            )
         if depth_fusion not in DEPTH_FUSION_MODES:
             raise ValueError(
-                f"Unknown depth_fusion {depth_fusion!r}: expected one of {', '.join(DEPTH_FUSION_MODES)}."
+                f"Unknown depth_fusion {depth_fusion!r}: expected one of the model's modes, "
+                f"{', '.join(DEPTH_FUSION_MODES)}. (An experiment arm that is not a mode of the model, such as "
+                "SpatialBot's depth drawn as a second picture, has its own processor: "
+                "training.spatialbot.DepthAsImageProcessor.)"
             )
         if invalid_depth not in INVALID_DEPTH_POLICIES:
             raise ValueError(f"Unknown invalid_depth {invalid_depth!r}: expected one of {INVALID_DEPTH_POLICIES}.")
@@ -439,6 +438,11 @@ class Qwen2_5_VLDepthProcessor(Qwen2_5_VLProcessor):
         return output
 
     @property
+    def fusion(self):
+        """The fusion mode's row of `configuration_depth.DEPTH_FUSIONS`."""
+        return DEPTH_FUSIONS[self.depth_fusion]
+
+    @property
     def model_input_names(self):
         return super().model_input_names + ["depth_values", "image_has_depth"]
 
@@ -449,8 +453,8 @@ class Qwen2_5_VLDepthProcessor(Qwen2_5_VLProcessor):
         depth = kwargs.get("depth", kwargs.get("images_kwargs", {}).get("depth"))
         if depth is not None and images is None:
             raise ValueError("depth was given without images: every depth map needs its RGB image.")
-        if depth is not None and self.depth_fusion == "none":
-            raise ValueError("This processor has depth_fusion='none' (RGB only): do not pass depth.")
+        if depth is not None and not self.fusion.has_depth:
+            raise ValueError(f"This processor has depth_fusion={self.depth_fusion!r} (RGB only): do not pass depth.")
 
     def _process_images(self, images, **kwargs):
         depth_maps = self.depth_maps(images, kwargs.pop("depth", None), kwargs.pop("depth_estimator_device", None))
@@ -466,17 +470,14 @@ class Qwen2_5_VLDepthProcessor(Qwen2_5_VLProcessor):
 
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
         image_tokens = super().replace_image_token(image_inputs, image_idx)
-        # concat: the image's depth tokens follow its RGB tokens in the same run of image placeholders.
-        if (
-            self.depth_fusion == "concat"
-            and "image_has_depth" in image_inputs
-            and image_inputs["image_has_depth"][image_idx]
-        ):
-            return image_tokens * 2
+        # A fusion with depth tokens (concat): they follow the image's RGB tokens in the same run of placeholders.
+        if "image_has_depth" in image_inputs and image_inputs["image_has_depth"][image_idx]:
+            return image_tokens * self.fusion.tokens_per_image_with_depth
         return image_tokens
 
     def _get_num_multimodal_tokens(self, image_sizes=None, video_sizes=None, image_has_depth=None, **kwargs):
-        """Placeholder tokens per image (and its patches), as Qwen2.5-VL's; with `"concat"` twice for images with depth.
+        """Placeholder tokens per image (and its patches), as Qwen2.5-VL's, times the fusion's
+        `tokens_per_image_with_depth` for images with depth (twice with `"concat"`).
 
         `image_has_depth` (a bool, or one per image) says which images will have depth; by default all when a depth
         estimator is configured (it fills in every missing map), none otherwise.
@@ -484,7 +485,7 @@ class Qwen2_5_VLDepthProcessor(Qwen2_5_VLProcessor):
         if video_sizes is not None:
             raise ValueError(f"{type(self).__name__} handles images only; video is not supported.")
         vision_data = super()._get_num_multimodal_tokens(image_sizes=image_sizes, **kwargs)
-        if self.depth_fusion != "concat" or image_sizes is None:
+        if self.fusion.tokens_per_image_with_depth == 1 or image_sizes is None:
             return vision_data
         if image_has_depth is None:
             image_has_depth = self.depth_estimator is not None
@@ -493,7 +494,7 @@ class Qwen2_5_VLDepthProcessor(Qwen2_5_VLProcessor):
         if len(image_has_depth) != len(image_sizes):
             raise ValueError(f"Got {len(image_has_depth)} image_has_depth entries for {len(image_sizes)} images.")
         vision_data.num_image_tokens = [
-            2 * num_tokens if has_depth else num_tokens
+            self.fusion.tokens_per_image_with_depth * num_tokens if has_depth else num_tokens
             for num_tokens, has_depth in zip(vision_data.num_image_tokens, image_has_depth)
         ]
         return vision_data
@@ -501,7 +502,7 @@ class Qwen2_5_VLDepthProcessor(Qwen2_5_VLProcessor):
     def depth_maps(self, images, depth=None, estimator_device=None) -> list[np.ndarray | None]:
         """Depth in metres per image, checked against its image: given, else estimated, else None (no depth)."""
         flat_images = make_flat_list_of_images(images)
-        if self.depth_fusion == "none":
+        if not self.fusion.has_depth:
             return [None] * len(flat_images)
         maps = []
         for index, (item, image) in enumerate(

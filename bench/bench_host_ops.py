@@ -21,6 +21,7 @@ from transformers import Qwen2_5_VLForConditionalGeneration
 
 from bench.bench_inference import synthetic_inputs
 from bench.common import depth_config_for, report
+from configuration_depth import DEFAULT_DEPTH_FUSION, RGB_ONLY_FUSION
 from modeling_qwen2_5_vl_depth import Qwen2_5_VLDepthForConditionalGeneration
 
 
@@ -84,9 +85,9 @@ def main(argv: list[str] | None = None) -> dict:
     torch.set_num_threads(1)
     rows = []
     for variant, fusion, model_class in [
-        ("stock Qwen2.5-VL", "none", Qwen2_5_VLForConditionalGeneration),
-        ("ours, rgb-only", "none", Qwen2_5_VLDepthForConditionalGeneration),
-        ("ours, add", "add", Qwen2_5_VLDepthForConditionalGeneration),
+        ("stock Qwen2.5-VL", RGB_ONLY_FUSION, Qwen2_5_VLForConditionalGeneration),
+        ("ours, rgb-only", RGB_ONLY_FUSION, Qwen2_5_VLDepthForConditionalGeneration),
+        (f"ours, {DEFAULT_DEPTH_FUSION}", DEFAULT_DEPTH_FUSION, Qwen2_5_VLDepthForConditionalGeneration),
     ]:
         config = depth_config_for(args.size, depth_fusion=fusion)
         config._attn_implementation = "sdpa"

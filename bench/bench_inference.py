@@ -1,4 +1,5 @@
-"""Inference cost of depth: stock Qwen2.5-VL vs the depth model (`add`/`concat`, default and full-size encoder).
+"""Inference cost of depth: stock Qwen2.5-VL vs the depth model (each fusion of the fusion table that has a depth
+encoder, with the default and a full-size encoder).
 
     python -m bench.bench_inference --size 3b --compile --out bench/results/inference_3b_h100.json  # GPU, real config
     python -m bench.bench_inference --size tiny --out bench/results/inference_tiny_cpu.json  # CPU smoke (CI)
@@ -24,6 +25,7 @@ from bench.common import (
     reset_peak_memory,
     time_ms,
 )
+from configuration_depth import DEFAULT_DEPTH_FUSION, DEPTH_ADAPTERS, DEPTH_FUSIONS, RGB_ONLY_FUSION
 from modeling_qwen2_5_vl_depth import Qwen2_5_VLDepthForConditionalGeneration
 
 
@@ -36,8 +38,8 @@ def synthetic_inputs(config, image_side: int, batch: int, fusion: str, device, d
     grid = image_side // patch
     num_patches, num_tokens = grid * grid, grid * grid // merge**2
     text = torch.full((PROMPT_TEXT_TOKENS,), 100)
-    # With `concat`, an image's run of placeholders also holds its depth tokens: twice as long.
-    run = 2 * num_tokens if fusion == "concat" else num_tokens
+    # With depth tokens (concat), an image's run of placeholders also holds them: twice as long.
+    run = DEPTH_FUSIONS[fusion].tokens_per_image_with_depth * num_tokens
     vision = [
         torch.tensor([config.vision_start_token_id]),
         torch.full((run,), config.image_token_id),
@@ -55,7 +57,7 @@ def synthetic_inputs(config, image_side: int, batch: int, fusion: str, device, d
         "pixel_values": torch.randn(batch * num_patches, 3 * 2 * patch * patch, generator=generator),
         "image_grid_thw": torch.tensor([[1, grid, grid]] * batch),
     }
-    if fusion != "none":
+    if DEPTH_FUSIONS[fusion].has_depth:
         inputs["depth_values"] = torch.rand(batch * num_patches, patch * patch, generator=generator) * 10 + 0.3
     return {
         k: v.to(device=device, dtype=dtype) if v.is_floating_point() else v.to(device) for k, v in inputs.items()
@@ -76,12 +78,22 @@ def build(
     model_class = Qwen2_5_VLForConditionalGeneration if stock else Qwen2_5_VLDepthForConditionalGeneration
     with torch.device(device):
         model = model_class(config)
-    if fusion == "add":  # an open gate, so the depth path is fully computed and used
-        model.model.depth_gate.gate.data.fill_(0.5)
+    open_depth_path(model)
     model = model.to(dtype).eval()
     if compile_depth:
         compile_depth_blocks(model.model.depth_encoder)
     return model, config
+
+
+@torch.no_grad()
+def open_depth_path(model) -> None:
+    """Move the zero-initialised depth modules off zero (a gate, adapter outputs), so the depth path is fully computed
+    and used, as in a trained model."""
+    if model.config.fusion.has_gate:
+        model.model.depth_gate.gate.fill_(0.5)
+    if DEPTH_ADAPTERS in model.config.fusion.modules:
+        for adapter in model.model.depth_adapters.adapters:
+            adapter.up.weight.normal_(0, 0.02)
 
 
 def measure(model, config, fusion, side, batch, decode_tokens, device, dtype) -> dict:
@@ -97,7 +109,7 @@ def measure(model, config, fusion, side, batch, decode_tokens, device, dtype) ->
         "prefill_ms": prefill,
         "decode_tokens_per_s": decode_tokens_per_s,
         "peak_memory_gib": peak_memory_gib(device),
-        "visual_tokens": visual_tokens * (2 if fusion == "concat" else 1),
+        "visual_tokens": visual_tokens * DEPTH_FUSIONS[fusion].tokens_per_image_with_depth,
         "sequence_length": inputs["input_ids"].shape[1],
     }
 
@@ -123,15 +135,14 @@ def main(argv: list[str] | None = None) -> dict:
     decode_tokens = args.decode_tokens or (4 if tiny else 32)
     full_layers = depth_config_for(args.size).vision_config.depth
     variants = [  # (name, fusion, depth encoder blocks, compiled, stock class)
-        ("base", "none", None, False, True),
-        ("rgb-only (ours)", "none", None, False, False),
-        ("add", "add", None, False, False),
-        ("add-full", "add", full_layers, False, False),
-        ("concat", "concat", None, False, False),
-        ("concat-full", "concat", full_layers, False, False),
+        ("base", RGB_ONLY_FUSION, None, False, True),
+        ("rgb-only (ours)", RGB_ONLY_FUSION, None, False, False),
     ]
+    for name, fusion in DEPTH_FUSIONS.items():  # each fusion with a depth encoder, at the default and the full depth
+        if fusion.has_depth_encoder:
+            variants += [(name, name, None, False, False), (f"{name}-full", name, full_layers, False, False)]
     if args.compile:
-        variants.append(("add-compiled", "add", None, True, False))
+        variants.append((f"{DEFAULT_DEPTH_FUSION}-compiled", DEFAULT_DEPTH_FUSION, None, True, False))
     rows = []
     for name, fusion, layers, compile_depth, stock in variants:
         model, config = build(args.size, fusion, layers, device, dtype, compile_depth, stock)
@@ -139,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
             for batch in batches:
                 row = {"variant": name, "image": f"{side}x{side}", "batch": batch}
                 row.update(measure(model, config, fusion, side, batch, decode_tokens, device, dtype))
-                row["depth_layers"] = 0 if fusion == "none" else config.depth_config.depth
+                row["depth_layers"] = config.depth_config.depth if config.has_depth_encoder else 0
                 rows.append(row)
         del model
         gc.collect()

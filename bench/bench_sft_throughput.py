@@ -40,6 +40,7 @@ from transformers import PrinterCallback, Trainer, TrainerCallback
 from transformers.utils import logging as transformers_logging
 
 from bench.common import report
+from configuration_depth import DEFAULT_DEPTH_FUSION
 from training import make_world
 from training.collator import DepthVLMCollator
 from training.data_files import load_rows
@@ -89,7 +90,7 @@ def make_trainer(base: Path, world: Path, output_dir: Path, rows, batch: int, lo
     """`training.sft`'s trainer on `rows` (raw or processed), built from its own command-line arguments."""
     script_args, training_args, model_args = parse_args(
         [
-            "--model_name_or_path", str(base), "--depth_fusion", "add", "--dataset_path", str(world),
+            "--model_name_or_path", str(base), "--depth_fusion", DEFAULT_DEPTH_FUSION, "--dataset_path", str(world),
             "--output_dir", str(output_dir), "--max_steps", str(steps), "--learning_rate", str(lr),
             "--per_device_train_batch_size", str(batch), "--lora_r", str(lora_r), "--lora_alpha", str(2 * lora_r),
             "--lr_scheduler_type", "constant", "--dataloader_drop_last", "true", "--seed", "0",
@@ -250,7 +251,7 @@ def main(argv: list[str] | None = None) -> dict:
         results,
         COLUMNS,
         args.out,
-        model=f"{size} (training.tiny), depth_fusion add, LoRA r {lora_r}",
+        model=f"{size} (training.tiny), depth_fusion {DEFAULT_DEPTH_FUSION}, LoRA r {lora_r}",
         image=f"{side}x{side}",
         dataset_rows=len(rows),
         learning_rate=args.lr,

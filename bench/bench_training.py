@@ -26,8 +26,9 @@ from bench.common import (
     reset_peak_memory,
     synchronize,
 )
+from configuration_depth import DEFAULT_DEPTH_FUSION, DEPTH_ENCODER_MERGER
 from training.align import DepthAlignmentModel
-from training.sft_policy import DEPTH_MERGER, LLM_LORA_TARGET_MODULES
+from training.sft_policy import LLM_LORA_TARGET_MODULES
 
 
 def timed_steps(step, device: torch.device, warmup: int, steps: int) -> float:
@@ -43,10 +44,10 @@ def timed_steps(step, device: torch.device, warmup: int, steps: int) -> float:
 
 
 def bench_alignment(size: str, side: int, batch: int, device, dtype, steps: int) -> dict:
-    model, config = build(size, "add", None, device, dtype)
+    model, config = build(size, DEFAULT_DEPTH_FUSION, None, device, dtype)
     aligner = DepthAlignmentModel.from_depth_model(model, alignment="dense").to(device)
     del model
-    inputs, _ = synthetic_inputs(config, side, batch, "add", device, dtype)
+    inputs, _ = synthetic_inputs(config, side, batch, DEFAULT_DEPTH_FUSION, device, dtype)
     optimizer = torch.optim.AdamW([p for p in aligner.parameters() if p.requires_grad], lr=1e-4)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
 
@@ -75,14 +76,16 @@ def bench_alignment(size: str, side: int, batch: int, device, dtype, steps: int)
 
 
 def bench_sft(size: str, side: int, batch: int, device, dtype, steps: int) -> dict:
-    model, config = build(size, "add", None, device, dtype)
+    model, config = build(size, DEFAULT_DEPTH_FUSION, None, device, dtype)
     model.train()
     if device.type == "cuda":
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
-    lora = LoraConfig(r=16, lora_alpha=32, target_modules=LLM_LORA_TARGET_MODULES, modules_to_save=[DEPTH_MERGER])
+    lora = LoraConfig(
+        r=16, lora_alpha=32, target_modules=LLM_LORA_TARGET_MODULES, modules_to_save=[DEPTH_ENCODER_MERGER]
+    )
     model = get_peft_model(model, lora)
-    inputs, _ = synthetic_inputs(config, side, batch, "add", device, dtype)
+    inputs, _ = synthetic_inputs(config, side, batch, DEFAULT_DEPTH_FUSION, device, dtype)
     labels = inputs["input_ids"].clone()
     labels[:, :-8] = -100  # the answer: the last few tokens, as the collator labels it
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)

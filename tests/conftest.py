@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny plain Qwen2.5-VL folder built offline, a small rendered world, and depth models made from it."""
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -7,6 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
+from configuration_depth import DEPTH_FUSION_MODES
 from training import make_world
 from training.build_depth_model import build_depth_model
 from training.tiny import save_tiny_base
@@ -29,13 +31,26 @@ def world_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def depth_models(tiny_base):
-    """One (model, processor) per fusion mode, built from the base folder, in eval mode."""
+    """One (model, processor) per fusion mode of the fusion table, built from the base folder, in eval mode."""
     built = {}
-    for fusion in ("add", "concat", "rgbd", "none"):
+    for fusion in DEPTH_FUSION_MODES:
         torch.manual_seed(0)
         model, processor = build_depth_model(tiny_base, depth_fusion=fusion)
         built[fusion] = (model.eval(), processor)
     return built
+
+
+def with_open_depth_path(model, seed: int = 0):
+    """A copy of a depth model whose zero-initialised depth modules are open (the `add` gate, the `adapter`
+    up-projections), so depth changes its outputs."""
+    model = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        if model.config.fusion.has_gate:
+            model.model.depth_gate.gate.fill_(1.0)
+        for adapter in getattr(getattr(model.model, "depth_adapters", None), "adapters", ()):
+            adapter.up.weight.copy_(torch.randn(adapter.up.weight.shape, generator=generator) * 0.5)
+    return model
 
 
 def random_image(height: int, width: int, seed: int) -> Image.Image:

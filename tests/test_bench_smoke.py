@@ -11,13 +11,14 @@ def test_inference_benchmark_runs_tiny(tmp_path):
     out = tmp_path / "inference.json"
     payload = bench_inference.main(["--size", "tiny", "--image-sides", "56", "--batches", "1", "--out", str(out)])
     rows = json.loads(out.read_text())["rows"]
-    expected = ["base", "rgb-only (ours)", "add", "add-full", "concat", "concat-full"]
+    expected = ["base", "rgb-only (ours)", "add", "add-full", "concat", "concat-full", "adapter", "adapter-full"]
     assert [row["variant"] for row in rows] == expected
     by_variant = {row["variant"]: row for row in rows}
     # 56x56 px = 4x4 patches = 4 merged tokens; concat doubles the visual tokens, add does not.
     assert by_variant["base"]["visual_tokens"] == by_variant["add"]["visual_tokens"] == 4
     assert by_variant["concat"]["visual_tokens"] == 8
     assert by_variant["concat"]["sequence_length"] == by_variant["add"]["sequence_length"] + 4  # its depth tokens
+    assert by_variant["adapter"]["visual_tokens"] == 4 and by_variant["adapter"]["depth_layers"] == 2
     assert all(row["prefill_ms"] > 0 for row in rows) and payload["environment"]["torch"]
     # Each ratio is against its own reference row of the same run.
     assert by_variant["base"]["prefill_vs_base"] == by_variant["rgb-only (ours)"]["prefill_vs_ours_rgb_only"] == 1

@@ -6,7 +6,14 @@ import pytest
 import torch
 from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation
 
-from configuration_depth import Qwen2_5_VLDepthConfig, Qwen2_5_VLDepthEncoderConfig
+from configuration_depth import (
+    DEPTH_ENCODER,
+    DEPTH_FUSION_MODES,
+    DEPTH_FUSIONS,
+    DEPTH_MODULE_NAMES,
+    Qwen2_5_VLDepthConfig,
+    Qwen2_5_VLDepthEncoderConfig,
+)
 from modeling_qwen2_5_vl_depth import Qwen2_5_VLDepthForConditionalGeneration
 
 
@@ -20,6 +27,28 @@ def count(module: torch.nn.Module) -> int:
 def test_unknown_fusion_mode_is_a_config_error():
     with pytest.raises(ValueError, match="Unknown depth_fusion 'sum'"):
         Qwen2_5_VLDepthConfig(depth_fusion="sum")
+
+
+@pytest.mark.parametrize("name", DEPTH_FUSION_MODES)
+def test_fusion_table_rows_are_consistent(name):
+    fusion = DEPTH_FUSIONS[name]
+    assert fusion.name == name and fusion.summary and fusion.details
+    assert set(fusion.modules) <= set(DEPTH_MODULE_NAMES)
+    assert fusion.has_depth == bool(fusion.modules)
+    # What Stage 2 trains in full is one of the mode's modules or a part of one (the depth encoder's merger).
+    assert all(module.split(".")[0] in fusion.modules for module in fusion.trained_in_sft)
+    assert fusion.trained_in_alignment == ((DEPTH_ENCODER,) if DEPTH_ENCODER in fusion.modules else ())
+    assert fusion.tokens_per_image_with_depth in (1, 2)
+    assert Qwen2_5_VLDepthConfig(depth_fusion=name).fusion is fusion
+
+
+def test_checkpoint_conversion_between_modes_starts_only_the_missing_modules_fresh():
+    add, concat, adapter, rgbd = (DEPTH_FUSIONS[name] for name in ("add", "concat", "adapter", "rgbd"))
+    assert adapter.new_modules_from(None) == adapter.modules  # a base Qwen2.5-VL checkpoint
+    assert adapter.new_modules_from(add) == ("depth_adapters",)  # the aligned encoder is kept
+    assert add.new_modules_from(concat) == ("depth_gate",)
+    assert add.new_modules_from(rgbd) == ("depth_encoder", "depth_gate")
+    assert concat.new_modules_from(adapter) == ()
 
 
 def test_bad_depth_range_is_a_config_error():
@@ -105,6 +134,16 @@ def test_real_size_parameter_counts_on_meta_device(name, total_billions, vision_
         + width_llm
     )
     assert 0.25 < depth / count(model.model.visual) < 0.35
+
+
+def test_adapter_fusion_adds_one_small_side_adapter_per_depth_block_at_real_size():
+    config = Qwen2_5_VLDepthConfig.from_pretrained(CONFIGS / "qwen2_5_vl_3b_instruct", depth_fusion="adapter")
+    with torch.device("meta"):
+        model = Qwen2_5_VLDepthForConditionalGeneration(config)
+    width, bottleneck = config.vision_config.hidden_size, config.depth_adapter_width
+    assert (width, bottleneck) == (1280, 320)  # a quarter of the RGB tower's width
+    assert count(model.model.depth_adapters) == 8 * (2 * width * bottleneck + bottleneck + width)  # 6.6 M
+    assert not hasattr(model.model, "depth_gate")
 
 
 def test_depth_anything_v2_small_parameter_count():

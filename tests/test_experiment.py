@@ -226,9 +226,9 @@ def test_depth_path_options_and_question_types_reach_the_depth_arms_only(tmp_pat
         train_depth_encoder=True,
     )
     experiment = Experiment(preset, tmp_path)
-    for arm in ("none", "add", "concat"):
+    for arm in ("none", "add", "concat", "adapter"):
         experiment.sft(arm, 0, tmp_path / "base", None, tmp_path / "train", tmp_path / "val", arm)
-    (_, none), (_, add), (_, concat) = calls
+    (_, none), (_, add), (_, concat), (_, adapter) = calls
     assert none[none.index("--question_types") + 1 : none.index("--question_types") + 3] == [
         "distance_to_camera",
         "point_depth",
@@ -241,6 +241,9 @@ def test_depth_path_options_and_question_types_reach_the_depth_arms_only(tmp_pat
     assert value(add, "--depth_merger_zero_init") == "true" and value(add, "--depth_gate_init") == "1.0"
     assert value(add, "--depth_lr") == "0.003" and value(add, "--train_depth_encoder") == "true"
     assert "--depth_gate_init" not in concat and "--depth_merger_zero_init" in concat
+    # The adapter arm trains no projector and has no gate (its fusion row): only the flags that apply to it.
+    assert "--depth_gate_init" not in adapter and "--depth_merger_zero_init" not in adapter
+    assert value(adapter, "--depth_lr") == "0.003" and value(adapter, "--train_depth_encoder") == "true"
     assert experiment.eval_question_types() == ("distance_to_camera", "point_depth", *RGB_ONLY_QUESTION_TYPES)
     assert Experiment(PRESETS["cpu-full"], tmp_path).eval_question_types() is None
 

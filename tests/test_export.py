@@ -17,7 +17,7 @@ from huggingface_hub import ModelCard
 from PIL import Image
 from safetensors import safe_open
 
-from configuration_depth import Qwen2_5_VLDepthConfig
+from configuration_depth import DEPTH_FUSION_MODES, DEPTH_FUSIONS, Qwen2_5_VLDepthConfig
 from training import evaluate, export
 from training.benchmarks import read_benchmark
 from training.make_world import WorldConfig, write_dataset
@@ -203,6 +203,16 @@ def test_rgb_only_card_has_an_rgb_snippet(depth_models):
     assert card.data.license == "apache-2.0" and card.data.eval_results is None
     assert "No evaluation results were attached" in card.content
     assert "| depth encoder | none: the RGB-only baseline |" in card.content
+
+
+@pytest.mark.parametrize("fusion", DEPTH_FUSION_MODES)
+def test_every_fusion_mode_gets_a_card_that_describes_it(depth_models, fusion):
+    model, processor = depth_models[fusion]
+    card = export.build_model_card(model, processor, [], "tiny", "someone/tiny", "Qwen/Qwen2.5-VL-7B-Instruct")
+    row = DEPTH_FUSIONS[fusion]
+    assert f"| depth fusion | `{fusion}` |" in card.content
+    assert row.summary in card.content and row.details in card.content
+    assert ("Qwen2.5-VL vision blocks, width" in card.content) == row.has_depth_encoder
 
 
 @pytest.mark.parametrize(

@@ -11,19 +11,21 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
     Qwen2_5_VisionPatchEmbed,
     Qwen2_5_VisionTransformerPretrainedModel,
 )
+from transformers.vision_utils import get_vision_window_index
 
-from configuration_depth import Qwen2_5_VLDepthConfig
+from configuration_depth import DEPTH_FUSION_MODES, DEPTH_FUSIONS, DEPTH_MODULE_NAMES, Qwen2_5_VLDepthConfig
 from modeling_qwen2_5_vl_depth import (
     DEPTH_MODULE_PREFIXES,
     Qwen2_5_VLDepthEncoder,
     Qwen2_5_VLDepthForConditionalGeneration,
     Qwen2_5_VLDepthModel,
 )
-from tests.conftest import make_inputs, random_depth, random_image
+from tests.conftest import make_inputs, random_depth, random_image, with_open_depth_path
 
 
 IMAGES = [[random_image(100, 140, 0)], [random_image(140, 84, 1)]]  # two sizes: 3x4 and 5x3 merged tokens
 DEPTHS = [[random_depth(100, 140, 0)], [random_depth(140, 84, 1)]]
+DEPTH_MODES = [name for name in DEPTH_FUSION_MODES if DEPTH_FUSIONS[name].has_depth]
 
 
 def rgb_inputs(inputs):
@@ -48,8 +50,18 @@ def base_model(tiny_base):
     return Qwen2_5_VLForConditionalGeneration.from_pretrained(tiny_base).eval()
 
 
+@pytest.mark.parametrize("fusion", DEPTH_FUSION_MODES)
+def test_a_model_has_exactly_the_depth_modules_of_its_fusion_row(depth_models, fusion):
+    model, _ = depth_models[fusion]
+    modules = DEPTH_FUSIONS[fusion].modules
+    assert {name for name in DEPTH_MODULE_NAMES if hasattr(model.model, name)} == set(modules)
+    depth_parameters = {name for name, _ in model.named_parameters() if name.startswith(DEPTH_MODULE_PREFIXES)}
+    assert {name.split(".")[1] for name in depth_parameters} == set(modules)
+    assert type(model.model.visual).__name__ == "Qwen2_5_VLDepthAwareVisionTransformer"
+
+
 class TestEquivalenceWithBase:
-    @pytest.mark.parametrize("fusion", ["add", "concat", "rgbd", "none"])
+    @pytest.mark.parametrize("fusion", DEPTH_FUSION_MODES)
     def test_no_depth_gives_base_logits(self, depth_models, base_model, fusion):
         model, processor = depth_models[fusion]
         inputs = make_inputs(processor, IMAGES)
@@ -107,6 +119,62 @@ class TestEquivalenceWithBase:
         torch.testing.assert_close(torch.cat(fused), expected, rtol=1e-4, atol=1e-4)  # float order only
         assert (torch.cat(fused) - torch.cat(rgb_only)).abs().max() > 1e-2  # depth really entered the tower
 
+    def test_adapter_with_its_zero_up_projections_gives_base_logits_exactly(self, depth_models, base_model):
+        model, processor = depth_models["adapter"]
+        adapters = model.model.depth_adapters.adapters
+        assert len(adapters) == model.config.depth_config.depth == 2  # one per depth-encoder block
+        assert all(not adapter.up.weight.any() and not adapter.up.bias.any() for adapter in adapters)
+        assert all(adapter.down.weight.any() for adapter in adapters)  # only the output starts at zero
+        inputs = make_inputs(processor, IMAGES, DEPTHS)
+        assert inputs["image_has_depth"].tolist() == [True, True]
+        with torch.no_grad():
+            torch.testing.assert_close(model(**inputs).logits, base_model(**rgb_inputs(inputs)).logits, rtol=0, atol=0)
+
+    def test_adapter_residuals_land_on_the_rgb_patches_they_belong_to(self, depth_models):
+        """With every RGB block an identity (attention and MLP outputs zeroed), the tower's tokens are the merger of
+        the patch embeddings plus the side adapters' residuals. Computed here in the processor's patch order, without
+        the tower's window reordering, they must equal the model's: each residual reached its own patch."""
+        model, processor = depth_models["adapter"]
+        model = sharpen(model)
+        inner = model.model
+        inputs = make_inputs(processor, IMAGES, DEPTHS)
+        grid = inputs["image_grid_thw"]
+        with torch.no_grad():
+            for block in inner.visual.blocks:
+                for layer in (block.attn.proj, block.mlp.down_proj):
+                    layer.weight.zero_()
+                    layer.bias.zero_()
+            encoder_input = inner.encode_depth(inputs["depth_values"])
+            depth_states = inner.depth_encoder(encoder_input, grid_thw=grid, output_hidden_states=True).hidden_states
+            residual = sum(adapter(states) for adapter, states in zip(inner.depth_adapters.adapters, depth_states[1:]))
+            expected = inner.visual.merger(inner.visual.patch_embed(inputs["pixel_values"]) + residual)
+            fused = inner.get_image_features(inputs["pixel_values"], grid, depth_values=inputs["depth_values"])
+            rgb_only = inner.get_image_features(inputs["pixel_values"], grid).pooler_output
+        # The windows of these grids reorder the patches (3x4 merged tokens in 2x2 windows), so a residual added in
+        # the wrong order would land on another patch.
+        vision = model.config.vision_config
+        window_index, _ = get_vision_window_index(
+            grid, vision.spatial_merge_size, vision.window_size, vision.patch_size
+        )
+        assert not torch.equal(window_index, torch.arange(len(window_index)))
+        torch.testing.assert_close(torch.cat(fused.pooler_output), expected, rtol=1e-5, atol=1e-5)
+        assert (torch.cat(fused.pooler_output) - torch.cat(rgb_only)).abs().max() > 1e-2
+
+    def test_adapter_with_open_up_projections_uses_depth(self, depth_models, base_model):
+        model, processor = depth_models["adapter"]
+        model = copy.deepcopy(model)
+        with torch.no_grad():
+            for adapter in model.model.depth_adapters.adapters:
+                adapter.up.weight.normal_(0, 0.5)
+        near, far = (
+            make_inputs(processor, IMAGES, DEPTHS),
+            make_inputs(processor, IMAGES, [[d[0] * 4] for d in DEPTHS]),
+        )
+        with torch.no_grad():
+            logits = model(**near).logits
+            assert (logits - base_model(**rgb_inputs(near)).logits).abs().max() > 1e-4
+            assert (logits - model(**far).logits).abs().max() > 1e-4
+
     def test_add_with_open_gate_uses_depth(self, depth_models):
         model, processor = depth_models["add"]
         model = copy.deepcopy(model)
@@ -153,7 +221,7 @@ class TestEquivalenceWithBase:
 class TestPerImageDepth:
     """A batch may mix images with and without depth; each sample's result is that of the sample run alone."""
 
-    @pytest.mark.parametrize("fusion", ["add", "concat", "rgbd"])
+    @pytest.mark.parametrize("fusion", DEPTH_MODES)
     def test_mixed_batch_equals_each_sample_alone(self, depth_models, base_model, fusion):
         model, processor = depth_models[fusion]
         model = sharpen(model)
@@ -167,6 +235,23 @@ class TestPerImageDepth:
         torch.testing.assert_close(batched[0], with_depth, rtol=1e-4, atol=1e-4)
         torch.testing.assert_close(batched[1], without, rtol=1e-4, atol=1e-4)
         assert (with_depth - rgb_only).abs().max() > 1e-3  # depth really changed the first sample
+
+    @pytest.mark.parametrize("fusion", DEPTH_MODES)
+    def test_an_image_without_depth_in_a_mixed_batch_gets_exactly_its_rgb_features(self, depth_models, fusion):
+        model, processor = depth_models[fusion]
+        model = sharpen(model)  # every zero-initialised depth module open
+        mixed = make_inputs(processor, IMAGES, [DEPTHS[0], None])
+        grid = mixed["image_grid_thw"]
+        with torch.no_grad():
+            fused = model.model.get_image_features(
+                mixed["pixel_values"],
+                grid,
+                depth_values=mixed["depth_values"],
+                image_has_depth=mixed["image_has_depth"],
+            ).pooler_output
+            rgb_only = model.model.get_image_features(mixed["pixel_values"], grid).pooler_output
+        assert torch.equal(fused[1], rgb_only[1])
+        assert fused[0].shape != rgb_only[0].shape or (fused[0] - rgb_only[0]).abs().max() > 1e-3
 
     def test_image_has_depth_must_fit_the_images(self, depth_models):
         model, processor = depth_models["add"]
@@ -183,8 +268,7 @@ class TestTraining:
     # Depth into the RGB-only model is an error, tested with the other bad inputs.
     @pytest.mark.parametrize(
         "fusion, with_depth",
-        [("add", True), ("add", False), ("concat", True), ("concat", False), ("rgbd", True), ("rgbd", False),
-         ("none", False)],
+        [(fusion, with_depth) for fusion in DEPTH_MODES for with_depth in (True, False)] + [("none", False)],
     )  # fmt: skip
     def test_forward_backward(self, depth_models, fusion, with_depth):
         model, processor = depth_models[fusion]
@@ -208,11 +292,19 @@ class TestTraining:
         if fusion == "rgbd" and with_depth:
             # The zero depth channel learns from the first step: its gradient comes back through the RGB tower.
             assert gradients["model.depth_patch_embed.weight"].abs().sum() > 0
+        if fusion == "adapter" and with_depth:
+            # At zero up-projections only they can learn (as LoRA's B): the rest of the depth path gets exact zeros.
+            for index in range(model.config.depth_config.depth):
+                assert gradients[f"model.depth_adapters.adapters.{index}.up.weight"].abs().sum() > 0
+                assert not gradients[f"model.depth_adapters.adapters.{index}.down.weight"].any()
+            assert all(not g.any() for n, g in gradients.items() if n.startswith("model.depth_encoder."))
         if not with_depth:
             assert not any(name.startswith("model.depth_") for name in gradients)
 
-    def test_gradient_checkpointing_gives_the_same_gradients(self, depth_models):
-        model, processor = depth_models["concat"]
+    @pytest.mark.parametrize("fusion", ["concat", "adapter"])
+    def test_gradient_checkpointing_gives_the_same_gradients(self, depth_models, fusion):
+        model, processor = depth_models[fusion]
+        model = with_open_depth_path(model)  # the adapters open, so the depth encoder gets a real gradient
         inputs = make_inputs(processor, IMAGES, DEPTHS)
         labels = inputs["input_ids"].masked_fill(inputs["attention_mask"] == 0, -100)
         gradients = []
@@ -223,18 +315,20 @@ class TestTraining:
             trained(**inputs, labels=labels).loss.backward()
             gradients.append({n: p.grad for n, p in trained.named_parameters() if p.grad is not None})
         assert gradients[0].keys() == gradients[1].keys()
-        assert any(name.startswith("model.depth_encoder.blocks.") for name in gradients[1])
+        assert any(g.any() for name, g in gradients[1].items() if name.startswith("model.depth_encoder.blocks."))
         for name in gradients[0]:
             torch.testing.assert_close(gradients[0][name], gradients[1][name], rtol=1e-5, atol=1e-6, msg=name)
 
 
+GENERATION_MODES = ("add", "concat", "adapter")
 GREEDY = {"max_new_tokens": 6, "do_sample": False, "return_dict_in_generate": True, "output_logits": True}
 
 
 @pytest.fixture(scope="module")
 def sharp_models(depth_models):
-    """Sharpened `add` (gate open) and `concat` models: greedy text varies and depends on depth."""
-    return {fusion: sharpen(depth_models[fusion][0]) for fusion in ("add", "concat")}
+    """Sharpened `add` (gate open), `concat` and `adapter` (adapters open) models: greedy text varies and depends on
+    depth."""
+    return {fusion: sharpen(depth_models[fusion][0]) for fusion in GENERATION_MODES}
 
 
 def generate(model, processor, inputs, **options):
@@ -246,7 +340,7 @@ class TestGeneration:
     """`generate` options that must not change the result, with depth, in both fusion modes: each is compared with
     the same call without it."""
 
-    @pytest.fixture(scope="class", params=["add", "concat"])
+    @pytest.fixture(scope="class", params=GENERATION_MODES)
     def setting(self, request, sharp_models, depth_models):
         fusion = request.param
         model, processor = sharp_models[fusion], depth_models[fusion][1]
@@ -525,7 +619,7 @@ class TestBaseCheckpointLoading:
                     (base_folder / file.name).write_bytes(file.read_bytes())
             state = {modern_key(key): value for key, value in state.items()}
             save_file(state, base_folder / "model.safetensors", metadata={"format": "pt"})
-        for fusion in ("add", "concat", "rgbd"):
+        for fusion in DEPTH_MODES:
             model, info = Qwen2_5_VLDepthForConditionalGeneration.from_pretrained(
                 base_folder, depth_fusion=fusion, output_loading_info=True
             )
@@ -537,6 +631,38 @@ class TestBaseCheckpointLoading:
             for key, value in state.items():
                 assert torch.equal(loaded[modern_key(key)], value), key
             assert len(loaded) == len(state) + len(depth_keys) + 1  # + lm_head, tied to the embeddings
+
+    @pytest.mark.parametrize("fusion", DEPTH_MODES)
+    def test_save_writes_the_published_layout_and_reloads_every_weight(self, depth_models, tmp_path, fusion):
+        model, _ = depth_models[fusion]
+        model.save_pretrained(tmp_path)
+        saved = load_file(tmp_path / "model.safetensors")
+        prefixes = (
+            "model.layers.",
+            "model.embed_tokens.",
+            "model.norm.",
+            "visual.",
+            "lm_head.",
+            *DEPTH_MODULE_PREFIXES,
+        )
+        assert all(key.startswith(prefixes) for key in saved), [k for k in saved if not k.startswith(prefixes)][:5]
+        assert {key.split(".")[1] for key in saved if key.startswith(DEPTH_MODULE_PREFIXES)} == set(
+            DEPTH_FUSIONS[fusion].modules
+        )
+        reloaded = Qwen2_5_VLDepthForConditionalGeneration.from_pretrained(tmp_path).state_dict()
+        for name, value in model.state_dict().items():
+            assert torch.equal(reloaded[name], value), name
+
+    def test_build_depth_model_command_builds_an_adapter_model_from_a_base(self, tiny_base, tmp_path, capsys):
+        from training import build_depth_model
+
+        build_depth_model.main(["--base", str(tiny_base), "--out", str(tmp_path), "--depth-fusion", "adapter"])
+        model = Qwen2_5_VLDepthForConditionalGeneration.from_pretrained(tmp_path)
+        assert model.config.depth_fusion == "adapter" and "Wrote" in capsys.readouterr().out
+        # The depth encoder starts from the RGB tower, as in the other modes; the adapters start closed.
+        for depth_block, rgb_block in zip(model.model.depth_encoder.blocks, model.model.visual.blocks):
+            assert torch.equal(depth_block.attn.qkv.weight, rgb_block.attn.qkv.weight)
+        assert all(not adapter.up.weight.any() for adapter in model.model.depth_adapters.adapters)
 
     def test_base_model_class_loads_the_published_layout(self, tiny_base):
         state = load_file(tiny_base / "model.safetensors")
@@ -555,7 +681,8 @@ class TestBaseCheckpointLoading:
     @pytest.mark.parametrize(
         "fusion, dropped",
         [("add", "model.depth_gate.gate"), ("add", "model.depth_encoder.merger.mlp.0.weight"),
-         ("rgbd", "model.depth_patch_embed.weight")],
+         ("rgbd", "model.depth_patch_embed.weight"), ("adapter", "model.depth_adapters.adapters.1.up.weight"),
+         ("adapter", "model.depth_encoder.blocks.0.attn.qkv.weight")],
     )  # fmt: skip
     def test_depth_checkpoint_missing_depth_weights_is_refused(self, depth_models, tmp_path, fusion, dropped):
         model, _ = depth_models[fusion]
@@ -620,6 +747,16 @@ class TestBaseCheckpointLoading:
         model.save_pretrained(tmp_path)
         reloaded = Qwen2_5_VLDepthForConditionalGeneration.from_pretrained(tmp_path, depth_fusion="add")
         assert not reloaded.model.depth_gate.gate.any()
+        for name, value in model.model.depth_encoder.state_dict().items():
+            assert torch.equal(reloaded.model.depth_encoder.state_dict()[name], value), name
+
+    def test_add_checkpoint_switches_to_adapter_keeping_its_encoder_with_closed_adapters(self, depth_models, tmp_path):
+        model, _ = depth_models["add"]
+        model = sharpen(model)  # an encoder that is no longer the RGB tower's copy
+        model.save_pretrained(tmp_path)
+        reloaded = Qwen2_5_VLDepthForConditionalGeneration.from_pretrained(tmp_path, depth_fusion="adapter")
+        assert not hasattr(reloaded.model, "depth_gate")
+        assert all(not adapter.up.weight.any() for adapter in reloaded.model.depth_adapters.adapters)
         for name, value in model.model.depth_encoder.state_dict().items():
             assert torch.equal(reloaded.model.depth_encoder.state_dict()[name], value), name
 

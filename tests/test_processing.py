@@ -9,12 +9,15 @@ import torch
 from PIL import Image
 from transformers import AutoTokenizer
 
-from configuration_depth import Qwen2_5_VLDepthConfig
+from configuration_depth import DEPTH_FUSION_MODES, DEPTH_FUSIONS, Qwen2_5_VLDepthConfig
 from processing_depth import Qwen2_5_VLDepthProcessor, depth_to_meters, to_rgb_image
 from tests.conftest import chat, make_inputs, random_depth, random_image, reconfigured
 from training.build_depth_model import build_depth_model
 from training.spatialbot import DepthAsImageProcessor, depth_picture, load_trained_processor
 from training.tiny import save_tiny_depth_anything
+
+
+DEPTH_MODES = [name for name in DEPTH_FUSION_MODES if DEPTH_FUSIONS[name].has_depth]
 
 
 IMAGE = random_image(100, 140, 0)  # resized to 84x112: a 6x8 grid, 12 merged tokens
@@ -29,7 +32,7 @@ def processors(tiny_base):
     """One processor per fusion mode, built from the plain base folder (no model needed)."""
     return {
         fusion: Qwen2_5_VLDepthProcessor.from_pretrained(tiny_base, depth_fusion=fusion)
-        for fusion in ("add", "concat", "none")
+        for fusion in DEPTH_FUSION_MODES
     }
 
 
@@ -243,7 +246,7 @@ class TestPerImageDepth:
         inputs = make_inputs(add_processor, [[IMAGE, SQUARE], [IMAGE]], [None, [DEPTH]])
         assert inputs["image_has_depth"].tolist() == [False, False, True]
 
-    @pytest.mark.parametrize("fusion", ["add", "concat"])
+    @pytest.mark.parametrize("fusion", DEPTH_MODES)
     @pytest.mark.parametrize(
         "depth", [None, [None, None], [[None], None]], ids=["absent", "flat None", "samples None"]
     )
@@ -282,7 +285,7 @@ class TestPlaceholders:
         assert tokenizer.get_vocab() == vocab and list(tokenizer.all_special_tokens) == special
         assert "<|user_marker|>" in tokenizer.all_special_tokens and "<|depth_pad|>" not in vocab
 
-    @pytest.mark.parametrize("fusion", ["add", "concat"])
+    @pytest.mark.parametrize("fusion", DEPTH_MODES)
     def test_truncation_through_an_image_run_is_an_error(self, processors, fusion):
         prompt = processors[fusion].apply_chat_template(chat("How far?"), add_generation_prompt=True)
         image_start = len(processors[fusion].tokenizer(prompt.split("<|image_pad|>")[0])["input_ids"])
@@ -290,14 +293,14 @@ class TestPlaceholders:
             processors[fusion](
                 images=[IMAGE], text=[prompt], depth=[DEPTH], truncation=True, max_length=image_start + 6
             )
-        # In concat mode the depth half of the run counts too: a cut after the RGB half is refused.
-        if fusion == "concat":
+        # With depth tokens (concat) the depth half of the run counts too: a cut after the RGB half is refused.
+        if DEPTH_FUSIONS[fusion].tokens_per_image_with_depth == 2:
             with pytest.raises(ValueError, match="Mismatch in `image` token count"):
                 processors[fusion](
                     images=[IMAGE], text=[prompt], depth=[DEPTH], truncation=True, max_length=image_start + 12
                 )
 
-    @pytest.mark.parametrize("fusion", ["add", "concat"])
+    @pytest.mark.parametrize("fusion", DEPTH_MODES)
     def test_num_multimodal_tokens_are_the_placeholders_the_processor_writes(self, processors, fusion, tmp_path):
         processor = processors[fusion]
         sizes = [(100, 140), (84, 84), (60, 200), (37, 51)]
@@ -310,12 +313,13 @@ class TestPlaceholders:
             merged += merged_tokens(inputs)
             assert counted.num_image_tokens[seed] == int((inputs["input_ids"] == processor.image_token_id).sum())
             assert counted.num_image_patches[seed] == inputs["pixel_values"].shape[0]
-        doubled = [2 * n for n in merged]
-        assert counted.num_image_tokens == ([doubled[0], merged[1], *doubled[2:]] if fusion == "concat" else merged)
+        doubled = [DEPTH_FUSIONS[fusion].tokens_per_image_with_depth * n for n in merged]
+        assert counted.num_image_tokens == [doubled[0], merged[1], *doubled[2:]]
+        assert (doubled != merged) == (fusion == "concat")
         # Without `image_has_depth`: every image has depth when an estimator fills the gaps, none otherwise.
         assert processor._get_num_multimodal_tokens(image_sizes=sizes).num_image_tokens == merged
         estimating = reconfigured(processor, depth_estimator=str(tmp_path / "never_loaded"))
-        expected = doubled if fusion == "concat" else merged
+        expected = doubled
         assert estimating._get_num_multimodal_tokens(image_sizes=sizes).num_image_tokens == expected
 
 
@@ -563,7 +567,7 @@ class TestModelHandshake:
         with pytest.raises(ValueError, match="depth_fusion='none'"):
             model(**inputs)
 
-    @pytest.mark.parametrize("fusion", ["add", "concat"])
+    @pytest.mark.parametrize("fusion", DEPTH_MODES)
     def test_a_mixed_batch_runs(self, depth_models, fusion):
         model, processor = depth_models[fusion]
         outputs = model(**make_inputs(processor, [[IMAGE], [SQUARE]], [[DEPTH], None]))

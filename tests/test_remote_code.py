@@ -1,6 +1,5 @@
 """Save a depth model, then load it in a fresh Python process through every Auto class, offline, as remote code."""
 
-import copy
 import json
 import os
 import subprocess
@@ -10,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import make_inputs, random_depth, random_image
+from tests.conftest import make_inputs, random_depth, random_image, with_open_depth_path
 
 
 FRESH_PROCESS_SCRIPT = r"""
@@ -46,13 +45,10 @@ json.dump(report, open(out_path, "w"))
 """
 
 
-@pytest.mark.parametrize("fusion", ["add", "concat"])
+@pytest.mark.parametrize("fusion", ["add", "concat", "adapter"])
 def test_fresh_process_loads_every_auto_class_with_identical_logits(depth_models, tmp_path, fusion):
     model, processor = depth_models[fusion]
-    model = copy.deepcopy(model)
-    with torch.no_grad():
-        if fusion == "add":  # open the gate so the reloaded depth path is really exercised
-            model.model.depth_gate.gate.fill_(0.7)
+    model = with_open_depth_path(model)  # so the reloaded depth path is really exercised
     folder = tmp_path / "exported"
     model.save_pretrained(folder)
     processor.save_pretrained(folder)

@@ -22,6 +22,7 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, BitsAndBytesConfig, Qwen2_5_VLForConditionalGeneration
 
+from configuration_depth import DEPTH_FUSION_MODES, DEPTH_FUSIONS
 from modeling_qwen2_5_vl_depth import Qwen2_5_VLDepthForConditionalGeneration
 from training.build_depth_model import build_depth_model
 from training.checkpoints import resume_checkpoint
@@ -41,12 +42,14 @@ LORA_PARAMETER = re.compile(
     r"base_model\.model\.model\.language_model\.layers\.(\d+)\.(?:self_attn|mlp)\.(\w+_proj)\.lora_[AB]\.default\.weight"
 )
 FULLY_TRAINED_PARAMETER = re.compile(
-    r"base_model\.model\.model\.(depth_encoder\.merger|depth_gate|depth_patch_embed)\.modules_to_save\.default\..+"
+    r"base_model\.model\.model\.(depth_encoder\.merger|depth_gate|depth_patch_embed|depth_adapters)"
+    r"\.modules_to_save\.default\..+"
 )
 FULLY_TRAINED_BY_FUSION = {
     "add": {"depth_encoder.merger", "depth_gate"},
     "concat": {"depth_encoder.merger"},
     "rgbd": {"depth_patch_embed"},
+    "adapter": {"depth_adapters"},
     "none": set(),
 }
 # Short but decisive CPU training: a constant, high LoRA learning rate on 24 rows the eval then re-reads.
@@ -104,7 +107,7 @@ def two_rows_of_different_lengths(rows, tokenizer):
 # Collator
 # --------------------------------------------------------------------------------------------------------------
 class TestAssistantOnlyLabels:
-    @pytest.mark.parametrize("fusion", ["add", "concat", "none"])
+    @pytest.mark.parametrize("fusion", DEPTH_FUSION_MODES)
     def test_only_the_answer_and_its_im_end_are_labelled_in_a_left_padded_batch(self, depth_models, rows, fusion):
         processor = depth_models[fusion][1]
         tokenizer = processor.tokenizer
@@ -132,7 +135,7 @@ class TestAssistantOnlyLabels:
         assert (labels[image_tokens | padding] == IGNORE_INDEX).all()
         # concat: every image has depth, so its run of placeholders holds its RGB tokens and then as many depth tokens.
         merged_tokens = (batch["image_grid_thw"].prod(-1) // 4).tolist()
-        per_token = 2 if fusion == "concat" else 1
+        per_token = DEPTH_FUSIONS[fusion].tokens_per_image_with_depth
         assert image_tokens.sum(-1).tolist() == [per_token * n for n in merged_tokens]
         if fusion == "none":  # the RGB-only baseline ignores the depth column
             assert "depth_values" not in batch and "image_has_depth" not in batch
@@ -198,13 +201,13 @@ class TestAssistantOnlyLabels:
 class TestModelSetup:
     def test_fusion_modes_built_from_one_base_share_every_base_weight(self, tiny_base, world_dir, tmp_path):
         states = {}
-        for fusion in ("add", "concat", "none"):
+        for fusion in DEPTH_FUSION_MODES:
             script_args, training_args, model_args = sft_args(tiny_base, world_dir, tmp_path, fusion)
             states[fusion] = load_starting_model(script_args, model_args, training_args)[0].state_dict()
         base_names = set(states["none"])
         assert base_names and all(not name.startswith("model.depth_") for name in base_names)
-        for fusion in ("add", "concat"):
-            assert base_names < set(states[fusion])
+        for fusion in DEPTH_FUSION_MODES:
+            assert (base_names < set(states[fusion])) == DEPTH_FUSIONS[fusion].has_depth
             for name in base_names:
                 assert torch.equal(states[fusion][name], states["none"][name]), (fusion, name)
 
@@ -234,7 +237,7 @@ class TestModelSetup:
                     [gate] * model.config.text_config.hidden_size
                 )
 
-    @pytest.mark.parametrize("fusion", ["add", "concat", "rgbd", "none"])
+    @pytest.mark.parametrize("fusion", DEPTH_FUSION_MODES)
     def test_lora_sits_on_llm_projections_and_depth_modules_train_in_full(
         self, tiny_base, world_dir, tmp_path, fusion
     ):
@@ -413,7 +416,7 @@ def original_name(peft_name: str) -> str:
     return name.replace(".base_layer.", ".").replace(".original_module.", ".")
 
 
-@pytest.fixture(scope="module", params=["add", "concat", "rgbd", "none"])
+@pytest.fixture(scope="module", params=DEPTH_FUSION_MODES)
 def trained(request, sft_base, world_dir, rows, tmp_path_factory):
     """One short SFT run per fusion mode, then the CLI's `finish` (adapter, merged export, loss curve)."""
     fusion = request.param
@@ -447,6 +450,16 @@ def trained(request, sft_base, world_dir, rows, tmp_path_factory):
         if fusion == "rgbd"
         else None
     )
+    adapter_up_norm = (
+        math.hypot(
+            *(
+                float(adapter.up.weight.detach().norm())
+                for adapter in peft_model.base_model.model.model.depth_adapters.modules_to_save.default.adapters
+            )
+        )
+        if fusion == "adapter"
+        else None
+    )
 
     batch = DepthVLMCollator(trainer.processing_class)([rows[i] for i in range(4)])
     inputs = {key: value for key, value in batch.items() if key != "labels"}
@@ -465,6 +478,7 @@ def trained(request, sft_base, world_dir, rows, tmp_path_factory):
         "trained_unchanged": trained_unchanged,
         "gate": gate,
         "trained_depth_channel_norm": depth_channel_norm,
+        "trained_adapter_up_norm": adapter_up_norm,
         "peft_logits": peft_logits,
         "exported": exported,
         "exported_logits": exported_logits,
@@ -487,7 +501,7 @@ class TestTraining:
     def test_only_lora_and_depth_modules_change(self, trained):
         checked = trained["frozen_checked"]
         frozen_parts = ["model.visual.blocks.", "model.language_model.layers.", "model.language_model.embed_tokens."]
-        if trained["fusion"] in ("add", "concat"):
+        if DEPTH_FUSIONS[trained["fusion"]].has_depth_encoder:
             frozen_parts += [
                 "model.depth_encoder.blocks.",
                 "model.depth_encoder.patch_embed.",
@@ -498,6 +512,8 @@ class TestTraining:
         assert trained["trained_unchanged"] == []
         if trained["fusion"] == "rgbd":  # the only depth weights: the zero-initialised channel, trained in full
             assert trained["trained_depth_channel_norm"] > 0
+        if trained["fusion"] == "adapter":  # the zero-initialised up-projections opened; the encoder stayed frozen
+            assert trained["trained_adapter_up_norm"] > 0
         if trained["fusion"] == "add":
             gate = trained["gate"]
             assert bool((gate != 0).all()), "every channel's gate moved off zero"

@@ -1,7 +1,6 @@
 """The installed `trl sft` command, unchanged, fine-tunes an exported depth model with the depth `make_world` writes
 inside the image blocks; older datasets (a `depth` column) convert on read, or with `python -m training.trl_layout`."""
 
-import copy
 import json
 import os
 import subprocess
@@ -11,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.conftest import with_open_depth_path
 from training.collator import DepthVLMCollator
 from training.trl_layout import convert, depth_into_messages, first_depth, row_depths, without_depth
 
@@ -83,14 +83,13 @@ def run_trl_sft(model_folder: Path, dataset: Path, out: Path) -> tuple[list[floa
     return [entry["loss"] for entry in state["log_history"] if "loss" in entry], result.stderr
 
 
-def test_trl_sft_on_make_world_output_trains_with_depth(depth_models, world_dir, tmp_path):
+@pytest.mark.parametrize("fusion", ["add", "adapter"])
+def test_trl_sft_on_make_world_output_trains_with_depth(depth_models, world_dir, tmp_path, fusion):
     """Stock `trl sft` on `make_world`'s folder as written, against the same rows with the depth path closed."""
     from datasets import Dataset
 
-    model, processor = depth_models["add"]
-    model = copy.deepcopy(model)
-    with torch.no_grad():
-        model.model.depth_gate.gate.fill_(1.0)  # open, so depth changes the loss
+    model, processor = depth_models[fusion]
+    model = with_open_depth_path(model)  # so depth changes the loss
     folder = tmp_path / "model"
     model.save_pretrained(folder)
     processor.save_pretrained(folder)

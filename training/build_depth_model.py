@@ -10,6 +10,7 @@ trust_remote_code=True)` and `AutoProcessor.from_pretrained(out, trust_remote_co
 import argparse
 from pathlib import Path
 
+from configuration_depth import DEFAULT_DEPTH_FUSION
 from modeling_qwen2_5_vl_depth import Qwen2_5_VLDepthForConditionalGeneration
 from processing_depth import Qwen2_5_VLDepthProcessor
 from training.provenance import base_model_provenance
@@ -18,7 +19,7 @@ from training.spatialbot import TRAINING_ARMS, model_depth_fusion, processor_for
 
 def build_depth_model(
     base: str | Path,
-    depth_fusion: str = "add",
+    depth_fusion: str = DEFAULT_DEPTH_FUSION,
     depth_estimator: str | None = None,
     depth_layers: int | None = None,
     init_from_rgb: bool = True,
@@ -46,7 +47,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", required=True, help="Qwen2.5-VL folder or hub id")
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--depth-fusion", choices=TRAINING_ARMS, default="add")
+    parser.add_argument("--depth-fusion", choices=TRAINING_ARMS, default=DEFAULT_DEPTH_FUSION)
     parser.add_argument("--depth-estimator", default=None, help="DepthAnything id/folder for images without depth")
     parser.add_argument("--depth-layers", type=int, default=None, help="depth encoder blocks (default: 8)")
     parser.add_argument("--no-init-from-rgb", dest="init_from_rgb", action="store_false")

@@ -79,7 +79,7 @@ class DepthVLMCollator:
 
     @property
     def uses_depth(self) -> bool:
-        return self.processor.depth_fusion != "none"
+        return self.processor.fusion.has_depth
 
     def __call__(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
         processed = ["input_ids" in row for row in rows]

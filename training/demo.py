@@ -30,6 +30,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from configuration_depth import DEFAULT_DEPTH_FUSION, RGB_ONLY_FUSION  # noqa: E402
 from training.experiment import PRESETS, Experiment  # noqa: E402
 from training.export import reload_in_fresh_process  # noqa: E402
 from training.world import make_sample  # noqa: E402
@@ -49,7 +50,7 @@ def measured_finding(folder: Path = MEASURED_RESULT) -> str:
     parts = []
     for row in results["against_rgb_only"]:
         arm, question_type = row["arm"], row["question_type"]
-        rgb, depth = aggregate["none"][question_type]["delta1"], aggregate[arm][question_type]["delta1"]
+        rgb, depth = aggregate[RGB_ONLY_FUSION][question_type]["delta1"], aggregate[arm][question_type]["delta1"]
         parts.append(
             f"{question_type} δ₁ {rgb['mean']:.2f} (RGB only) -> {depth['mean']:.2f} ({arm}), {row['ratio']:.2f}x over "
             f"{row['seeds']} seeds, {'beyond' if row['meets_bar'] else 'within'} twice the seed spread"
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = args.out.resolve()
 
     results = Experiment(PRESETS["demo"], out / "experiment")()
-    depth_run = next(run for run in results["runs"] if run["arm"] == "add")
+    depth_run = next(run for run in results["runs"] if run["arm"] == DEFAULT_DEPTH_FUSION)
     hub_folder = out / "hub" / "qwen2_5_vl_depth_demo"
     export_args = [
         "--model", depth_run["model"], "--out", str(hub_folder), "--overwrite",

@@ -55,6 +55,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from configuration_depth import RGB_ONLY_FUSION  # noqa: E402
 from training import world  # noqa: E402
 from training.answers import (  # noqa: E402
     OPTION_LETTERS,
@@ -149,8 +150,8 @@ def answer_samples(
     import torch
     from transformers import GenerationConfig
 
-    depth_fusion = getattr(processor, "depth_fusion", "none")
-    with_depth = use_depth and depth_fusion != "none"
+    depth_fusion = getattr(processor, "depth_fusion", RGB_ONLY_FUSION)
+    with_depth = use_depth and depth_fusion != RGB_ONLY_FUSION
     estimator = getattr(processor, "depth_estimator", None) if with_depth else None
     tokenizer = processor.tokenizer
     tokenizer.padding_side = "left"  # generation continues every prompt from its last token
@@ -481,7 +482,7 @@ def run(args: argparse.Namespace) -> dict:
     model, processor = load_model_and_processor(args.model, args.device, args.dtype)
     if args.depth_estimator:
         processor.depth_estimator = args.depth_estimator
-    depth_fusion = getattr(processor, "depth_fusion", "none")
+    depth_fusion = getattr(processor, "depth_fusion", RGB_ONLY_FUSION)
     predictions, depth_sources = answer_samples(
         model,
         processor,
@@ -492,7 +493,7 @@ def run(args: argparse.Namespace) -> dict:
         use_depth=not args.no_depth,
         progress=not args.no_progress,
     )
-    if depth_fusion != "none" and not args.no_depth and depth_sources.get("none"):
+    if depth_fusion != RGB_ONLY_FUSION and not args.no_depth and depth_sources.get("none"):
         print(
             f"warning: {depth_sources['none']} of {len(samples)} questions ran without depth on a depth model "
             "(no depth in the data and no --depth-estimator).",
@@ -552,7 +553,7 @@ def constant(args: argparse.Namespace) -> dict:
         constant_predictions(constants, samples),
         label=args.label,
         model="constant",
-        depth_fusion="none",
+        depth_fusion=RGB_ONLY_FUSION,
         constants={name: answer.describe() for name, answer in constants.items()},
         fitted_on=str(args.train),
         benchmark=benchmark,

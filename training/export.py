@@ -72,23 +72,6 @@ BASE_LICENSES = {
     ),
 }
 TAGS = ["custom_code", "depth", "spatial-reasoning", "rgb-d", "qwen2_5_vl", "vision-language", "multimodal"]
-FUSION_DESCRIPTIONS = {
-    "add": "added onto the image tokens through a learned gate (no extra tokens).",
-    "concat": "appended after each image as its own block of depth tokens.",
-    "none": "absent: this is the RGB-only baseline of the same training recipe.",
-}
-FUSION_DETAILS = {
-    "add": (
-        "With `add` fusion they are added onto the image tokens as `image + tanh(g) · depth`; the per-channel gate "
-        "`g` starts at 0, so an untrained depth model is exactly the base model."
-    ),
-    "concat": (
-        "With `concat` fusion they follow the image's own tokens inside its placeholder run (an image with depth "
-        "takes twice as many `<|image_pad|>`), each depth token carrying the M-RoPE position of the RGB patch it "
-        "covers."
-    ),
-    "none": 'This checkpoint has `depth_fusion="none"`: no depth encoder is used.',
-}
 METRIC_LABELS = {"delta1": "δ₁", "abs_rel": "AbsRel", "within_2x": "within 2x", "accuracy": "accuracy"}
 
 
@@ -212,9 +195,10 @@ def build_model_card(
         repo_id=repo_id,
         base_model=base_model,
         depth_fusion=config.depth_fusion,
-        has_depth=config.depth_fusion != "none",
-        fusion_description=FUSION_DESCRIPTIONS[config.depth_fusion],
-        fusion_details=FUSION_DETAILS[config.depth_fusion],
+        has_depth=config.has_depth,
+        has_depth_encoder=config.has_depth_encoder,
+        fusion_description=f"{config.fusion.summary}.",  # the fusion table's row
+        fusion_details=f"With `{config.depth_fusion}` fusion: {config.fusion.details}",
         depth_layers=getattr(depth_config, "depth", "–"),
         depth_hidden_size=getattr(depth_config, "hidden_size", "–"),
         depth_parameters=_count(depth_parameters),
@@ -255,7 +239,7 @@ report["AutoProcessor"] = type(processor).__module__ + "." + type(processor).__n
 report["depth_fusion"] = processor.depth_fusion
 messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
 prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-depth = {"depth": [arrays["depth"]]} if processor.depth_fusion != "none" else {}
+depth = {"depth": [arrays["depth"]]} if processor.fusion.has_depth else {}
 inputs = processor(images=[Image.fromarray(arrays["image"])], text=[prompt], return_tensors="pt", **depth)
 report["input_ids"] = inputs["input_ids"].tolist()
 model = AutoModel.from_pretrained(folder, trust_remote_code=True, dtype="auto")
@@ -289,7 +273,7 @@ def reference_inputs(processor, image: np.ndarray, depth: np.ndarray, question: 
 
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
     prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
-    extra = {"depth": [depth]} if getattr(processor, "depth_fusion", "none") != "none" else {}
+    extra = {"depth": [depth]} if getattr(processor, "fusion", None) is not None and processor.fusion.has_depth else {}
     return processor(images=[Image.fromarray(image)], text=[prompt], return_tensors="pt", **extra)
 
 

@@ -18,6 +18,7 @@ import torch
 from accelerate import PartialState
 from trl import get_quantization_config
 
+from configuration_depth import DEFAULT_DEPTH_FUSION, DEPTH_ENCODER
 from modeling_qwen2_5_vl_depth import Qwen2_5_VLDepthForConditionalGeneration
 from processing_depth import Qwen2_5_VLDepthProcessor
 from training.build_depth_model import build_depth_model
@@ -74,7 +75,7 @@ def load_depth_model(
         if not is_depth_checkpoint(name_or_path, revision=revision):
             model, processor = build_depth_model(
                 name_or_path,
-                depth_fusion or "add",
+                depth_fusion or DEFAULT_DEPTH_FUSION,
                 depth_estimator=depth_estimator,
                 depth_layers=depth_layers,
                 init_from_rgb=init_from_rgb,
@@ -99,7 +100,7 @@ def load_depth_model(
         model, loading_info = Qwen2_5_VLDepthForConditionalGeneration.from_pretrained(
             name_or_path, output_loading_info=True, **config_overrides, **from_pretrained_kwargs
         )
-    missing_encoder = [key for key in loading_info["missing_keys"] if key.startswith("model.depth_encoder.")]
+    missing_encoder = [key for key in loading_info["missing_keys"] if key.startswith(f"model.{DEPTH_ENCODER}.")]
     if missing_encoder:
         raise ValueError(
             f"{name_or_path} has no trained depth encoder to keep (missing {missing_encoder[:3]}...): start from a "

@@ -8,17 +8,20 @@ from typing import Literal
 
 from trl import ScriptArguments
 
+from configuration_depth import DEFAULT_DEPTH_FUSION
+from training.spatialbot import ARM_SUMMARIES, TRAINING_ARMS
+
 
 @dataclass
 class SpatialSFTScriptArguments(ScriptArguments):
     """Script arguments of Stage 2, besides TRL's `ScriptArguments` (whose `dataset_name` is `dataset_path`'s alias)."""
 
-    depth_fusion: Literal["add", "concat", "rgbd", "none", "image"] = field(
-        default="add",
+    depth_fusion: Literal[TRAINING_ARMS] = field(
+        default=DEFAULT_DEPTH_FUSION,
         metadata={
-            "help": "How depth reaches the LLM: add | concat | rgbd (a 4th, depth input channel of the RGB tower) | "
-            "none (the RGB-only baseline) | image (depth drawn as a second picture through the RGB tower of an "
-            "RGB-only model: SpatialBot's baseline)."
+            "help": "How depth reaches the LLM: "
+            + " | ".join(f"{arm} (depth is {summary})" for arm, summary in ARM_SUMMARIES.items())
+            + "."
         },
     )
     dataset_path: str | None = field(

@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from training.sft_policy import DEPTH_GATE, DEPTH_MERGER, DEPTH_PATCH_EMBED
+from configuration_depth import DEPTH_ADAPTERS, DEPTH_ENCODER_MERGER, DEPTH_GATE, DEPTH_PATCH_EMBED
 
 
 def depth_fusion_stats(model: torch.nn.Module) -> dict[str, float]:
@@ -22,36 +22,36 @@ def depth_fusion_stats(model: torch.nn.Module) -> dict[str, float]:
         if name.endswith(f"{DEPTH_GATE}.gate") or f"{DEPTH_GATE}.modules_to_save" in name:
             gate = parameter.detach().float().tanh().abs()
             stats.update(depth_gate_abs_mean=float(gate.mean()), depth_gate_abs_max=float(gate.max()))
-        elif DEPTH_MERGER in name and name.endswith("mlp.2.weight"):
+        elif DEPTH_ENCODER_MERGER in name and name.endswith("mlp.2.weight"):
             stats["depth_merger_out_norm"] = float(parameter.detach().float().norm())
         elif DEPTH_PATCH_EMBED in name and name.endswith(".weight"):
             stats["depth_patch_embed_norm"] = float(parameter.detach().float().norm())
+        elif DEPTH_ADAPTERS in name and name.endswith("up.weight"):  # all adapters' output layers together
+            norm = float(parameter.detach().float().norm())
+            stats["depth_adapter_up_norm"] = math.hypot(stats.get("depth_adapter_up_norm", 0.0), norm)
     return stats
 
 
 class DepthFusionProbe:
-    """Forward hooks that keep, for the last training batch, the mean L2 norm per token of the RGB image tokens and of
-    what depth adds to them ('add': tanh(gate) * projector output; 'concat': the depth tokens; 'rgbd': per patch, the
-    RGB patch embedding and the depth channel's)."""
+    """Forward hooks that keep, for the last training batch, the mean L2 norm per token of what the RGB path computes
+    and of what depth adds to it, at the modules the fusion table names (`DepthFusion.probe`: e.g. 'add' compares the
+    RGB image tokens with tanh(gate) * projector output, 'rgbd' the RGB patch embedding with the depth channel's)."""
 
     def __init__(self, model: torch.nn.Module):
         self.norms: dict[str, float] = {}
         modules = dict(model.named_modules())
-        # 'add' adds the gate's output; 'concat' the merger's; 'rgbd' the depth channel's onto the RGB patch embedding
-        # (a PEFT wrapper keeps the module's name as a suffix).
-        rgb_suffix, depth_suffix = "visual.merger", DEPTH_MERGER
-        if any(name.endswith(DEPTH_GATE) for name in modules):
-            depth_suffix = DEPTH_GATE
-        elif any(name.endswith(DEPTH_PATCH_EMBED) for name in modules):
-            rgb_suffix, depth_suffix = "visual.patch_embed", DEPTH_PATCH_EMBED
+        # A PEFT wrapper keeps the module's name as a suffix. Without depth, the RGB image tokens alone.
+        rgb_suffix, depth_suffix = model.config.fusion.probe or ("visual.merger", None)
         for name, module in modules.items():
             if name.endswith(rgb_suffix):
                 module.register_forward_hook(self._hook("rgb_token_norm"))
-            elif name.endswith(depth_suffix):
+            elif depth_suffix is not None and name.endswith(depth_suffix):
                 module.register_forward_hook(self._hook("depth_added_norm"))
 
     def _hook(self, key: str):
         def hook(module, inputs, output):
+            if isinstance(output, tuple) and output:  # the side adapters: the first one's residual
+                output = output[0]
             if torch.is_tensor(output):
                 self.norms[key] = float(output.detach().float().norm(dim=-1).mean())
 

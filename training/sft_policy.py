@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING
 import torch
 from trl import get_peft_config
 
+from configuration_depth import DEPTH_ENCODER_MERGER, DEPTH_FUSIONS, DEPTH_MODULE_NAMES
+
 
 if TYPE_CHECKING:
     from trl import ModelConfig
@@ -22,29 +24,20 @@ if TYPE_CHECKING:
 LLM_LORA_TARGET_MODULES = (
     r".*\.language_model\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)|mlp\.(gate_proj|up_proj|down_proj))"
 )
-# Depth modules trained in full next to the adapter (PEFT matches module names by suffix): the depth projector, which
-# maps depth features into the LLM's embedding space, the "add" fusion gate, and the "rgbd" depth channel of the RGB
-# tower's patch embedding.
-DEPTH_MERGER = "depth_encoder.merger"
-DEPTH_GATE = "depth_gate"
-DEPTH_PATCH_EMBED = "depth_patch_embed"
-DEPTH_TRAINED_MODULES = (DEPTH_MERGER, DEPTH_GATE, DEPTH_PATCH_EMBED)
+# Depth modules trained in full next to the adapter (PEFT matches module names by suffix), as the fusion table says
+# per mode (`DepthFusion.trained_in_sft`): e.g. the depth projector, which maps depth features into the LLM's
+# embedding space, and the "add" fusion gate.
+DEPTH_TRAINED_MODULES = tuple(dict.fromkeys(m for fusion in DEPTH_FUSIONS.values() for m in fusion.trained_in_sft))
 # Modules bitsandbytes leaves unquantized under --load_in_4bit/8bit (start-of-name regexes; `lm_head` is transformers'
 # own default, which an explicit list replaces).
-UNQUANTIZED_MODULES = (r"model\.visual", r"model\.depth_encoder", r"model\.depth_patch_embed", "lm_head")
-DEPTH_PARAMETER_PREFIXES = ("model.depth_encoder.", "model.depth_gate.", "model.depth_patch_embed.")
+UNQUANTIZED_MODULES = (r"model\.visual", *(rf"model\.{name}" for name in DEPTH_MODULE_NAMES), "lm_head")
+# Every depth module's parameters (the modeling file's `DEPTH_MODULE_PREFIXES`, from the same names).
+DEPTH_PARAMETER_PREFIXES = tuple(f"model.{name}." for name in DEPTH_MODULE_NAMES)
 
 
 def depth_modules_to_train(model: Qwen2_5_VLDepthForConditionalGeneration) -> list[str]:
-    """The depth modules trained in full for this fusion mode: merger (add, concat), gate (add), depth channel (rgbd)."""
-    names = []
-    if hasattr(model.model, "depth_encoder"):
-        names.append(DEPTH_MERGER)
-    if hasattr(model.model, "depth_gate"):
-        names.append(DEPTH_GATE)
-    if hasattr(model.model, DEPTH_PATCH_EMBED):
-        names.append(DEPTH_PATCH_EMBED)
-    return names
+    """The depth modules trained in full for this fusion mode (its row of the fusion table)."""
+    return list(model.config.fusion.trained_in_sft)
 
 
 def make_lora_config(model_args: ModelConfig, model: Qwen2_5_VLDepthForConditionalGeneration):
@@ -74,12 +67,11 @@ def freeze_for_full_finetuning(
 ) -> None:
     """Without LoRA: train the language model, depth merger and gate (and the RGB tower, the depth encoder's blocks if
     asked); freeze the rest. `train_only_depth`: the depth modules alone (the language model and RGB tower frozen)."""
+    trained_in_full = tuple(f"model.{module}." for module in model.config.fusion.trained_in_sft)
     for name, parameter in model.named_parameters():
         is_depth = name.startswith(DEPTH_PARAMETER_PREFIXES)
         if is_depth:
-            trains = (
-                name.startswith(tuple(f"model.{module}." for module in DEPTH_TRAINED_MODULES)) or train_depth_encoder
-            )
+            trains = name.startswith(trained_in_full) or train_depth_encoder
         elif train_only_depth:
             trains = False
         else:
@@ -98,16 +90,27 @@ def reinitialise_depth_fusion(
 ) -> None:
     """`--depth_merger_zero_init`: zero the depth projector's last linear layer, so depth adds exactly nothing yet
     gets the full gradient (not one scaled by tanh(0) = 0); `--depth_gate_init`: set the 'add' gate's channels."""
+    fusion = model.config.fusion
     if merger_zero_init:
-        if not hasattr(model.model, "depth_encoder"):
-            raise ValueError("--depth_merger_zero_init needs a depth fusion (add, concat).")
+        if DEPTH_ENCODER_MERGER not in fusion.trained_in_sft:
+            raise ValueError(
+                "--depth_merger_zero_init needs a fusion that trains the depth projector ("
+                + ", ".join(
+                    name for name, other in DEPTH_FUSIONS.items() if DEPTH_ENCODER_MERGER in other.trained_in_sft
+                )
+                + f"), not {fusion.name!r}."
+            )
         last = model.model.depth_encoder.merger.mlp[-1]
         last.weight.zero_()
         if last.bias is not None:
             last.bias.zero_()
     if gate_init is not None:
-        if not hasattr(model.model, "depth_gate"):
-            raise ValueError("--depth_gate_init needs depth_fusion='add'.")
+        if not fusion.has_gate:
+            raise ValueError(
+                "--depth_gate_init needs a gated fusion ("
+                + ", ".join(name for name, other in DEPTH_FUSIONS.items() if other.has_gate)
+                + f"), not {fusion.name!r}."
+            )
         model.model.depth_gate.gate.fill_(gate_init)
 
 

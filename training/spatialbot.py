@@ -24,12 +24,24 @@ from transformers import AutoProcessor
 from transformers.image_utils import make_flat_list_of_images
 from transformers.processing_utils import ProcessorMixin
 
+from configuration_depth import DEPTH_FUSIONS, RGB_ONLY_FUSION, DepthFusion
 from processing_depth import Qwen2_5_VLDepthProcessor
 
 
 # The arm's name where training scripts take a fusion mode; its model is RGB-only.
 DEPTH_AS_IMAGE = "image"
-TRAINING_ARMS = ("add", "concat", "rgbd", "none", DEPTH_AS_IMAGE)
+# The arm's row, as the processor reads it (depth is read, and drawn; no depth tokens, no depth modules).
+DEPTH_AS_IMAGE_FUSION = DepthFusion(
+    name=DEPTH_AS_IMAGE,
+    summary="drawn as a second picture through the RGB tower of an RGB-only model (SpatialBot's baseline)",
+    fused_into="pixel_values",
+)
+# Every arm training scripts take: the model's fusion modes, then this one.
+TRAINING_ARMS = (*DEPTH_FUSIONS, DEPTH_AS_IMAGE)
+ARM_SUMMARIES = {
+    **{name: fusion.summary for name, fusion in DEPTH_FUSIONS.items()},
+    DEPTH_AS_IMAGE: DEPTH_AS_IMAGE_FUSION.summary,
+}
 # Log-depth is drawn over this range (the model config's default encoding range) as 8-bit grey.
 DEPTH_PICTURE_RANGE_METERS = (0.1, 100.0)
 VISION_START, VISION_END = "<|vision_start|>", "<|vision_end|>"
@@ -65,8 +77,12 @@ class DepthAsImageProcessor(Qwen2_5_VLDepthProcessor):
     def __init__(
         self, image_processor=None, tokenizer=None, chat_template=None, depth_estimator=None, invalid_depth="mask"
     ):
-        super().__init__(image_processor, tokenizer, chat_template, "none", depth_estimator, invalid_depth)
+        super().__init__(image_processor, tokenizer, chat_template, RGB_ONLY_FUSION, depth_estimator, invalid_depth)
         self.depth_fusion = DEPTH_AS_IMAGE
+
+    @property
+    def fusion(self) -> DepthFusion:
+        return DEPTH_AS_IMAGE_FUSION
 
     def _process_images(self, images, **kwargs):
         depth_maps = self.depth_maps(images, kwargs.pop("depth", None), kwargs.pop("depth_estimator_device", None))
@@ -89,7 +105,7 @@ class DepthAsImageProcessor(Qwen2_5_VLDepthProcessor):
 
 def model_depth_fusion(arm: str) -> str:
     """The model config's `depth_fusion` of a training arm: the "image" arm's model is RGB-only."""
-    return "none" if arm == DEPTH_AS_IMAGE else arm
+    return RGB_ONLY_FUSION if arm == DEPTH_AS_IMAGE else arm
 
 
 def processor_for_arm(pretrained_model_name_or_path: str | Path, arm: str, **kwargs) -> Qwen2_5_VLDepthProcessor:

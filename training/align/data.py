@@ -60,8 +60,8 @@ class RGBDPairCollator:
     """
 
     def __init__(self, processor: Qwen2_5_VLDepthProcessor, image_size: int | None = 224):
-        if processor.depth_fusion == "none":
-            raise ValueError("The processor has depth_fusion='none': it drops depth.")
+        if not processor.fusion.has_depth:
+            raise ValueError(f"The processor has depth_fusion={processor.depth_fusion!r}: it drops depth.")
         self.processor = processor
         self.image_size = image_size
 

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from configuration_depth import DEFAULT_DEPTH_FUSION
 from training.align.data import RGBDPairCollator, select_pair_rows
 from training.align.model import DepthAlignmentModel
 from training.data_files import load_rows
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     pairs = RGBDPairs(table, select_pair_rows(table)[: args.pairs])
     report = {}
     for folder in args.models:
-        depth_model, processor = load_depth_model(folder, depth_fusion="add")
+        depth_model, processor = load_depth_model(folder, depth_fusion=DEFAULT_DEPTH_FUSION)
         model = DepthAlignmentModel.from_depth_model(depth_model)
         report[folder] = metric_depth_probe(model, pairs, RGBDPairCollator(processor, args.image_size))
         print(json.dumps({folder: report[folder]}), flush=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from configuration_depth import DEPTH_FUSIONS, RGB_ONLY_FUSION
 from training.experiment.presets import METRIC_QUESTION_TYPES
 
 
@@ -90,7 +91,7 @@ DEPTH_BAR_QUESTION_TYPES = ("distance_to_camera", "point_depth")
 DEPTH_BAR_RATIO = 1.2
 
 
-def against_rgb_only(aggregate_: dict, baseline: str = "none") -> list[dict]:
+def against_rgb_only(aggregate_: dict, baseline: str = RGB_ONLY_FUSION) -> list[dict]:
     """Each depth arm measured on 2+ seeds against `baseline` on `DEPTH_BAR_QUESTION_TYPES`: the ratio of the mean
     δ₁, the difference of the means, twice the larger seed std, and whether the bar is met on that type."""
     rows = []
@@ -119,14 +120,16 @@ PROTOCOL_BAR = {"level": 0.8, "ratio": 1.5, "closer": 0.85, "readable": 0.95}
 
 
 def is_depth_arm(arm: str) -> bool:
-    """A trained arm that reads depth (not RGB-only, not a baseline, not a control)."""
-    return arm not in ("none", STAGE0_ARM, CONSTANT_ARM) and not arm.endswith(CONTROL_SUFFIXES)
+    """A trained arm that reads depth (not RGB-only, not a baseline, not a control): not a fusion of the table without
+    depth (the "image" arm reads depth too, drawn as a second picture)."""
+    rgb_only = arm in DEPTH_FUSIONS and not DEPTH_FUSIONS[arm].has_depth
+    return not rgb_only and arm not in (STAGE0_ARM, CONSTANT_ARM) and not arm.endswith(CONTROL_SUFFIXES)
 
 
 def against_baselines(aggregate_: dict) -> list[dict]:
     """Each depth arm against the better of RGB-only (`none`) and the constant, per bar type: the PROTOCOL_BAR."""
     rows = []
-    none, constant = aggregate_.get("none", {}), aggregate_.get(CONSTANT_ARM, {})
+    none, constant = aggregate_.get(RGB_ONLY_FUSION, {}), aggregate_.get(CONSTANT_ARM, {})
     for arm, per_type in aggregate_.items():
         if not is_depth_arm(arm) or not none:
             continue

@@ -13,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
+from configuration_depth import DEFAULT_DEPTH_FUSION, DEPTH_ENCODER_MERGER, DEPTH_FUSIONS, RGB_ONLY_FUSION
 from training import world
 from training.controls import with_uninformative_depth
 from training.experiment.conversations import scene_conversations
@@ -28,6 +29,12 @@ from training.experiment.report import (
 )
 from training.experiment.stage0 import save_as_plain_qwen2_5_vl, scene_descriptions
 from training.tiny import save_tiny_base
+
+
+def has_depth_encoder(arm: str) -> bool:
+    """Whether a training arm's model has a depth encoder (the fusion table's row; the "image" arm has none): its
+    arms start from the aligned encoder and take the depth-path flags."""
+    return arm in DEPTH_FUSIONS and DEPTH_FUSIONS[arm].has_depth_encoder
 
 
 class Experiment:
@@ -216,7 +223,7 @@ class Experiment:
         if self.preset.vision_pretrain_steps:
             raw_base = self.pretrain_vision(raw_base, train_world, val_world, folder, seed, shared)
         args = [
-            "--model_name_or_path", str(raw_base), "--depth_fusion", "none", "--use_peft", "false",
+            "--model_name_or_path", str(raw_base), "--depth_fusion", RGB_ONLY_FUSION, "--use_peft", "false",
             "--train_vision_tower", "true", "--dataset_path", str(train), "--eval_dataset_path", str(val),
             "--output_dir", str(folder / "trainer"), "--export_dir", str(folder / "model"),
             "--loss_curve", str(folder / "loss_curve.png"), "--eval_strategy", "no",
@@ -270,7 +277,7 @@ class Experiment:
 
     def sft(self, arm: str, seed: int, base: Path, aligned: Path | None, train: Path, val: Path, name: str) -> Path:
         folder = self.out / "sft" / f"{name}-seed{seed}"
-        warm = self.preset.depth_warmup_steps > 0 and arm in ("add", "concat")
+        warm = self.preset.depth_warmup_steps > 0 and has_depth_encoder(arm)
         if warm:
             aligned = self.sft_stage(
                 f"sft-{name}-seed{seed}-warmup", folder / "warmup", arm, seed, base, aligned, train, val,
@@ -316,11 +323,12 @@ class Experiment:
         """training.sft flags that set how the depth path of `arm` starts (`initialise`) and trains (none for RGB-only
         arms)."""
         preset, args = self.preset, []
-        if arm not in ("add", "concat"):
+        if not has_depth_encoder(arm):
             return args
-        if preset.depth_merger_zero_init and initialise:
+        fusion = DEPTH_FUSIONS[arm]
+        if preset.depth_merger_zero_init and initialise and DEPTH_ENCODER_MERGER in fusion.trained_in_sft:
             args += ["--depth_merger_zero_init", "true"]
-        if preset.depth_gate_init is not None and arm == "add" and initialise:
+        if preset.depth_gate_init is not None and fusion.has_gate and initialise:
             args += ["--depth_gate_init", str(preset.depth_gate_init)]
         if preset.depth_lr is not None:
             args += ["--depth_lr", str(preset.depth_lr)]
@@ -376,8 +384,9 @@ class Experiment:
 
     @staticmethod
     def reads_depth(arm: str) -> bool:
-        """Whether `arm`'s model reads depth through its own depth path (the arms whose depth is controlled)."""
-        return arm not in ("none", "image")
+        """Whether `arm`'s model reads depth through its own depth path (the arms whose depth is controlled): a fusion
+        of the table with depth (the "image" arm's model is RGB-only)."""
+        return arm in DEPTH_FUSIONS and DEPTH_FUSIONS[arm].has_depth
 
     # ---- the whole experiment ------------------------------------------------------------------------------------
     def __call__(self) -> dict:
@@ -429,15 +438,15 @@ class Experiment:
         arm_seeds = [(arm, seed) for seed in preset.seeds for arm in preset.arms]
         arm_seeds += [(arm, seed) for arm in preset.single_seed_arms for seed in preset.ablation_seeds]
         plan = [  # (run name, fusion arm, start: "main", None, or an ablation's (level, pair multiplier), seed, rows)
-            (arm, arm, "main" if arm in ("add", "concat") else None, seed, "real") for arm, seed in arm_seeds
+            (arm, arm, "main" if has_depth_encoder(arm) else None, seed, "real") for arm, seed in arm_seeds
         ]
         plan += [
-            (f"{arm}-uninformative", arm, "main" if arm in ("add", "concat") else None, seed, "uninformative")
+            (f"{arm}-uninformative", arm, "main" if has_depth_encoder(arm) else None, seed, "uninformative")
             for arm in preset.capacity_controls
             for seed in preset.ablation_seeds
         ]
         plan += [
-            (name, "add", (level, multiplier), seed, "real")
+            (name, DEFAULT_DEPTH_FUSION, (level, multiplier), seed, "real")
             for name, level, multiplier in preset.alignment_ablations
             for seed in preset.ablation_seeds
         ]
