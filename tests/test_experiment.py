@@ -348,14 +348,17 @@ def test_a_projector_warmup_runs_before_stage2_of_the_depth_arms_only(tmp_path, 
 
 def test_the_demo_reads_its_finding_from_a_written_report(tmp_path):
     from training.demo import measured_finding
+    from training.experiment.report import CONSTANT_ARM, against_baselines
 
     runs = [bar_run("none", seed, 0.30, 0.20 + 0.01 * seed) for seed in range(3)]
     runs += [bar_run("add", seed, 0.45, 0.30 + 0.01 * seed) for seed in range(3)]
-    results = {"runs": runs, "aggregate": aggregate(runs)}
-    results["against_rgb_only"] = against_rgb_only(results["aggregate"])
+    runs += [bar_run(CONSTANT_ARM, 0, 0.40, 0.25)]
+    results = {"runs": runs, "aggregate": aggregate(runs), "evaluation_set": "val"}
+    results["against_baselines"] = against_baselines(results["aggregate"])
     (tmp_path / "results.json").write_text(json.dumps(results))
     assert measured_finding(tmp_path) == (
-        "distance_to_camera δ₁ 0.30 (RGB only) -> 0.45 (add), 1.50x over 3 seeds, beyond twice the seed spread; "
-        "point_depth δ₁ 0.21 (RGB only) -> 0.31 (add), 1.48x over 3 seeds, beyond twice the seed spread"
+        "distance_to_camera δ₁ 0.45 (add) against 0.30 (RGB only) and 0.40 (a constant guess), 3 seed(s) on the val "
+        "set, bar not met; point_depth δ₁ 0.31 (add) against 0.21 (RGB only) and 0.25 (a constant guess), 3 seed(s) "
+        "on the val set, bar not met"
     )
     assert measured_finding(tmp_path / "missing").startswith("not in this checkout")

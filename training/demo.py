@@ -30,7 +30,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from configuration_depth import DEFAULT_DEPTH_FUSION, RGB_ONLY_FUSION  # noqa: E402
+from configuration_depth import DEFAULT_DEPTH_FUSION  # noqa: E402
 from training.experiment import PRESETS, Experiment  # noqa: E402
 from training.export import reload_in_fresh_process  # noqa: E402
 from training.world import make_sample  # noqa: E402
@@ -41,21 +41,22 @@ MEASURED_RESULT = Path(__file__).resolve().parents[1] / "results" / "experiment_
 
 
 def measured_finding(folder: Path = MEASURED_RESULT) -> str:
-    """One line of the committed comparison: each depth arm's δ₁ against RGB-only's, from its `results.json`."""
+    """One line of the committed comparison, from its `results.json`: each depth arm's δ₁ beside RGB-only's and the
+    constant guess's (issue 21's protocol), on the set it was read on, with whether it clears the protocol's bar."""
     results_file = folder / "results.json"
     if not results_file.exists():
         return f"not in this checkout ({results_file})"
     results = json.loads(results_file.read_text())
-    aggregate = results["aggregate"]
+    evaluation_set = results.get("evaluation_set", "test")
     parts = []
-    for row in results["against_rgb_only"]:
-        arm, question_type = row["arm"], row["question_type"]
-        rgb, depth = aggregate[RGB_ONLY_FUSION][question_type]["delta1"], aggregate[arm][question_type]["delta1"]
+    for row in results.get("against_baselines", []):
+        constant = "-" if row["constant"] is None else f"{row['constant']:.2f}"
         parts.append(
-            f"{question_type} δ₁ {rgb['mean']:.2f} (RGB only) -> {depth['mean']:.2f} ({arm}), {row['ratio']:.2f}x over "
-            f"{row['seeds']} seeds, {'beyond' if row['meets_bar'] else 'within'} twice the seed spread"
+            f"{row['question_type']} δ₁ {row['delta1']:.2f} ({row['arm']}) against {row['rgb_only']:.2f} (RGB only) "
+            f"and {constant} (a constant guess), {row['seeds']} seed(s) on the {evaluation_set} set, "
+            f"bar {'met' if row['meets_bar'] else 'not met'}"
         )
-    return "; ".join(parts)
+    return "; ".join(parts) or f"no depth arm against RGB-only in {results_file}"
 
 
 def test_scene(index: int) -> tuple[np.ndarray, np.ndarray, str, str]:
