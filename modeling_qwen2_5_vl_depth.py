@@ -18,16 +18,16 @@ Each mode's modules, token count and training policy are its row of `configurati
 Everything after the image features is stock Qwen2.5-VL, so transformers' generation machinery (pre-encoding before
 prefill, beam expansion, chunked prefill) carries depth as it carries the images.
 
+The speed code (the stock vision tower with batched attention and cached index bookkeeping, the host-side rope
+index) is `fast_qwen2_5_vl.py`, tested equal to stock; this file is the depth diff on top of it.
+
 This file is remote code: it imports only `torch`, `transformers` and the project's own remote-code files.
 """
 
-import functools
-import itertools
 import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from transformers import initialization as init
 from transformers.configuration_utils import PreTrainedConfig
 from transformers.conversion_mapping import register_checkpoint_conversion_mapping
@@ -35,17 +35,10 @@ from transformers.core_model_loading import WeightRenaming
 from transformers.generation import GenerationMixin
 from transformers.modeling_outputs import BaseModelOutputWithPooling, MultimodalCausalLMOutputWithPast
 from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
-    Qwen2_5_VisionPatchEmbed,
-    Qwen2_5_VisionTransformerPretrainedModel,
     Qwen2_5_VLForConditionalGeneration,
     Qwen2_5_VLModel,
-    Qwen2_5_VLPatchMerger,
     Qwen2_5_VLPreTrainedModel,
     Qwen2_5_VLTextModel,
-    Qwen2_5_VLVisionAttention,
-    Qwen2_5_VLVisionBlock,
-    Qwen2_5_VLVisionRotaryEmbedding,
-    apply_rotary_pos_emb_vision,
 )
 from transformers.processing_utils import Unpack
 from transformers.utils import TransformersKwargs, can_return_tuple, logging
@@ -72,7 +65,8 @@ try:  # loaded as remote code: a module of a package built from the model folder
         Qwen2_5_VLDepthConfig,
         Qwen2_5_VLDepthEncoderConfig,
     )
-except ImportError:  # imported from a checkout, where the three remote-code files are top-level modules
+    from .fast_qwen2_5_vl import FastQwen2_5_VisionTransformer, image_text_rope_index, vision_position_ids
+except ImportError:  # imported from a checkout, where the remote-code files are top-level modules
     from configuration_depth import (
         DEFAULT_DEPTH_FUSION,
         DEPTH_ADAPTERS,
@@ -84,178 +78,13 @@ except ImportError:  # imported from a checkout, where the three remote-code fil
         Qwen2_5_VLDepthConfig,
         Qwen2_5_VLDepthEncoderConfig,
     )
+    from fast_qwen2_5_vl import FastQwen2_5_VisionTransformer, image_text_rope_index, vision_position_ids
 
 
 logger = logging.get_logger(__name__)
 
 # Parameter names of the modules a base Qwen2.5-VL checkpoint does not have.
 DEPTH_MODULE_PREFIXES = tuple(f"model.{name}." for name in DEPTH_MODULE_NAMES)
-
-
-@functools.lru_cache(maxsize=256)
-def _grid_position_ids(t: int, h: int, w: int, merge: int) -> torch.Tensor:
-    return get_vision_position_ids(torch.tensor([[t, h, w]]), merge)
-
-
-@functools.lru_cache(maxsize=256)
-def _grid_window_index(
-    t: int, h: int, w: int, merge: int, window: int, patch: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    window_index, cu_window_seqlens = get_vision_window_index(torch.tensor([[t, h, w]]), merge, window, patch)
-    return window_index, cu_window_seqlens.diff()  # the image's window lengths (empty windows already dropped)
-
-
-def vision_position_ids(grid_thw: torch.Tensor, merge: int) -> torch.Tensor:
-    """`transformers.vision_utils.get_vision_position_ids`, from a per-grid cache.
-
-    The stock function builds each image's ids with a dozen small tensor ops on the grid's device; for a batch of
-    128 images that is ~2,000 kernel launches per tower per step, more than the transformer blocks issue. The ids only
-    depend on the grid, so each distinct grid is computed once (by the stock function, on the CPU) and the batch is
-    one concatenation and one copy.
-    """
-    grids = [tuple(grid) for grid in grid_thw.tolist()]
-    return torch.cat([_grid_position_ids(*grid, merge) for grid in grids]).to(grid_thw.device)
-
-
-def vision_window_index(
-    grid_thw: torch.Tensor, merge: int, window: int, patch: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """`transformers.vision_utils.get_vision_window_index`, from a per-grid cache (same values; see
-    `vision_position_ids`): each image's window permutation shifted by the merged tokens before it, and the windows'
-    cumulative lengths."""
-    indices, lengths, offset = [], [], 0
-    for t, h, w in grid_thw.tolist():
-        window_index, window_lengths = _grid_window_index(t, h, w, merge, window, patch)
-        indices.append(window_index + offset)
-        lengths.append(window_lengths)
-        offset += t * (h // merge) * (w // merge)
-    cu_window_seqlens = F.pad(torch.cat(lengths).cumsum(0), (1, 0))
-    return torch.cat(indices).to(grid_thw.device), cu_window_seqlens.to(grid_thw.device, torch.int32)
-
-
-def image_text_rope_index(
-    mm_token_type_ids: torch.Tensor,
-    attention_mask: torch.Tensor | None,
-    image_grid_thw: torch.Tensor | None,
-    spatial_merge_size: int,
-    tokens_per_image_with_depth: int = 1,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stock Qwen2.5-VL M-RoPE positions and deltas for text-and-image sequences, computed on the host.
-
-    Same values as `Qwen2_5_VLModel.get_rope_index` (which also handles video): text runs count up by one, an image
-    run takes its grid's (t, h, w) positions offset by the position before it and advances by max(h, w). The stock
-    loop builds every run with small tensor ops on the model's device, ~55 kernel launches and host syncs per sample,
-    ~7,000 for a batch of 128: on a GPU that outweighs a small model's whole forward. Here the token types come to the
-    host once, each sample is a few CPU ops, and the positions go back in one copy.
-
-    With `tokens_per_image_with_depth=2` (the fusion table's value for `concat`) an image run twice as long as its
-    grid's tokens is an image followed by its depth tokens: the depth half takes the positions of the RGB patches it
-    covers, and the text after it continues as if it were absent, so the rope delta counts the depth tokens as length
-    that adds no position.
-    """
-    token_types = mm_token_type_ids.cpu()
-    in_sequence = (
-        attention_mask.bool().cpu() if attention_mask is not None else torch.ones_like(token_types, dtype=torch.bool)
-    )
-    grids = iter(image_grid_thw.tolist() if image_grid_thw is not None else [])
-    batch_size, length = token_types.shape
-    position_ids = torch.zeros(3, batch_size, length, dtype=torch.long)
-    deltas = []
-    for batch_index in range(batch_size):
-        runs, position = [], 0
-        for token_type, run in itertools.groupby(token_types[batch_index][in_sequence[batch_index]].tolist()):
-            run_length = len(list(run))
-            if token_type == 0:
-                runs.append(torch.arange(position, position + run_length).expand(3, -1))
-                position += run_length
-                continue
-            t, h, w = next(grids)
-            image_positions = _grid_rope_positions(t, h, w, spatial_merge_size) + position
-            copies, remainder = divmod(run_length, image_positions.shape[1])
-            if remainder or copies not in (1, tokens_per_image_with_depth):
-                with_depth = (
-                    f", or {tokens_per_image_with_depth} times as many with its depth"
-                    if tokens_per_image_with_depth > 1
-                    else ""
-                )
-                raise ValueError(
-                    f"Sample {batch_index} has a run of {run_length} image tokens for an image of "
-                    f"{image_positions.shape[1]} tokens (grid {[t, h, w]}): expected the image's tokens{with_depth}. "
-                    "Build inputs with the model's processor."
-                )
-            runs.append(image_positions.repeat(1, copies))
-            position += max(h, w) // spatial_merge_size
-        positions = torch.cat(runs, dim=1)
-        position_ids[:, batch_index, in_sequence[batch_index]] = positions
-        deltas.append(int(positions.max()) + 1 - positions.shape[1])
-    device = mm_token_type_ids.device
-    return position_ids.to(device), torch.tensor(deltas, device=device).unsqueeze(1)
-
-
-@functools.lru_cache(maxsize=256)
-def _grid_rope_positions(t: int, h: int, w: int, merge: int) -> torch.Tensor:
-    """An image's (3, tokens) M-RoPE positions from 0, as `Qwen2_5_VLModel.get_vision_position_ids` lays them out."""
-    grid = torch.meshgrid(torch.arange(t), torch.arange(h // merge), torch.arange(w // merge), indexing="ij")
-    return torch.stack(grid, dim=0).reshape(3, -1)
-
-
-class Qwen2_5_VLBatchedVisionAttention(Qwen2_5_VLVisionAttention):
-    """Vision attention that runs all equal-length segments (windows or images) through one SDPA call.
-
-    The stock attention loops over `cu_seqlens` segments in Python: one SDPA call per window or image, up to hundreds
-    per block, so the tower is bound by kernel launches. When every segment has the same length (all windows of
-    images whose sides are multiples of the window, or a batch of same-size images under full attention), the
-    segments reshape into SDPA's batch dimension instead: the same arithmetic in one call. Both towers use it: the
-    RGB tower (weights and outputs unchanged, so base checkpoints behave as before) and the depth encoder. Ragged
-    segments, eager attention (needed for attention weights) and flash attention take the stock path.
-    """
-
-    def forward(
-        self,
-        hidden_states: torch.Tensor,
-        cu_seqlens: torch.Tensor,
-        position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None,
-        max_seqlen: int | None = None,
-        uniform_seq_len: int | None = None,
-        **kwargs,
-    ) -> torch.Tensor:
-        if self.config._attn_implementation != "sdpa":
-            return super().forward(hidden_states, cu_seqlens, position_embeddings, max_seqlen=max_seqlen, **kwargs)
-        if uniform_seq_len is None:
-            # One host sync per call, as the stock path's `lengths.tolist()` has.
-            lengths = set((cu_seqlens[1:] - cu_seqlens[:-1]).tolist())
-            if len(lengths) != 1:
-                return super().forward(hidden_states, cu_seqlens, position_embeddings, max_seqlen=max_seqlen, **kwargs)
-            uniform_seq_len = lengths.pop()
-
-        seq_length = hidden_states.shape[0]
-        query, key, value = (
-            self.qkv(hidden_states).reshape(seq_length, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
-        )
-        cos, sin = position_embeddings
-        query, key = apply_rotary_pos_emb_vision(query, key, cos, sin)
-        num_segments = seq_length // uniform_seq_len
-        query, key, value = (
-            tensor.reshape(num_segments, uniform_seq_len, self.num_heads, -1).transpose(1, 2)
-            for tensor in (query, key, value)
-        )
-        attn_output = F.scaled_dot_product_attention(
-            query,
-            key,
-            value,
-            dropout_p=self.attention_dropout if self.training else 0.0,
-            scale=self.scaling,
-        )
-        attn_output = attn_output.transpose(1, 2).reshape(seq_length, -1)
-        return self.proj(attn_output)
-
-
-class Qwen2_5_VLDepthBlock(Qwen2_5_VLVisionBlock):
-    """A Qwen2.5-VL vision block whose attention batches equal-length images (weights are key-compatible)."""
-
-    def __init__(self, config: Qwen2_5_VLDepthEncoderConfig) -> None:
-        super().__init__(config)
-        self.attn = Qwen2_5_VLBatchedVisionAttention(config=config)
 
 
 class Qwen2_5_VLDepthGate(nn.Module):
@@ -341,14 +170,16 @@ class Qwen2_5_VLDepthAdapters(nn.Module):
         return tuple(adapter(states) for adapter, states in zip(self.adapters, depth_block_states))
 
 
-class Qwen2_5_VLDepthAwareVisionTransformer(Qwen2_5_VisionTransformerPretrainedModel):
-    """The stock RGB tower (same weights, same keys) whose forward can add a residual to the output of each of its
-    first blocks: what the `adapter` fusion's side adapters inject. Without `block_residuals` it is the stock tower.
+class Qwen2_5_VLDepthAwareVisionTransformer(FastQwen2_5_VisionTransformer):
+    """The stock RGB tower (same weights, same keys; its fast version) whose forward can add depth where it joins the
+    RGB path: a residual to its patch embeddings (the `rgbd` fusion's depth channel) and to the output of each of its
+    first blocks (what the `adapter` fusion's side adapters inject). Without them it is the stock tower.
 
     The tower reorders its patches into windows (`get_vision_window_index`, 2x2 merge units at a time) before its
     blocks and back after the merger, while the residuals come per patch in the processor's order (that of
-    `pixel_values` and `depth_values`): each is put in window order the way the stock forward reorders its patch
-    embeddings, so residual row `p` lands on RGB patch `p`.
+    `pixel_values` and `depth_values`): the patch-embedding residual is added before that reordering, and each block
+    residual is put in window order the way the stock forward reorders its patch embeddings, so residual row `p`
+    lands on RGB patch `p`.
     """
 
     @merge_with_config_defaults
@@ -357,6 +188,7 @@ class Qwen2_5_VLDepthAwareVisionTransformer(Qwen2_5_VisionTransformerPretrainedM
         self,
         hidden_states: torch.Tensor,
         grid_thw: torch.Tensor,
+        patch_embed_residual: torch.Tensor | None = None,
         block_residuals: tuple[torch.Tensor, ...] | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> tuple | BaseModelOutputWithPooling:
@@ -364,11 +196,14 @@ class Qwen2_5_VLDepthAwareVisionTransformer(Qwen2_5_VisionTransformerPretrainedM
         Args:
             hidden_states (`torch.Tensor` of shape `(seq_len, patch_dim)`): `pixel_values`.
             grid_thw (`torch.Tensor` of shape `(num_images, 3)`): the images' patch grids.
+            patch_embed_residual (`torch.Tensor` of shape `(seq_len, hidden_size)`, *optional*):
+                Added to the patch embeddings, in the patches' input order.
             block_residuals (`tuple[torch.Tensor]`, *optional*):
                 Residual `i`, of shape `(seq_len, hidden_size)` in the patches' input order, is added to block `i`'s
                 output; blocks past the tuple's length get none.
         """
-        # The stock forward, with the residuals added after their blocks.
+        # The stock forward (with the fast tower's cached indices), with the residuals added where depth joins.
+        kwargs = self.with_cached_grid_indices(grid_thw, kwargs)
         position_ids = get_vision_position_ids(grid_thw, self.spatial_merge_size, kwargs=kwargs)
         cu_seqlens, max_seqlen = get_vision_attention_seqlens(grid_thw, self.config, kwargs=kwargs)
         window_index, cu_window_seqlens = get_vision_window_index(
@@ -382,6 +217,8 @@ class Qwen2_5_VLDepthAwareVisionTransformer(Qwen2_5_VisionTransformerPretrainedM
             cu_window_seqlens, self.config, kwargs=kwargs, kwarg_name="max_window_seqlen"
         )
         hidden_states = self.patch_embed(hidden_states)
+        if patch_embed_residual is not None:
+            hidden_states = hidden_states + patch_embed_residual.to(hidden_states.dtype)
         seq_len, _ = hidden_states.size()
         hidden_states = self.permute_input_for_window_attn(hidden_states, window_index, seq_len=seq_len)
         position_embeddings = self.rotary_pos_emb(hidden_states, position_ids)
@@ -409,7 +246,7 @@ class Qwen2_5_VLDepthAwareVisionTransformer(Qwen2_5_VisionTransformerPretrainedM
 class Qwen2_5_VLDepthPreTrainedModel(Qwen2_5_VLPreTrainedModel):
     config: Qwen2_5_VLDepthConfig
     input_modalities = ("image", "video", "text")
-    _no_split_modules = ["Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock", "Qwen2_5_VLDepthBlock"]
+    _no_split_modules = ["Qwen2_5_VLDecoderLayer", "Qwen2_5_VLVisionBlock"]
 
     def _init_weights(self, module):
         if isinstance(module, Qwen2_5_VLDepthPatchEmbed):  # a Conv3d, which the parent would draw at random
@@ -424,35 +261,15 @@ class Qwen2_5_VLDepthPreTrainedModel(Qwen2_5_VLPreTrainedModel):
             init.zeros_(module.gate)
 
 
-class Qwen2_5_VLDepthEncoder(Qwen2_5_VLDepthPreTrainedModel):
-    """Qwen2.5-VL vision blocks over a 1-channel depth map, full attention, merged 2x2 and projected to the LLM width.
+class Qwen2_5_VLDepthEncoder(FastQwen2_5_VisionTransformer):
+    """The Qwen2.5-VL vision tower (its fast version: same modules and keys) over a 1-channel depth map, with full
+    attention in every block, merged 2x2 and projected to the LLM width.
 
     Its input is laid out exactly like the RGB tower's `pixel_values`: one row per 14x14 patch, patches of each 2x2
     merge group contiguous, so its output token `i` covers the same image region as RGB token `i`.
     """
 
     config: Qwen2_5_VLDepthEncoderConfig
-    _no_split_modules = ["Qwen2_5_VLDepthBlock"]
-    _input_embed_layer = "patch_embed"
-
-    def __init__(self, config: Qwen2_5_VLDepthEncoderConfig) -> None:
-        super().__init__(config)
-        self.spatial_merge_size = config.spatial_merge_size
-        self.patch_embed = Qwen2_5_VisionPatchEmbed(
-            patch_size=config.patch_size,
-            temporal_patch_size=config.temporal_patch_size,
-            in_channels=config.in_channels,
-            embed_dim=config.hidden_size,
-        )
-        self.rotary_pos_emb = Qwen2_5_VLVisionRotaryEmbedding(config)
-        self.blocks = nn.ModuleList([Qwen2_5_VLDepthBlock(config) for _ in range(config.depth)])
-        self.merger = Qwen2_5_VLPatchMerger(
-            dim=config.out_hidden_size,
-            context_dim=config.hidden_size,
-            spatial_merge_size=config.spatial_merge_size,
-        )
-        self.gradient_checkpointing = False
-        self.post_init()
 
     def forward(
         self, hidden_states: torch.Tensor, grid_thw: torch.Tensor, output_hidden_states: bool = False, **kwargs
@@ -467,6 +284,9 @@ class Qwen2_5_VLDepthEncoder(Qwen2_5_VLDepthPreTrainedModel):
                 Also return `hidden_states`: the patch embeddings, then every block's output (what the `adapter`
                 fusion's side adapters read), one row per patch in the input's order.
         """
+        # Not the stock forward: with full attention in every block its window reordering changes nothing but the
+        # order of the block outputs (which the adapters read in the input's order), and same-size images here batch
+        # without a host sync.
         position_ids = vision_position_ids(grid_thw, self.spatial_merge_size)
         cu_seqlens = get_vision_cu_seqlens(grid_thw)
         seq_lens = (grid_thw[:, 0] * grid_thw[:, 1] * grid_thw[:, 2]).tolist()
@@ -579,14 +399,11 @@ class Qwen2_5_VLDepthModel(Qwen2_5_VLDepthPreTrainedModel, Qwen2_5_VLModel):
     config: Qwen2_5_VLDepthConfig
 
     def __init__(self, config: Qwen2_5_VLDepthConfig):
-        # Qwen2_5_VLModel.__init__, with the RGB tower that can take the side adapters' residuals (same weights).
+        # Qwen2_5_VLModel.__init__, with the RGB tower that can take depth residuals (same weights).
         super(Qwen2_5_VLModel, self).__init__(config)
         self.visual = Qwen2_5_VLDepthAwareVisionTransformer._from_config(config.vision_config)
         self.language_model = Qwen2_5_VLTextModel._from_config(config.text_config)
         self.rope_deltas = None
-        # The RGB tower keeps its weights; only its attention's per-window loop becomes one batched call.
-        for block in self.visual.blocks:
-            block.attn = Qwen2_5_VLBatchedVisionAttention(config=config.vision_config)
         # The fusion mode's depth modules (its row of DEPTH_FUSIONS), under their table names.
         depth_modules = {
             DEPTH_ENCODER: lambda: Qwen2_5_VLDepthEncoder._from_config(config.depth_config),
@@ -614,26 +431,12 @@ class Qwen2_5_VLDepthModel(Qwen2_5_VLDepthPreTrainedModel, Qwen2_5_VLModel):
         added after its first blocks. Images without depth get their stock RGB features, so without
         `depth_values` this is exactly Qwen2.5-VL's `get_image_features`.
 
-        The tower's index bookkeeping (rotary position ids, window permutation and window lengths) comes from a
-        per-grid cache instead of being rebuilt image by image: same values, a few ops instead of thousands per batch
-        (see `vision_position_ids`). Precomputed `image_*` kwargs still win.
-
         depth_values (`torch.Tensor` of shape `(num_depth_patches, patch_size * patch_size)`, *optional*):
             Metric depth in metres of the images that have depth, each patchified on its image's grid by
             `Qwen2_5_VLDepthProcessor`. Invalid pixels (holes, sky) are 0 or NaN.
         image_has_depth (`torch.BoolTensor` of shape `(num_images,)`, *optional*):
             Which images `depth_values` covers. Defaults to every image.
         """
-        if image_grid_thw is not None:
-            vision = self.config.vision_config
-            if "image_position_ids" not in kwargs:
-                kwargs["image_position_ids"] = vision_position_ids(image_grid_thw, vision.spatial_merge_size)
-            if "image_window_index" not in kwargs and "image_cu_window_seqlens" not in kwargs:
-                window_index, cu_window_seqlens = vision_window_index(
-                    image_grid_thw, vision.spatial_merge_size, vision.window_size, vision.patch_size
-                )
-                kwargs["image_window_index"] = window_index
-                kwargs["image_cu_window_seqlens"] = cu_window_seqlens
         kwargs["return_dict"] = True
         has_depth = self.images_with_depth(depth_values, image_has_depth, image_grid_thw)
         fused_into = self.config.fusion.fused_into
@@ -641,15 +444,8 @@ class Qwen2_5_VLDepthModel(Qwen2_5_VLDepthPreTrainedModel, Qwen2_5_VLModel):
             kwargs["block_residuals"] = self.depth_block_residuals(depth_values, image_grid_thw, has_depth)
             return super().get_image_features(pixel_values, image_grid_thw, **kwargs)
         if has_depth is not None and fused_into == "patch_embed":
-            depth_embeds = self.depth_patch_embeds(depth_values, image_grid_thw, has_depth)
-            # The tower's forward embeds its patches first; the depth channel's embeddings join them right there.
-            hook = self.visual.patch_embed.register_forward_hook(
-                lambda module, args, rgb_embeds: rgb_embeds + depth_embeds.to(rgb_embeds.dtype)
-            )
-            try:
-                return super().get_image_features(pixel_values, image_grid_thw, **kwargs)
-            finally:
-                hook.remove()
+            kwargs["patch_embed_residual"] = self.depth_patch_embeds(depth_values, image_grid_thw, has_depth)
+            return super().get_image_features(pixel_values, image_grid_thw, **kwargs)
         image_outputs = super().get_image_features(pixel_values, image_grid_thw, **kwargs)
         if has_depth is None:
             return image_outputs
@@ -786,15 +582,22 @@ class Qwen2_5_VLDepthModel(Qwen2_5_VLDepthPreTrainedModel, Qwen2_5_VLModel):
         attention_mask: torch.Tensor | None = None,
         **kwargs,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Stock M-RoPE positions, on the host for text and images (`image_text_rope_index`: same values, and a fusion
-        with depth tokens puts each at the position of the RGB patch it covers), through the stock method with video."""
+        """Stock M-RoPE positions, on the host for text and images (`image_text_rope_index`: same values), through the
+        stock method with video.
+
+        A fusion whose image with depth gets more tokens (`tokens_per_image_with_depth=2`, `concat`) has image runs
+        twice as long as the grid's tokens: an image followed by its depth tokens. The depth half takes the positions
+        of the RGB patches it covers, and the text after it continues as if it were absent, so the rope delta counts
+        the depth tokens as length that adds no position.
+        """
         if video_grid_thw is None:
+            tokens_per_image_with_depth = self.config.fusion.tokens_per_image_with_depth
             return image_text_rope_index(
                 mm_token_type_ids,
                 attention_mask,
                 image_grid_thw,
                 self.config.vision_config.spatial_merge_size,
-                self.config.fusion.tokens_per_image_with_depth,
+                copies_per_image=(1, tokens_per_image_with_depth) if tokens_per_image_with_depth > 1 else (1,),
             )
         return super().get_rope_index(
             input_ids, mm_token_type_ids, image_grid_thw, video_grid_thw, second_per_grid_ts, attention_mask

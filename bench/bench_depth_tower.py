@@ -23,7 +23,8 @@ from bench.common import (
     report,
     time_ms,
 )
-from modeling_qwen2_5_vl_depth import Qwen2_5_VLBatchedVisionAttention, Qwen2_5_VLDepthEncoder
+from fast_qwen2_5_vl import Qwen2_5_VLBatchedVisionAttention
+from modeling_qwen2_5_vl_depth import Qwen2_5_VLDepthEncoder
 
 
 def tower_flops(config, images: int, tokens_per_image: int, window_tokens: int | None, out_width: int) -> float:

@@ -98,6 +98,7 @@ def test_export_folder_holds_weights_config_code_processor_and_card(exported):
         "config.json",
         "configuration_depth.py",
         "eval_results.json",
+        "fast_qwen2_5_vl.py",
         "generation_config.json",
         "model.safetensors",
         "modeling_qwen2_5_vl_depth.py",

@@ -14,6 +14,7 @@ from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import (
 from transformers.vision_utils import get_vision_window_index
 
 from configuration_depth import DEPTH_FUSION_MODES, DEPTH_FUSIONS, DEPTH_MODULE_NAMES, Qwen2_5_VLDepthConfig
+from fast_qwen2_5_vl import FastQwen2_5_VisionTransformer
 from modeling_qwen2_5_vl_depth import (
     DEPTH_MODULE_PREFIXES,
     Qwen2_5_VLDepthEncoder,
@@ -484,7 +485,7 @@ class TestHostIndexBookkeeping:
     def test_vision_position_ids_and_window_index_equal_stock(self):
         from transformers.vision_utils import get_vision_position_ids, get_vision_window_index
 
-        from modeling_qwen2_5_vl_depth import vision_position_ids, vision_window_index
+        from fast_qwen2_5_vl import vision_position_ids, vision_window_index
 
         assert torch.equal(vision_position_ids(self.GRIDS, 2), get_vision_position_ids(self.GRIDS, 2))
         for window, patch in [(56, 14), (112, 14)]:
@@ -568,6 +569,30 @@ class TestBatchedVisionAttention:
             finally:
                 model.model.depth_encoder.config._attn_implementation = "sdpa"
         torch.testing.assert_close(batched, looped, rtol=1e-4, atol=1e-4)
+
+    @pytest.mark.parametrize("sides", [[(112, 112), (112, 112)], [(100, 140), (140, 84)]])  # batched, ragged
+    def test_fast_tower_is_the_stock_tower(self, depth_models, sides):
+        """`FastQwen2_5_VisionTransformer` has the stock tower's keys and, from the same weights, its outputs
+        (merged tokens, last and every block's hidden states) bit for bit."""
+        model, processor = depth_models["none"]
+        vision_config = model.config.vision_config
+        stock = Qwen2_5_VisionTransformerPretrainedModel._from_config(vision_config)
+        stock.load_state_dict(sharpen(model).model.visual.state_dict())
+        fast = FastQwen2_5_VisionTransformer._from_config(vision_config)
+        assert fast.state_dict().keys() == stock.state_dict().keys()
+        fast.load_state_dict(stock.state_dict())
+        stock.eval(), fast.eval()
+        images = [[random_image(height, width, seed)] for seed, (height, width) in enumerate(sides)]
+        inputs = make_inputs(processor, images)
+        with torch.no_grad():
+            expected, actual = (
+                tower(inputs["pixel_values"], grid_thw=inputs["image_grid_thw"], output_hidden_states=True)
+                for tower in (stock, fast)
+            )
+        assert torch.equal(actual.pooler_output, expected.pooler_output)
+        assert torch.equal(actual.last_hidden_state, expected.last_hidden_state)
+        assert len(actual.hidden_states) == len(expected.hidden_states) == vision_config.depth + 1  # and the input
+        assert all(torch.equal(a, b) for a, b in zip(actual.hidden_states, expected.hidden_states))
 
     def test_log_depth_encoding_keeps_metric_scale(self, depth_models):
         model, _ = depth_models["add"]

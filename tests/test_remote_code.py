@@ -53,7 +53,13 @@ def test_fresh_process_loads_every_auto_class_with_identical_logits(depth_models
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
 
-    for code_file in ("modeling_qwen2_5_vl_depth.py", "configuration_depth.py", "processing_depth.py"):
+    code_files = (
+        "modeling_qwen2_5_vl_depth.py",
+        "fast_qwen2_5_vl.py",
+        "configuration_depth.py",
+        "processing_depth.py",
+    )
+    for code_file in code_files:
         assert (folder / code_file).is_file(), code_file
     auto_map = json.loads((folder / "config.json").read_text())["auto_map"]
     assert auto_map == {

@@ -54,7 +54,12 @@ if TYPE_CHECKING:
 
 
 CARD_TEMPLATE = Path(__file__).resolve().parent.parent / "model_card.md"
-REMOTE_CODE_FILES = ("configuration_depth.py", "modeling_qwen2_5_vl_depth.py", "processing_depth.py")
+REMOTE_CODE_FILES = (
+    "configuration_depth.py",
+    "fast_qwen2_5_vl.py",
+    "modeling_qwen2_5_vl_depth.py",
+    "processing_depth.py",
+)
 # A metric checkpoint: the card's "without a depth map" example should give metres, which relative ones cannot.
 EXAMPLE_DEPTH_ESTIMATOR = "depth-anything/Depth-Anything-V2-Metric-Indoor-Small-hf"
 TRANSFORMERS_REQUIREMENT = "transformers>=5.24,<5.25"
