@@ -51,7 +51,7 @@ class DepthAlignmentModel(nn.Module):
     """
 
     # Blocks that FSDP wraps on their own (accelerate reads this when no class list is configured).
-    _no_split_modules = ["Qwen2_5_VLVisionBlock", "Qwen2_5_VLDepthBlock"]
+    _no_split_modules = ["Qwen2_5_VLVisionBlock"]
 
     def __init__(
         self,
