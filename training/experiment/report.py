@@ -343,7 +343,9 @@ def write_report(results: dict, out: Path) -> None:
     axis.set_xticks(np.arange(len(types)) + width * (len(arms) - 1) / 2, types, rotation=35, ha="right")
     axis.set_ylabel("δ₁ (metric types) / accuracy (others)")
     axis.set_ylim(0, 1)
-    axis.set_title("Depth vs RGB-only on the rendered test set (mean ± std over seeds)")
+    axis.set_title(
+        f"Depth vs RGB-only on the rendered {results.get('evaluation_set', 'test')} set (mean ± std over seeds)"
+    )
     axis.legend(ncols=min(len(arms), 4), fontsize=8)
     axis.grid(axis="y", alpha=0.3)
     figure.tight_layout()

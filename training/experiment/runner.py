@@ -353,7 +353,7 @@ class Experiment:
             "--batch-size", str(self.preset.eval_batch), "--max-new-tokens", "16", "--label", label, "--no-progress",
             *self.evaluation_filters(), *extra,
         ]  # fmt: skip
-        self.run(f"eval-{folder.parent.name}-{label}", "training.evaluate", args, folder / "results.json", shared=True)
+        self.run(f"{folder.parent.name}-{label}", "training.evaluate", args, folder / "results.json", shared=True)
         return folder
 
     def evaluation_filters(self) -> list[str]:
@@ -366,7 +366,7 @@ class Experiment:
         """The constant baseline (fitted on `train`'s answers) on `data`, as the report's `constant` arm."""
         label = f"{CONSTANT_ARM}-seed0"
         args = ["constant", "--train", str(train), "--data", str(data), "--out", str(folder / label), "--label", label]
-        self.run(f"eval-{folder.name}-{label}", "training.evaluate", [*args, *self.evaluation_filters()],
+        self.run(f"{folder.name}-{label}", "training.evaluate", [*args, *self.evaluation_filters()],
                  folder / label / "results.json")  # fmt: skip
         return folder / label
 
