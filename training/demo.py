@@ -37,7 +37,7 @@ from training.world import make_sample  # noqa: E402
 
 
 # The committed depth-vs-RGB comparison (the demo's own run is smoke scale), read rather than restated.
-MEASURED_RESULT = Path(__file__).resolve().parents[1] / "results" / "experiment_cpu_depth"
+MEASURED_RESULT = Path(__file__).resolve().parents[1] / "results" / "explore_fair" / "single"
 
 
 def measured_finding(folder: Path = MEASURED_RESULT) -> str:
@@ -119,7 +119,8 @@ def main(argv: list[str] | None = None) -> dict:
     print((out / "experiment" / "results.md").read_text())
     print(json.dumps(summary, indent=2))
     print(
-        f"[demo] This comparison is smoke scale. The measured one ({MEASURED_RESULT / 'README.md'}): {measured_finding()}"
+        f"[demo] This comparison is smoke scale. The measured one ({MEASURED_RESULT.parent / 'README.md'}): "
+        f"{measured_finding()}"
     )
     return summary
 
