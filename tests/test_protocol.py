@@ -363,3 +363,16 @@ def test_side_by_side_each_arm_starts_after_its_own_seeds_stages(tmp_path, monke
             assert events.index(("end", f"align-dense-seed{seed}")) < events.index(("start", f"sft-{arm}-seed{seed}"))
     # Two seeds' shared stages ran side by side: seed 1's stage 0 started before seed 0's had finished.
     assert events.index(("start", "stage0-seed1")) < events.index(("end", "stage0-seed0"))
+
+
+def test_with_one_seed_forgetting_is_read_against_the_questions_own_sampling_noise():
+    """One seed has no spread: a drop counts only beyond twice the binomial error of the two scores (500 questions
+    each: about 0.03 at p = 1/3), so 0.338 -> 0.328 is noise and 0.338 -> 0.20 is forgetting."""
+    aggregate_ = aggregate_of({"stage0": {"count": (0.338, 0.0, 1)}, "none": {"count": (0.328, 0.0, 1)},
+                               "add": {"count": (0.20, 0.0, 1)}})  # fmt: skip
+    for arm in aggregate_:
+        aggregate_[arm]["count"]["questions"] = 500
+    rows = {row["arm"]: row for row in forgetting(aggregate_)}
+    assert not rows["none"]["below_stage0"] and rows["add"]["below_stage0"]
+    del aggregate_["none"]["count"]["questions"]  # without the counts there is no floor: any drop counts
+    assert {row["arm"]: row for row in forgetting(aggregate_)}["none"]["below_stage0"]

@@ -80,6 +80,9 @@ def aggregate(runs: list[dict]) -> dict:
                 if samples:
                     std = float(np.std(samples, ddof=1)) if len(samples) > 1 else 0.0
                     values[key] = {"mean": float(np.mean(samples)), "std": std, "n": len(samples)}
+            counts = [r["per_type"][question_type].get("num_samples") for r in arm_runs]
+            if all(counts):
+                values["questions"] = int(min(counts))  # per run: what a score's sampling noise depends on
             per_type[question_type] = values
         summary[arm] = per_type
     return summary
@@ -158,9 +161,22 @@ def against_baselines(aggregate_: dict) -> list[dict]:
     return rows
 
 
+def sampling_noise(score: dict, base: dict, values: dict, base_values: dict) -> float:
+    """The standard error of the difference of two mean scores from the questions alone (binomial, each run's
+    questions), the noise floor of a comparison whose seeds are too few to show their spread."""
+    if "questions" not in values or "questions" not in base_values:
+        return 0.0
+    variance = sum(
+        m["mean"] * (1 - m["mean"]) / (entry["questions"] * m["n"])
+        for m, entry in ((score, values), (base, base_values))
+    )
+    return math.sqrt(max(variance, 0.0))
+
+
 def forgetting(aggregate_: dict) -> list[dict]:
     """Per trained arm and question type: its mean against the stage-0 base's (δ₁ or accuracy), and whether it is
-    below beyond twice the larger seed std; and its readable-answer rate against PROTOCOL_BAR["readable"]."""
+    below beyond noise (twice the larger seed std, or twice the questions' own sampling error where that is larger,
+    as with one seed); and its readable-answer rate against PROTOCOL_BAR["readable"]."""
     rows = []
     stage0 = aggregate_.get(STAGE0_ARM, {})
     for arm, per_type in aggregate_.items():
@@ -173,7 +189,8 @@ def forgetting(aggregate_: dict) -> list[dict]:
             below = (
                 base is not None
                 and score is not None
-                and score["mean"] - base["mean"] < -2 * max(score["std"], base["std"])
+                and score["mean"] - base["mean"]
+                < -2 * max(score["std"], base["std"], sampling_noise(score, base, values, stage0[question_type]))
             )
             rows.append({
                 "arm": arm, "question_type": question_type, "metric": key,
@@ -246,7 +263,8 @@ def protocol_lines(results: dict) -> list[str]:
         lines += [
             "",
             f"Forgetting: {len(flagged)} of {len(forgotten)} (arm, type) pairs are below the stage-0 base "
-            "beyond 2x the seed std or under 95% readable" + (":" if flagged else "."),
+            "beyond noise (twice the seed std, or the questions' sampling error where larger) or under 95% readable"
+            + (":" if flagged else "."),
             "",
         ]
         if flagged:
