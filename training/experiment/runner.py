@@ -169,38 +169,37 @@ class Experiment:
         self.run(f"data-{name}", "training.make_world", args, done=None)
         return folder
 
-    def stage0_rows(self, source: Path, name: str) -> Path:
-        """Stage 0's data: the RGB-only questions of `source` (`RGB_ONLY_QUESTION_TYPES`), plus one scene description
-        per scene ("Describe the scene: ..." -> its objects left to right, see `describe_objects`)."""
+    def derived_rows(self, source: Path, name: str, transform) -> Path:
+        """`transform` of `source`'s rows, written once to `out/data/<name>/rows.parquet` (atomically: an interrupted
+        run leaves no partial file) and reused after."""
         target = self.out / "data" / name
         done = target / "rows.parquet"
         if not done.exists():
-            from datasets import concatenate_datasets
-
             from training.data_files import load_rows
 
-            rows = load_rows(source)
+            target.mkdir(parents=True, exist_ok=True)
+            transform(load_rows(source)).to_parquet(str(target / "rows.tmp.parquet"))
+            os.replace(target / "rows.tmp.parquet", done)
+        return target
+
+    def stage0_rows(self, source: Path, name: str) -> Path:
+        """Stage 0's data: the RGB-only questions of `source` (`RGB_ONLY_QUESTION_TYPES`), plus one scene description
+        per scene ("Describe the scene: ..." -> its objects left to right, see `describe_objects`)."""
+
+        def rgb_questions_and_descriptions(rows):
+            from datasets import concatenate_datasets
+
             # Reading only the type column: a row-wise filter would decode every image.
             rows = rows.filter(
                 lambda question_type: question_type in RGB_ONLY_QUESTION_TYPES, input_columns="question_type"
             )
-            rows = concatenate_datasets([rows, scene_descriptions(rows)])
-            target.mkdir(parents=True, exist_ok=True)
-            rows.to_parquet(str(target / "rows.tmp.parquet"))
-            os.replace(target / "rows.tmp.parquet", done)
-        return target
+            return concatenate_datasets([rows, scene_descriptions(rows)])
+
+        return self.derived_rows(source, name, rgb_questions_and_descriptions)
 
     def conversation_rows(self, source: Path, name: str) -> Path:
         """`source`'s rows with each scene's unmarked questions as one conversation (`scene_conversations`)."""
-        target = self.out / "data" / name
-        done = target / "rows.parquet"
-        if not done.exists():
-            from training.data_files import load_rows
-
-            target.mkdir(parents=True, exist_ok=True)
-            scene_conversations(load_rows(source)).to_parquet(str(target / "rows.tmp.parquet"))
-            os.replace(target / "rows.tmp.parquet", done)
-        return target
+        return self.derived_rows(source, name, scene_conversations)
 
     # ---- stages ---------------------------------------------------------------------------------------------------
     def stage0(
@@ -372,15 +371,7 @@ class Experiment:
 
     def uninformative_rows(self, train: Path) -> Path:
         """The capacity-matched control's training rows: `train` with every depth map one constant map."""
-        target = self.out / "data" / f"{train.name}-uninformative"
-        done = target / "rows.parquet"
-        if not done.exists():
-            from training.data_files import load_rows
-
-            target.mkdir(parents=True, exist_ok=True)
-            with_uninformative_depth(load_rows(train)).to_parquet(str(target / "rows.tmp.parquet"))
-            os.replace(target / "rows.tmp.parquet", done)
-        return target
+        return self.derived_rows(train, f"{train.name}-uninformative", with_uninformative_depth)
 
     @staticmethod
     def reads_depth(arm: str) -> bool:
