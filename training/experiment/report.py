@@ -18,7 +18,9 @@ STAGE0_ARM = "stage0"
 CONSTANT_ARM = "constant"
 # Suffixes of a depth arm's controls: evaluated without depth, with another scene's depth, and the capacity-matched
 # control trained (and read) on uninformative depth.
-CONTROL_SUFFIXES = ("-nodepth", "-shuffled", "-uninformative")
+# The runner names its control runs with these, the report reads them back.
+DEPTH_REMOVED_SUFFIX, DEPTH_SHUFFLED_SUFFIX, CAPACITY_CONTROL_SUFFIX = "-nodepth", "-shuffled", "-uninformative"
+CONTROL_SUFFIXES = (DEPTH_REMOVED_SUFFIX, DEPTH_SHUFFLED_SUFFIX, CAPACITY_CONTROL_SUFFIX)
 
 
 def summary_of(result: dict) -> dict:
@@ -180,7 +182,8 @@ def forgetting(aggregate_: dict) -> list[dict]:
     rows = []
     stage0 = aggregate_.get(STAGE0_ARM, {})
     for arm, per_type in aggregate_.items():
-        if arm in (STAGE0_ARM, CONSTANT_ARM) or arm.endswith(CONTROL_SUFFIXES[:2]):
+        # Evaluation-time controls are not trained models; the capacity control is, and must not forget either.
+        if arm in (STAGE0_ARM, CONSTANT_ARM) or arm.endswith((DEPTH_REMOVED_SUFFIX, DEPTH_SHUFFLED_SUFFIX)):
             continue
         for question_type, values in per_type.items():
             key = "delta1" if question_type in METRIC_QUESTION_TYPES else "accuracy"
@@ -314,7 +317,8 @@ def write_report(results: dict, out: Path) -> None:
         cells = [run["per_type"].get(t, {}).get("log_correlation") for t in metric_types]
         cells = ["-" if value is None or math.isnan(value) else f"{value:.2f}" for value in cells]
         lines.append(f"| {run['arm']}-seed{run['seed']} | " + " | ".join(cells) + " |")
-    if results["against_rgb_only"]:
+    # Issue 14's bar (against RGB-only alone), for reports without a constant arm; the protocol's table supersedes it.
+    if results["against_rgb_only"] and CONSTANT_ARM not in aggregate_:
         lines += [
             "",
             f"Depth arms against RGB-only (`none`), δ₁ (bar: ≥ {DEPTH_BAR_RATIO}x on "

@@ -20,7 +20,10 @@ from training.experiment.conversations import scene_conversations
 from training.experiment.presets import RGB_ONLY_QUESTION_TYPES, Preset
 from training.experiment.protocol import check_rendered_alike, check_test_world_unexplored
 from training.experiment.report import (
+    CAPACITY_CONTROL_SUFFIX,
     CONSTANT_ARM,
+    DEPTH_REMOVED_SUFFIX,
+    DEPTH_SHUFFLED_SUFFIX,
     STAGE0_ARM,
     aggregate,
     summary_of,
@@ -371,7 +374,7 @@ class Experiment:
 
     def uninformative_rows(self, train: Path) -> Path:
         """The capacity-matched control's training rows: `train` with every depth map one constant map."""
-        return self.derived_rows(train, f"{train.name}-uninformative", with_uninformative_depth)
+        return self.derived_rows(train, f"{train.name}{CAPACITY_CONTROL_SUFFIX}", with_uninformative_depth)
 
     @staticmethod
     def reads_depth(arm: str) -> bool:
@@ -432,7 +435,7 @@ class Experiment:
             (arm, arm, "main" if has_depth_encoder(arm) else None, seed, "real") for arm, seed in arm_seeds
         ]
         plan += [
-            (f"{arm}-uninformative", arm, "main" if has_depth_encoder(arm) else None, seed, "uninformative")
+            (f"{arm}{CAPACITY_CONTROL_SUFFIX}", arm, "main" if has_depth_encoder(arm) else None, seed, "uninformative")
             for arm in preset.capacity_controls
             for seed in preset.ablation_seeds
         ]
@@ -465,8 +468,14 @@ class Experiment:
                     continue
                 self.evaluate(model, data, f"{name}-seed{seed}", folder)
                 if preset.depth_controls and self.reads_depth(arm):
-                    self.evaluate(model, data, f"{name}-nodepth-seed{seed}", folder, ["--no-depth"])
-                    self.evaluate(model, data, f"{name}-shuffled-seed{seed}", folder, ["--depth-override", "shuffled"])
+                    self.evaluate(model, data, f"{name}{DEPTH_REMOVED_SUFFIX}-seed{seed}", folder, ["--no-depth"])
+                    self.evaluate(
+                        model,
+                        data,
+                        f"{name}{DEPTH_SHUFFLED_SUFFIX}-seed{seed}",
+                        folder,
+                        ["--depth-override", "shuffled"],
+                    )
             with report_lock:
                 # Written after every run, so an interrupted experiment still leaves what it has measured.
                 self.report(results, wall_s=time.perf_counter() - started)
