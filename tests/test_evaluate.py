@@ -481,3 +481,20 @@ def test_a_depth_override_reaches_the_model_and_the_results(
             assert np.all(depth == UNINFORMATIVE_DEPTH_M)
         else:
             assert not np.array_equal(depth, own[scene_of(sample)])
+
+
+def test_the_constant_baseline_answers_every_question_with_its_types_fitted_answer(world_24, tmp_path):
+    from collections import Counter
+
+    results = evaluate.main(["constant", "--train", str(world_24), "--data", str(world_24), "--out", str(tmp_path)])
+    assert results["model"] == "constant" and results["num_samples"] == 24
+    assert json.loads((tmp_path / "results.json").read_text())["constants"] == results["constants"]
+    by_type = {}
+    for record in results["predictions"]:
+        by_type.setdefault(record["question_type"], []).append(record)
+    for question_type, records in by_type.items():
+        assert len({r["prediction"] for r in records if not r["choices"]}) <= 1, question_type  # one answer per type
+    # Fitted and scored on the same rows: counts score the majority answer's share, lengths parse as metres.
+    counts = Counter(r["answer"] for r in by_type["count"])
+    assert results["metrics"]["per_type"]["count"]["accuracy"] == max(counts.values()) / len(by_type["count"])
+    assert results["metrics"]["overall"]["num_parseable"] == results["metrics"]["overall"]["num_metric"]

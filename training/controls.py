@@ -37,11 +37,15 @@ class ConstantAnswer:
     position: tuple[int, ...] | None = None
 
     def describe(self) -> dict:
-        return {key: value for key, value in asdict(self).items() if value is not None and key != "question_type"}
+        """The JSON form results.json records (a position as a list)."""
+        fields = {key: value for key, value in asdict(self).items() if value is not None and key != "question_type"}
+        return {key: list(value) if isinstance(value, tuple) else value for key, value in fields.items()}
 
     def answer(self, choices: list[str]) -> str:
         if self.metres is not None:
-            return f"{self.metres:.2f} m"
+            from training.world import format_metres  # exactly the format the models are trained to answer in
+
+            return format_metres(self.metres)
         if self.text is not None:
             return self.text
         if len(self.position) == 1:

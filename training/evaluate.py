@@ -75,7 +75,7 @@ from training.benchmarks import (  # noqa: E402
     read_benchmark,
 )
 from training.controls import DEPTH_OVERRIDES, constant_predictions, fit_constant_answers, override_depth  # noqa: E402
-from training.data_files import find_data_files  # noqa: E402
+from training.data_files import load_rows  # noqa: E402
 
 
 ANSWER_INSTRUCTION = "Answer with a number and a unit, or with one of the options."
@@ -539,14 +539,8 @@ def samples_of(args: argparse.Namespace) -> tuple[str, str, BenchmarkData, list[
 
 def constant(args: argparse.Namespace) -> dict:
     """The constant baseline: one answer per question type, fitted on `--train`'s answers, on `--data`."""
-    import pyarrow.parquet as pq
-
-    columns = ["question_type", "answer", "answer_value", "choices"]
-    tables = [pq.read_table(file, columns=columns) for file in find_data_files(args.train)]
-    if not tables:
-        raise SystemExit(f"No parquet rows in --train {args.train}.")
-    rows = {name: [value for table in tables for value in table.column(name).to_pylist()] for name in columns}
-    constants = fit_constant_answers(rows, DELTA1_THRESHOLD)
+    # Column access reads only those columns: no image or depth is decoded.
+    constants = fit_constant_answers(load_rows(args.train), DELTA1_THRESHOLD)
     benchmark, data_path, data, samples = samples_of(args)
     results = build_results(
         samples,
