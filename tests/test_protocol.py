@@ -332,6 +332,8 @@ def test_a_scenes_questions_become_one_conversation_whose_every_answer_is_a_targ
         assert len(images) == 1 and row["messages"][0]["content"][0]["type"] == "image"
         answers = [row["messages"][2 * turn + 1]["content"][0]["text"] for turn in range(len(originals))]
         assert answers == [rows["answer"][index] for index in originals]
+        questions = [row["messages"][2 * turn]["content"][-1]["text"] for turn in range(len(originals))]
+        assert questions == [rows["messages"][index][0]["content"][-1]["text"] for index in originals]
         # One image in the inputs, and every answer (with its <|im_end|>) is a training target.
         batch = collator([row])
         assert batch["image_grid_thw"].shape[0] == 1 and batch["image_has_depth"].tolist() == [True]

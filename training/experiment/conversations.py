@@ -29,18 +29,19 @@ def scene_conversations(rows, max_turns: int | None = None):
     for indices in groups.values():
         step = max_turns or len(indices)
         chunks += [indices[start : start + step] for start in range(0, len(indices), step)]
-    messages = rows["messages"]  # text only: cheap to hold
+    # The later turns need only their text: the question and answer columns, never the messages' image and depth.
+    questions, answers = rows["question"], rows["answer"]
 
     def merge(row: dict, chunk_index: int) -> dict:
         chunk = chunks[chunk_index]
         if len(chunk) == 1:
             return {}
-        turns = []
-        for turn, index in enumerate(chunk):
-            user, assistant = messages[index]
-            if turn > 0:  # the image (and its depth) comes once, in the first turn
-                user = {**user, "content": [part for part in user["content"] if part["type"] != "image"]}
-            turns += [user, assistant]
+        user, assistant = row["messages"]  # the first question, on the scene's image (and its depth)
+        question_block = next(part for part in user["content"] if part["type"] == "text")
+        turns = [user, assistant]
+        for index in chunk[1:]:  # the same blocks with other text, so every row keeps the dataset's schema
+            turns.append({**user, "content": [{**question_block, "text": questions[index]}]})
+            turns.append({**assistant, "content": [{**assistant["content"][0], "text": answers[index]}]})
         return {"messages": turns, "question_type": SCENE_CONVERSATION_TYPE}
 
     merged = rows.select([chunk[0] for chunk in chunks]).map(merge, with_indices=True, desc="scene conversations")
