@@ -97,7 +97,7 @@ class Preset:
     capacity_controls: tuple[str, ...] = ()
     # The stand-in base's tokenizer: None, `training.tiny`'s (merges from a short generic text: "red" is "re" + "d");
     # "world": merges from the world's own questions and answers (`training.world.question_corpus`), a token per
-    # word as in a real model's vocabulary, and sequences 1.8x shorter.
+    # word as in a real model's vocabulary, and questions under half as long (tests/test_world.py).
     tokenizer_corpus: str | None = None
     # Stages 0 and 2 train on each scene's unmarked questions as the turns of one conversation (the image encoded
     # once per scene: training.experiment.conversations); evaluation still asks each question alone.
