@@ -28,6 +28,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
+from modeling_qwen2_5_vl_depth import default_intrinsics
 from training.depth_png import encode_depth_png
 from training.world import make_sample
 
@@ -76,21 +77,41 @@ def read_depth_file(path: str | Path) -> np.ndarray | bytes:
         raise ValueError(f"Depth file {path.name!r} is not a readable .npy array: {error}") from error
 
 
-def chat_messages(image: Image.Image, question: str, depth=None) -> list[dict]:
+def chat_messages(image: Image.Image, question: str, depth=None, intrinsics=None) -> list[dict]:
     image_block = {"type": "image", "image": image}
     if depth is not None:
         image_block["depth"] = depth
+        if intrinsics is not None:
+            image_block["intrinsics"] = intrinsics
     return [{"role": "user", "content": [image_block, {"type": "text", "text": question}]}]
 
 
+def intrinsics_from_fov(image: Image.Image, horizontal_fov_degrees: float | None):
+    """The pinhole camera (fx, fy, cx, cy) of `image` with this horizontal field of view (square pixels, centred
+    principal point), or None when no field of view is given."""
+    if horizontal_fov_degrees is None:
+        return None
+    if not 0 < horizontal_fov_degrees < 180:
+        raise ValueError(f"The field of view must lie between 0 and 180 degrees; got {horizontal_fov_degrees}.")
+    return default_intrinsics(image.height, image.width, horizontal_fov_degrees)
+
+
 def answer_question(
-    model, processor, image: Image.Image, question: str, depth=None, max_new_tokens: int = MAX_NEW_TOKENS
+    model,
+    processor,
+    image: Image.Image,
+    question: str,
+    depth=None,
+    max_new_tokens: int = MAX_NEW_TOKENS,
+    horizontal_fov_degrees: float | None = None,
 ) -> Answer:
     """Greedy answer to `question` about `image`.
 
     `depth` is one depth map in any form the processor takes (`read_depth_file`'s output, metres as a float array, a
     16-bit PNG path). Without it, the processor's estimator makes one when it has one; otherwise the answer is RGB
     only. Depth that does not fit the image or the model raises the processor's `ValueError`.
+    `horizontal_fov_degrees`: the camera's field of view, which a `depth_input="points"` model uses to place depth in
+    3D (None: unknown, the model's stated default camera); a `"depth"` model does not use it.
     """
     if image is None:
         raise ValueError("Upload an RGB image first.")
@@ -103,8 +124,9 @@ def answer_question(
         # Read and checked against the image, or estimated, by the processor: the page shows exactly this map.
         depth_map = processor.depth_maps([image], [depth], model.device)[0]
     source = "uploaded" if depth is not None else "estimated" if depth_map is not None else "none"
+    intrinsics = intrinsics_from_fov(image, horizontal_fov_degrees) if depth_map is not None else None
     inputs = processor.apply_chat_template(
-        chat_messages(image, question, depth_map),
+        chat_messages(image, question, depth_map, intrinsics),
         tokenize=True,
         return_dict=True,
         add_generation_prompt=True,
@@ -162,7 +184,8 @@ def depth_colour_map(depth: np.ndarray, is_metric: bool = True) -> Image.Image:
 
 
 def render_examples(directory: str | Path) -> list[list[str]]:
-    """Rendered test-split scenes as example rows: RGB PNG, 16-bit depth PNG (mm), a metric question, its answer."""
+    """Rendered test-split scenes as example rows: RGB PNG, 16-bit depth PNG (mm), a metric question, its answer, and
+    the camera's horizontal field of view in degrees."""
     directory = Path(directory)
     rows = []
     for index, question_type in EXAMPLE_SCENES:
@@ -171,20 +194,31 @@ def render_examples(directory: str | Path) -> list[list[str]]:
         rgb_path, depth_path = directory / f"scene_{index}.png", directory / f"scene_{index}_depth.png"
         Image.fromarray(sample.rendering.rgb).save(rgb_path)
         depth_path.write_bytes(encode_depth_png(sample.rendering.depth))
-        rows.append([str(rgb_path), str(depth_path), question.question, question.answer])
+        hfov = round(sample.metadata["camera"]["hfov_deg"], 1)
+        rows.append([str(rgb_path), str(depth_path), question.question, question.answer, hfov])
     return rows
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # The page
 # ----------------------------------------------------------------------------------------------------------------
-def respond(model, processor, image: Image.Image | None, depth_file: str | None, question: str):
+def respond(
+    model,
+    processor,
+    image: Image.Image | None,
+    depth_file: str | None,
+    question: str,
+    horizontal_fov_degrees: float | None = None,
+):
     """The Ask button: (answer, depth colour map or None, depth note). Bad input, and a depth estimator that cannot
     load (an offline hub id), become a `gr.Error` carrying the processor's message, which the page shows instead of
     failing."""
     try:
         depth = read_depth_file(depth_file) if depth_file else None
-        answer = answer_question(model, processor, image, question, depth)
+        # A blank number field arrives as None or 0: no field of view given.
+        answer = answer_question(
+            model, processor, image, question, depth, horizontal_fov_degrees=horizontal_fov_degrees or None
+        )
     except (ValueError, TypeError, OSError) as error:  # OSError: missing files, an estimator that cannot load
         raise gr.Error(str(error), print_exception=False) from error
     colour_map = None if answer.depth is None else depth_colour_map(answer.depth, answer.depth_is_metric)
@@ -211,6 +245,12 @@ def build_demo(model, processor, model_id: str, examples: list[list[str]]) -> gr
                     elem_id="depth",
                     height=120,
                 )
+                fov = gr.Number(
+                    label="Camera's horizontal field of view in degrees (optional: it places depth in 3D for a "
+                    f"`points` model; this one's depth input is `{getattr(model.config, 'depth_input', 'depth')}`)",
+                    value=None,
+                    elem_id="fov",
+                )
                 question = gr.Textbox(
                     label="Question", placeholder="How far is the red cube from the camera?", elem_id="question"
                 )
@@ -226,7 +266,7 @@ def build_demo(model, processor, model_id: str, examples: list[list[str]]) -> gr
                 )
         gr.Examples(
             examples,
-            inputs=[image, depth_file, question, exact_answer],
+            inputs=[image, depth_file, question, exact_answer, fov],
             cache_examples=False,
             label="Rendered scenes with exact metric depth",
             elem_id="examples",
@@ -234,7 +274,7 @@ def build_demo(model, processor, model_id: str, examples: list[list[str]]) -> gr
         for event in (ask.click, question.submit):
             event(
                 partial(respond, model, processor),
-                inputs=[image, depth_file, question],
+                inputs=[image, depth_file, question, fov],
                 outputs=[answer, depth_view, depth_note],
             )
         # A user's own image has no known answer: drop an example's.

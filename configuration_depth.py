@@ -136,6 +136,44 @@ DEPTH_FUSIONS = {
 }
 DEPTH_FUSION_MODES = tuple(DEPTH_FUSIONS)
 
+
+@dataclass(frozen=True)
+class DepthInput:
+    """What the depth path sees of each pixel (`config.depth_input`); every part of the project reads these rows.
+
+    Attributes:
+        name: the `config.depth_input` value.
+        channels: encoded channels per pixel: the depth encoder's (and the `rgbd` depth channel's) `in_channels`.
+        uses_intrinsics: whether the camera intrinsics (`depth_intrinsics`) change what the model computes.
+        summary: what the channels are, one clause, for help texts and the model card.
+    """
+
+    name: str
+    channels: int
+    uses_intrinsics: bool
+    summary: str
+
+
+DEFAULT_DEPTH_INPUT = "depth"
+DEPTH_INPUTS = {
+    entry.name: entry
+    for entry in (
+        DepthInput(
+            name="depth",
+            channels=1,
+            uses_intrinsics=False,
+            summary="each pixel's metric depth z, log-encoded over a fixed range (intrinsics are not used)",
+        ),
+        DepthInput(
+            name="points",
+            channels=3,
+            uses_intrinsics=True,
+            summary="each pixel's camera-frame 3D point (x, y, z) from its depth and the intrinsics K: x and y "
+            "signed-log-encoded, z log-encoded as `depth` does",
+        ),
+    )
+}
+
 # Where each Auto class finds this model's code inside a saved folder. One class serves `AutoModel` and
 # `AutoModelForImageTextToText`: both should give a model that can `generate`.
 AUTO_MAP = {
@@ -161,7 +199,8 @@ class Qwen2_5_VLDepthEncoderConfig(Qwen2_5_VLVisionConfig):
     Configuration of the depth encoder: Qwen2.5-VL vision blocks over a 1-channel depth map.
 
     It takes every field of [`Qwen2_5_VLVisionConfig`] with depth-specific defaults:
-    - `in_channels=1`: one channel of encoded depth (see `Qwen2_5_VLDepthConfig.depth_min_meters`).
+    - `in_channels=1`: one channel of encoded depth (see `Qwen2_5_VLDepthConfig.depth_min_meters`); 3 for camera-frame
+      points (`depth_input="points"`: x, y, z), the top config's `DEPTH_INPUTS` row decides.
     - `temporal_patch_size=1`: a depth map is one frame. The RGB tower sees each image as two identical frames, so
       its 3D patch kernel summed over time and colour is exactly the 1-frame, 1-channel kernel (`init_from_rgb`).
     - `fullatt_block_indexes=None` means every block uses full attention over the image. Depth maps at VLM
@@ -190,8 +229,12 @@ class Qwen2_5_VLDepthEncoderConfig(Qwen2_5_VLVisionConfig):
             )
         self.fullatt_block_indexes = list(range(self.depth))
         super().__post_init__(**kwargs)
-        if self.in_channels != 1:
-            raise ValueError(f"The depth encoder takes a 1-channel depth map; got in_channels={self.in_channels}.")
+        channels = sorted({entry.channels for entry in DEPTH_INPUTS.values()})
+        if self.in_channels not in channels:
+            raise ValueError(
+                f"The depth encoder takes {' or '.join(map(str, channels))} channels per pixel (DEPTH_INPUTS); got "
+                f"in_channels={self.in_channels}."
+            )
 
 
 @strict
@@ -235,6 +278,16 @@ class Qwen2_5_VLDepthConfig(Qwen2_5_VLConfig):
         depth_invalid_value (`float`, *optional*, defaults to -2.0):
             Encoder input for invalid pixels (depth that is 0, negative, NaN or inf: sensor holes, sky). It lies
             outside [-1, 1] so the encoder can tell "no measurement" from "near".
+        depth_input (`str`, *optional*, defaults to `"depth"`):
+            What the depth path sees of each pixel (`DEPTH_INPUTS`): `"depth"`, its metric depth z; `"points"`, its
+            camera-frame 3D point `(x, y, z) = z * ((u - cx) / fx, (v - cy) / fy, 1)` from its depth and the camera
+            intrinsics (`depth_intrinsics`, which the processor makes from `intrinsics=`), x and y encoded as
+            `asinh(x / depth_min_meters) / asinh(depth_max_meters / depth_min_meters)` (signed, metric, the same
+            value for the same offset in every image) and z as `"depth"` encodes it. Works with every fusion mode.
+        default_horizontal_fov_degrees (`float`, *optional*, defaults to 60.0):
+            `"points"` only: the camera assumed for an image with depth but no intrinsics, a pinhole with this
+            horizontal field of view, square pixels and the principal point at the image centre (a warning says so,
+            once). 60 degrees is a typical phone or webcam lens and the middle of the rendered world's 40-80.
         depth_adapter_width (`int`, *optional*):
             `"adapter"` only: the bottleneck width of each side adapter; defaults to a quarter of the RGB tower's width.
         base_model_name_or_path (`str`, *optional*):
@@ -255,6 +308,8 @@ class Qwen2_5_VLDepthConfig(Qwen2_5_VLConfig):
     depth_min_meters: float = 0.1
     depth_max_meters: float = 100.0
     depth_invalid_value: float = -2.0
+    depth_input: str = DEFAULT_DEPTH_INPUT
+    default_horizontal_fov_degrees: float = 60.0
     depth_adapter_width: int | None = None
     base_model_name_or_path: str | None = None
 
@@ -264,6 +319,12 @@ class Qwen2_5_VLDepthConfig(Qwen2_5_VLConfig):
         if self.depth_fusion not in DEPTH_FUSION_MODES:
             raise ValueError(
                 f"Unknown depth_fusion {self.depth_fusion!r}: expected one of {', '.join(DEPTH_FUSION_MODES)}."
+            )
+        if self.depth_input not in DEPTH_INPUTS:
+            raise ValueError(f"Unknown depth_input {self.depth_input!r}: expected one of {', '.join(DEPTH_INPUTS)}.")
+        if not 0 < self.default_horizontal_fov_degrees < 180:
+            raise ValueError(
+                f"default_horizontal_fov_degrees must lie in (0, 180); got {self.default_horizontal_fov_degrees}."
             )
         if not 0 < self.depth_min_meters < self.depth_max_meters or not math.isfinite(self.depth_max_meters):
             raise ValueError(
@@ -283,10 +344,23 @@ class Qwen2_5_VLDepthConfig(Qwen2_5_VLConfig):
             attn_implementation = attn_implementation.get("depth_config", self._attn_implementation)
         if attn_implementation is not None:
             self.depth_config._attn_implementation = attn_implementation
+        if self.depth_config.in_channels != self.input.channels:
+            raise ValueError(
+                f"depth_input={self.depth_input!r} gives the depth encoder {self.input.channels} channel(s) per pixel, "
+                f"but depth_config has in_channels={self.depth_config.in_channels}."
+            )
         if self.depth_adapter_width is None:
             self.depth_adapter_width = max(1, self.vision_config.hidden_size // 4)
         # Entries already present (e.g. `repo--module.Class` from the Hub) win over the local file names.
         self.auto_map = {**AUTO_MAP, **(getattr(self, "auto_map", None) or {})}
+
+    @classmethod
+    def from_dict(cls, config_dict: dict, **kwargs):
+        # The stock `from_dict` sets keyword overrides after construction; `depth_input` decides the derived depth
+        # encoder's input channels in `__post_init__`, so it must be part of the construction.
+        if "depth_input" in kwargs:
+            config_dict = {**config_dict, "depth_input": kwargs.pop("depth_input")}
+        return super().from_dict(config_dict, **kwargs)
 
     def default_depth_config(self, **overrides) -> Qwen2_5_VLDepthEncoderConfig:
         """The default depth encoder (the RGB tower's family and width, fewer blocks, LLM-width output) + overrides.
@@ -305,6 +379,7 @@ class Qwen2_5_VLDepthConfig(Qwen2_5_VLConfig):
             "spatial_merge_size": vision.spatial_merge_size,
             "out_hidden_size": self.text_config.hidden_size,
             "initializer_range": vision.initializer_range,
+            "in_channels": self.input.channels,
         }
         overrides = {key: value for key, value in overrides.items() if key != "model_type"}
         return Qwen2_5_VLDepthEncoderConfig(**{**fields, **overrides})
@@ -313,6 +388,11 @@ class Qwen2_5_VLDepthConfig(Qwen2_5_VLConfig):
     def fusion(self) -> DepthFusion:
         """The fusion mode's row of `DEPTH_FUSIONS`."""
         return DEPTH_FUSIONS[self.depth_fusion]
+
+    @property
+    def input(self) -> DepthInput:
+        """The depth input's row of `DEPTH_INPUTS`."""
+        return DEPTH_INPUTS[self.depth_input]
 
     @property
     def has_depth(self) -> bool:
@@ -329,6 +409,9 @@ Qwen2_5_VLDepthConfig.register_for_auto_class()
 
 __all__ = [
     "DEFAULT_DEPTH_FUSION",
+    "DEFAULT_DEPTH_INPUT",
+    "DEPTH_INPUTS",
+    "DepthInput",
     "Qwen2_5_VLDepthConfig",
     "Qwen2_5_VLDepthEncoderConfig",
     "DEPTH_ADAPTERS",

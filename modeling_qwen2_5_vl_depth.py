@@ -105,22 +105,26 @@ class Qwen2_5_VLDepthGate(nn.Module):
 
 
 class Qwen2_5_VLDepthPatchEmbed(nn.Conv3d):
-    """The depth channel of the `rgbd` fusion: a bias-free convolution from one depth patch to the RGB tower's width,
-    zero-initialised, whose output is added to the RGB patch embedding.
+    """The depth channel of the `rgbd` fusion: a bias-free convolution from one depth patch (its `in_channels`
+    encoded channels: 1 for depth, 3 for camera-frame points) to the RGB tower's width, zero-initialised, whose output
+    is added to the RGB patch embedding.
 
     That is the RGB patch embedding widened from 3 to 4 input channels with the new channel at zero: a convolution is
     linear in its input channels. The RGB tower sees each image as 2 identical frames (`temporal_patch_size`); depth is
     one frame, which a 4th channel over 2 identical frames would see through the sum of its two temporal kernels.
     """
 
-    def __init__(self, vision_config) -> None:
+    def __init__(self, vision_config, in_channels: int = 1) -> None:
         kernel_size = (1, vision_config.patch_size, vision_config.patch_size)
-        super().__init__(1, vision_config.hidden_size, kernel_size=kernel_size, stride=kernel_size, bias=False)
+        super().__init__(
+            in_channels, vision_config.hidden_size, kernel_size=kernel_size, stride=kernel_size, bias=False
+        )
         self.patch_size = vision_config.patch_size
 
     def forward(self, depth_patches: torch.Tensor) -> torch.Tensor:
-        """`(num_patches, patch_size**2)` encoded depth -> `(num_patches, hidden_size)` patch embeddings."""
-        depth_patches = depth_patches.view(-1, 1, 1, self.patch_size, self.patch_size).to(self.weight.dtype)
+        """`(num_patches, in_channels * patch_size**2)` encoded depth -> `(num_patches, hidden_size)` embeddings."""
+        depth_patches = depth_patches.view(-1, self.in_channels, 1, self.patch_size, self.patch_size)
+        depth_patches = depth_patches.to(self.weight.dtype)
         return super().forward(depth_patches).view(-1, self.out_channels)
 
 
@@ -341,8 +345,11 @@ class Qwen2_5_VLDepthEncoder(FastQwen2_5_VisionTransformer):
             raise ValueError(
                 f"The depth encoder has {self.config.depth} blocks but the RGB tower only {len(rgb_tower.blocks)}."
             )
+        # With camera-frame points (x, y, z) the z channel takes the summed kernel and x, y start at zero, so a fresh
+        # `points` encoder computes exactly what a fresh `depth` one does, and training opens x and y.
         rgb_kernel = rgb_tower.patch_embed.proj.weight
-        self.patch_embed.proj.weight.copy_(rgb_kernel.sum(dim=(1, 2), keepdim=True))
+        self.patch_embed.proj.weight.zero_()
+        self.patch_embed.proj.weight[:, -1:].copy_(rgb_kernel.sum(dim=(1, 2), keepdim=True))
         width = rgb_config.intermediate_size
         for depth_block, rgb_block in zip(self.blocks, rgb_tower.blocks):
             rgb_state = rgb_block.state_dict()
@@ -386,6 +393,107 @@ def encode_metric_depth(depth_meters: torch.Tensor, config: Qwen2_5_VLDepthConfi
     return torch.where(valid, encoded, torch.full_like(encoded, config.depth_invalid_value))
 
 
+def encode_metric_points(
+    depth_meters: torch.Tensor, rays: torch.Tensor, config: Qwen2_5_VLDepthConfig
+) -> torch.Tensor:
+    """Metric depth (metres) and pixel rays to `points` encoder input: `(num_patches, 3 * patch_size**2)`, channels
+    x, y, z one after the other (the patch embedding's channel order).
+
+    `rays` `(num_patches, 2, patch_size**2)` are each pixel's `((u - cx) / fx, (v - cy) / fy)`, so the camera-frame
+    point is `z * (ray_x, ray_y, 1)`. x and y are encoded as `asinh(x / d_min) / asinh(d_max / d_min)`: signed, metric
+    (the same offset in metres gives the same value in every image), about logarithmic beyond `d_min` like z's log
+    encoding, and in [-1, 1] over the depth range. z is `encode_metric_depth`'s; invalid pixels get
+    `config.depth_invalid_value` in all three channels.
+    """
+    depth = depth_meters.float()
+    valid = torch.isfinite(depth) & (depth > 0)
+    z = torch.where(valid, depth, torch.zeros_like(depth))
+    scale = math.asinh(config.depth_max_meters / config.depth_min_meters)
+    lateral = torch.asinh(z[:, None] * rays.float() / config.depth_min_meters) / scale  # (patches, 2, p*p)
+    invalid = torch.full_like(depth, config.depth_invalid_value)
+    x, y = (torch.where(valid, lateral[:, axis], invalid) for axis in (0, 1))
+    return torch.cat([x, y, encode_metric_depth(depth_meters, config)], dim=-1)
+
+
+def default_intrinsics(height: int, width: int, horizontal_fov_degrees: float) -> tuple[float, float, float, float]:
+    """(fx, fy, cx, cy) of a pinhole camera with this horizontal field of view, square pixels and the principal point
+    at the image centre, in the pixels of a `height` x `width` image (pixel centres at integer coordinates)."""
+    focal = (width / 2) / math.tan(math.radians(horizontal_fov_degrees) / 2)
+    return focal, focal, (width - 1) / 2, (height - 1) / 2
+
+
+def pixel_rays(
+    image_grid_thw: torch.LongTensor,
+    depth_intrinsics: torch.Tensor | None,
+    patch_size: int,
+    merge_size: int,
+    default_horizontal_fov_degrees: float,
+) -> torch.Tensor:
+    """Each depth pixel's ray `((u - cx) / fx, (v - cy) / fy)`, laid out like `depth_values`: `(num_patches, 2,
+    patch_size**2)` over the images' grids, in the processor's patch order (`Qwen2_5_VLDepthProcessor._patchify`).
+
+    `depth_intrinsics` `(num_images, 4)` are (fx, fy, cx, cy) in the pixels of each resized image (what the
+    processor makes of `intrinsics=`); a row of NaN (or no tensor) is an image whose camera is unknown, which gets
+    `default_intrinsics` at `default_horizontal_fov_degrees`.
+    """
+    rays = []
+    for index, (frames, grid_h, grid_w) in enumerate(image_grid_thw.tolist()):
+        height, width = grid_h * patch_size, grid_w * patch_size
+        row = depth_intrinsics[index] if depth_intrinsics is not None else None
+        if row is None or bool(torch.isnan(row).any()):
+            fx, fy, cx, cy = default_intrinsics(height, width, default_horizontal_fov_degrees)
+        else:
+            fx, fy, cx, cy = row.double().tolist()
+        device = image_grid_thw.device
+        ray_x = ((torch.arange(width, device=device, dtype=torch.float64) - cx) / fx).expand(height, width)
+        ray_y = ((torch.arange(height, device=device, dtype=torch.float64) - cy) / fy)[:, None].expand(height, width)
+        grid = torch.stack([ray_x, ray_y]).float()  # (2, H, W)
+        patches = grid.reshape(
+            2, grid_h // merge_size, merge_size, patch_size, grid_w // merge_size, merge_size, patch_size
+        ).permute(1, 4, 2, 5, 0, 3, 6)  # (gh/m, gw/m, m, m, 2, p, p): the processor's patch order, per channel
+        rays.append(patches.reshape(grid_h * grid_w, 2, patch_size * patch_size).repeat(frames, 1, 1))
+    return torch.cat(rays)
+
+
+def encode_depth_input(
+    depth_meters: torch.Tensor,
+    config: Qwen2_5_VLDepthConfig,
+    image_grid_thw: torch.LongTensor | None = None,
+    depth_intrinsics: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Metric depth (metres) of the images on `image_grid_thw` to depth-path input, per `config.depth_input`:
+    `encode_metric_depth` (`"depth"`), or the camera-frame points of `encode_metric_points` (`"points"`, which needs
+    the grids, and the intrinsics of `get_image_features`; without them, `default_intrinsics` with a warning)."""
+    if not config.input.uses_intrinsics:
+        return encode_metric_depth(depth_meters, config)
+    if image_grid_thw is None:
+        raise ValueError("depth_input='points' needs the images' grids (image_grid_thw) to place each pixel's ray.")
+    num_images = image_grid_thw.shape[0]
+    if depth_intrinsics is not None:
+        depth_intrinsics = depth_intrinsics.to(image_grid_thw.device)
+        if tuple(depth_intrinsics.shape) != (num_images, 4):
+            raise ValueError(
+                f"depth_intrinsics has shape {tuple(depth_intrinsics.shape)} but {num_images} image(s) have depth: "
+                "give one (fx, fy, cx, cy) row per image with depth (NaN for an unknown camera)."
+            )
+    if depth_intrinsics is None or bool(torch.isnan(depth_intrinsics).any()):
+        logger.warning_once(
+            "A depth_input='points' model got depth without camera intrinsics: it assumes a pinhole camera with a "
+            f"{config.default_horizontal_fov_degrees} degree horizontal field of view, square pixels and the "
+            "principal point at the image centre (config.default_horizontal_fov_degrees). Pass intrinsics= to the "
+            "processor (or 'intrinsics' in the image block) for metric sizes."
+        )
+    vision = config.vision_config
+    rays = pixel_rays(
+        image_grid_thw,
+        depth_intrinsics,
+        vision.patch_size,
+        vision.spatial_merge_size,
+        config.default_horizontal_fov_degrees,
+    ).to(depth_meters.device)
+    return encode_metric_points(depth_meters, rays, config)
+
+
 def on_every_patch(
     values: torch.Tensor, image_grid_thw: torch.LongTensor, has_depth: torch.BoolTensor
 ) -> torch.Tensor:
@@ -408,7 +516,7 @@ class Qwen2_5_VLDepthModel(Qwen2_5_VLDepthPreTrainedModel, Qwen2_5_VLModel):
         depth_modules = {
             DEPTH_ENCODER: lambda: Qwen2_5_VLDepthEncoder._from_config(config.depth_config),
             DEPTH_GATE: lambda: Qwen2_5_VLDepthGate(config.depth_config.out_hidden_size),
-            DEPTH_PATCH_EMBED: lambda: Qwen2_5_VLDepthPatchEmbed(config.vision_config),
+            DEPTH_PATCH_EMBED: lambda: Qwen2_5_VLDepthPatchEmbed(config.vision_config, config.input.channels),
             DEPTH_ADAPTERS: lambda: Qwen2_5_VLDepthAdapters(config),
         }
         for name in config.fusion.modules:
@@ -422,6 +530,7 @@ class Qwen2_5_VLDepthModel(Qwen2_5_VLDepthPreTrainedModel, Qwen2_5_VLModel):
         image_grid_thw: torch.LongTensor | None = None,
         depth_values: torch.Tensor | None = None,
         image_has_depth: torch.BoolTensor | None = None,
+        depth_intrinsics: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> BaseModelOutputWithPooling:
         r"""
@@ -436,21 +545,34 @@ class Qwen2_5_VLDepthModel(Qwen2_5_VLDepthPreTrainedModel, Qwen2_5_VLModel):
             `Qwen2_5_VLDepthProcessor`. Invalid pixels (holes, sky) are 0 or NaN.
         image_has_depth (`torch.BoolTensor` of shape `(num_images,)`, *optional*):
             Which images `depth_values` covers. Defaults to every image.
+        depth_intrinsics (`torch.Tensor` of shape `(num_depth_images, 4)`, *optional*):
+            Camera intrinsics (fx, fy, cx, cy) of the images with depth, in the pixels of each resized image (the
+            processor makes them from `intrinsics=`); a row of NaN is an unknown camera. Read by a
+            `depth_input="points"` model only (see `Qwen2_5_VLDepthConfig.default_horizontal_fov_degrees` for unknown
+            cameras); a `"depth"` model does not use them.
         """
         kwargs["return_dict"] = True
         has_depth = self.images_with_depth(depth_values, image_has_depth, image_grid_thw)
         fused_into = self.config.fusion.fused_into
         if has_depth is not None and fused_into == "vision_blocks":
-            kwargs["block_residuals"] = self.depth_block_residuals(depth_values, image_grid_thw, has_depth)
+            kwargs["block_residuals"] = self.depth_block_residuals(
+                depth_values, image_grid_thw, has_depth, depth_intrinsics
+            )
             return super().get_image_features(pixel_values, image_grid_thw, **kwargs)
         if has_depth is not None and fused_into == "patch_embed":
-            kwargs["patch_embed_residual"] = self.depth_patch_embeds(depth_values, image_grid_thw, has_depth)
+            kwargs["patch_embed_residual"] = self.depth_patch_embeds(
+                depth_values, image_grid_thw, has_depth, depth_intrinsics
+            )
             return super().get_image_features(pixel_values, image_grid_thw, **kwargs)
         image_outputs = super().get_image_features(pixel_values, image_grid_thw, **kwargs)
         if has_depth is None:
             return image_outputs
 
-        depth_tokens = iter(self.get_depth_features(depth_values, image_grid_thw[has_depth]).pooler_output)
+        depth_tokens = iter(
+            self.get_depth_features(
+                depth_values, image_grid_thw[has_depth], depth_intrinsics=depth_intrinsics
+            ).pooler_output
+        )
         fused = []
         for rgb_tokens, with_depth in zip(image_outputs.pooler_output, has_depth.tolist()):
             if not with_depth:
@@ -511,9 +633,14 @@ class Qwen2_5_VLDepthModel(Qwen2_5_VLDepthPreTrainedModel, Qwen2_5_VLModel):
         has_depth = image_has_depth.to(image_grid_thw.device)
         return has_depth if bool(has_depth.any()) else None
 
-    def encode_depth(self, depth_meters: torch.Tensor) -> torch.Tensor:
-        """Metric depth (metres) to depth-encoder input; see `encode_metric_depth`."""
-        return encode_metric_depth(depth_meters, self.config)
+    def encode_depth(
+        self,
+        depth_meters: torch.Tensor,
+        image_grid_thw: torch.LongTensor | None = None,
+        depth_intrinsics: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Metric depth (metres) to depth-path input per `config.depth_input`; see `encode_depth_input`."""
+        return encode_depth_input(depth_meters, self.config, image_grid_thw, depth_intrinsics)
 
     def check_depth_values(self, depth_values: torch.Tensor, image_grid_thw: torch.LongTensor, patch_dim: int) -> None:
         """Refuse depth that is not one row of `patch_dim` values per patch of the images with depth."""
@@ -526,20 +653,30 @@ class Qwen2_5_VLDepthModel(Qwen2_5_VLDepthPreTrainedModel, Qwen2_5_VLModel):
             )
 
     def depth_patch_embeds(
-        self, depth_values: torch.Tensor, image_grid_thw: torch.LongTensor, has_depth: torch.BoolTensor
+        self,
+        depth_values: torch.Tensor,
+        image_grid_thw: torch.LongTensor,
+        has_depth: torch.BoolTensor,
+        depth_intrinsics: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """`rgbd`: the depth channel's patch embeddings of every image's patches (zero for images without depth)."""
         depth_grids = image_grid_thw[has_depth]
         self.check_depth_values(depth_values, depth_grids, self.depth_patch_embed.patch_size**2)
-        embeds = self.depth_patch_embed(self.encode_depth(depth_values))
+        embeds = self.depth_patch_embed(self.encode_depth(depth_values, depth_grids, depth_intrinsics))
         return on_every_patch(embeds, image_grid_thw, has_depth)
 
     def depth_block_residuals(
-        self, depth_values: torch.Tensor, image_grid_thw: torch.LongTensor, has_depth: torch.BoolTensor
+        self,
+        depth_values: torch.Tensor,
+        image_grid_thw: torch.LongTensor,
+        has_depth: torch.BoolTensor,
+        depth_intrinsics: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, ...]:
         """`adapter`: what each side adapter adds to its RGB block's output, one row per patch of every image in the
         processor's patch order (exactly zero for the images without depth, so they get their stock features)."""
-        depth_outputs = self.get_depth_features(depth_values, image_grid_thw[has_depth], output_hidden_states=True)
+        depth_outputs = self.get_depth_features(
+            depth_values, image_grid_thw[has_depth], output_hidden_states=True, depth_intrinsics=depth_intrinsics
+        )
         residuals = self.depth_adapters(depth_outputs.hidden_states[1:])  # each block's output, not the embeddings
         return tuple(on_every_patch(residual, image_grid_thw, has_depth) for residual in residuals)
 
@@ -554,6 +691,9 @@ class Qwen2_5_VLDepthModel(Qwen2_5_VLDepthPreTrainedModel, Qwen2_5_VLModel):
                 Metric depth in metres, patchified on the RGB grid by `Qwen2_5_VLDepthProcessor`.
             image_grid_thw (`torch.LongTensor` of shape `(num_images, 3)`):
                 The grids of the images the depth maps belong to: depth maps share them by construction.
+            depth_intrinsics (`torch.Tensor` of shape `(num_images, 4)`, *optional*):
+                (fx, fy, cx, cy) per image in its resized pixels, for `depth_input="points"` (see
+                `get_image_features`).
         """
         if not self.config.has_depth_encoder:
             with_encoder = [repr(name) for name, fusion in DEPTH_FUSIONS.items() if fusion.has_depth_encoder]
@@ -562,9 +702,9 @@ class Qwen2_5_VLDepthModel(Qwen2_5_VLDepthPreTrainedModel, Qwen2_5_VLModel):
                 f"{', '.join(with_encoder)} do)."
             )
         encoder_config = self.depth_encoder.config
-        patch_dim = encoder_config.in_channels * encoder_config.temporal_patch_size * encoder_config.patch_size**2
-        self.check_depth_values(depth_values, image_grid_thw, patch_dim)
-        encoder_input = self.encode_depth(depth_values).to(self.depth_encoder.dtype)
+        self.check_depth_values(depth_values, image_grid_thw, encoder_config.patch_size**2)
+        encoder_input = self.encode_depth(depth_values, image_grid_thw, kwargs.get("depth_intrinsics"))
+        encoder_input = encoder_input.to(self.depth_encoder.dtype)
         depth_outputs = self.depth_encoder(
             encoder_input, grid_thw=image_grid_thw, output_hidden_states=kwargs.get("output_hidden_states", False)
         )
@@ -622,6 +762,7 @@ class Qwen2_5_VLDepthModel(Qwen2_5_VLDepthPreTrainedModel, Qwen2_5_VLModel):
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
         depth_values: torch.Tensor | None = None,
         image_has_depth: torch.BoolTensor | None = None,
+        depth_intrinsics: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ):
         r"""
@@ -630,13 +771,20 @@ class Qwen2_5_VLDepthModel(Qwen2_5_VLDepthPreTrainedModel, Qwen2_5_VLModel):
             exactly the base Qwen2.5-VL.
         image_has_depth (`torch.BoolTensor` of shape `(num_images,)`, *optional*):
             Which images `depth_values` covers. Defaults to every image.
+        depth_intrinsics (`torch.Tensor` of shape `(num_depth_images, 4)`, *optional*):
+            Camera intrinsics of the images with depth (see `get_image_features`).
         """
         if depth_values is not None or image_has_depth is not None:
             if pixel_values is None:
                 raise ValueError(DEPTH_WITHOUT_PIXELS_ERROR)
             # The stock forward encodes `pixel_values` without depth; encode them here with it instead.
             image_outputs = self.get_image_features(
-                pixel_values, image_grid_thw, depth_values=depth_values, image_has_depth=image_has_depth, **kwargs
+                pixel_values,
+                image_grid_thw,
+                depth_values=depth_values,
+                image_has_depth=image_has_depth,
+                depth_intrinsics=depth_intrinsics,
+                **kwargs,
             )
             mm_encoder_outputs = {**(mm_encoder_outputs or {}), "image": image_outputs}
             pixel_values = None
@@ -783,6 +931,7 @@ class Qwen2_5_VLDepthForConditionalGeneration(
         mm_encoder_outputs: dict[str, BaseModelOutputWithPooling] | None = None,
         depth_values: torch.Tensor | None = None,
         image_has_depth: torch.BoolTensor | None = None,
+        depth_intrinsics: torch.Tensor | None = None,
         **kwargs: Unpack[TransformersKwargs],
     ) -> MultimodalCausalLMOutputWithPast:
         r"""
@@ -791,6 +940,9 @@ class Qwen2_5_VLDepthForConditionalGeneration(
             `Qwen2_5_VLDepthModel.get_image_features`.
         image_has_depth (`torch.BoolTensor` of shape `(num_images,)`, *optional*):
             Which images `depth_values` covers. Defaults to every image.
+        depth_intrinsics (`torch.Tensor` of shape `(num_depth_images, 4)`, *optional*):
+            Camera intrinsics (fx, fy, cx, cy) of the images with depth in their resized pixels, from the processor's
+            `intrinsics=`; read by `depth_input="points"` models.
         """
         # The stock forward hands its extra kwargs to the inner model, whose forward names the depth inputs.
         return super().forward(
@@ -811,6 +963,7 @@ class Qwen2_5_VLDepthForConditionalGeneration(
             mm_encoder_outputs=mm_encoder_outputs,
             depth_values=depth_values,
             image_has_depth=image_has_depth,
+            depth_intrinsics=depth_intrinsics,
             **kwargs,
         )
 

@@ -57,10 +57,16 @@ class DepthImagesKwargs(Qwen2VLImageProcessorKwargs, total=False):
         `F` images are metres; a `.npy` file is its array. Masked pixels of a `numpy.ma.MaskedArray` are invalid.
     depth_estimator_device (`str` or `torch.device`, *optional*):
         Where the monocular estimator runs; pass the model's device. Defaults to CUDA when available.
+    intrinsics (a 3x3 `K`, `(fx, fy, cx, cy)`, a `{"fx", "fy", "cx", "cy"}` dict, or a (nested) list of them, *optional*):
+        Camera intrinsics per image, laid out like `depth` (a flat list, or one list per sample; `None` for an unknown
+        camera), in the pixels of the image as given, pixel centres at integer coordinates (OpenCV's convention:
+        `cx = (W - 1) / 2` for a centred camera). They follow the image through resizing (`depth_intrinsics`), and a
+        `depth_input="points"` model uses them to place each depth pixel in 3D.
     """
 
     depth: Any
     depth_estimator_device: Any
+    intrinsics: Any
 
 
 class Qwen2_5_VLDepthProcessorKwargs(ProcessingKwargs, total=False):
@@ -354,6 +360,102 @@ class MonocularDepthEstimator:
         return np.where(valid, median / np.maximum(disparity, 1e-12), 0).astype(np.float32)
 
 
+# Per-image inputs that ride inside a chat image block beside its image, and what each is (for error messages).
+IMAGE_BLOCK_KEYS = {"depth": "Depth was", "intrinsics": "Intrinsics were"}
+INTRINSICS_FIELDS = ("fx", "fy", "cx", "cy")
+
+
+def _is_one_intrinsics(value: Any) -> bool:
+    """Whether `value` is one camera's intrinsics (a 3x3 K, 4 numbers, or a dict), not a container of them."""
+    if isinstance(value, dict):
+        return True
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        return tuple(value.shape) in ((3, 3), (4,))
+    if isinstance(value, (list, tuple)) and value:
+        if all(isinstance(item, (int, float, np.number)) for item in value):
+            return len(value) == 4
+        return len(value) == 3 and all(
+            isinstance(row, (list, tuple))
+            and len(row) == 3
+            and all(isinstance(v, (int, float, np.number)) for v in row)
+            for row in value
+        )
+    return False
+
+
+def parse_intrinsics(value: Any, index: int = 0) -> tuple[float, float, float, float] | None:
+    """One camera's intrinsics as (fx, fy, cx, cy) in pixels, or None (unknown camera); refuses what is not a pinhole
+    camera (skew, a last row other than (0, 0, 1)) and non-positive or non-finite focal lengths."""
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        missing = [field for field in INTRINSICS_FIELDS if field not in value]
+        if missing:
+            raise ValueError(f"Intrinsics {index} lack {missing}: give a dict with keys {INTRINSICS_FIELDS}.")
+        values = [value[field] for field in INTRINSICS_FIELDS]
+    else:
+        array = np.asarray(value.detach().cpu() if isinstance(value, torch.Tensor) else value, dtype=np.float64)
+        if array.shape == (3, 3):
+            if not np.allclose(array[2], (0, 0, 1)) or array[1, 0] != 0 or array[0, 1] != 0:
+                raise ValueError(
+                    f"Intrinsics {index} are not a pinhole camera matrix [[fx, 0, cx], [0, fy, cy], [0, 0, 1]] "
+                    f"(no skew): got {array.tolist()}."
+                )
+            values = [array[0, 0], array[1, 1], array[0, 2], array[1, 2]]
+        elif array.shape == (4,):
+            values = list(array)
+        else:
+            raise ValueError(
+                f"Intrinsics {index} have shape {array.shape}: give a 3x3 K, (fx, fy, cx, cy), or a dict of those."
+            )
+    fx, fy, cx, cy = (float(v) for v in values)
+    if not all(np.isfinite((fx, fy, cx, cy))) or fx <= 0 or fy <= 0:
+        raise ValueError(f"Intrinsics {index} need finite values and positive focal lengths; got {(fx, fy, cx, cy)}.")
+    return fx, fy, cx, cy
+
+
+def intrinsics_per_image(intrinsics: Any, images, num_images: int) -> list[tuple[float, float, float, float] | None]:
+    """The caller's `intrinsics` as one (fx, fy, cx, cy) or None per image, laid out like `depth`: one camera, a flat
+    list (one per image), or one list per sample (a sample's `None`: no intrinsics for its images)."""
+    if _is_one_intrinsics(intrinsics):
+        entries = [intrinsics]
+    else:
+        entries = list(intrinsics)
+        if any(isinstance(item, (list, tuple)) and not _is_one_intrinsics(item) for item in entries):  # per sample
+            nested = isinstance(images, (list, tuple)) and all(isinstance(s, (list, tuple)) for s in images)
+            sizes = [len(sample) for sample in images] if nested else [None] * len(entries)
+            if len(sizes) != len(entries):
+                raise ValueError(f"Got intrinsics for {len(entries)} samples but images for {len(sizes)}.")
+            flat = []
+            for index, (sample, size) in enumerate(zip(entries, sizes)):
+                if sample is None or _is_one_intrinsics(sample):
+                    sample = [sample] * (size or 1) if sample is None else [sample]
+                if size is not None and len(sample) != size:
+                    raise ValueError(
+                        f"Got {len(sample)} intrinsics for {size} images in sample {index}: give one per image (None "
+                        "for an unknown camera)."
+                    )
+                flat.extend(sample)
+            entries = flat
+    if len(entries) != num_images:
+        raise ValueError(
+            f"Got {len(entries)} intrinsics for {num_images} images: give one per image (None for an unknown camera)."
+        )
+    return [parse_intrinsics(entry, index) for index, entry in enumerate(entries)]
+
+
+def resized_intrinsics(
+    camera: tuple[float, float, float, float] | None, size: tuple[int, int], resized: tuple[int, int]
+) -> tuple[float, float, float, float]:
+    """(fx, fy, cx, cy) of an image of `size` (height, width) in the pixels of the image resized to `resized`; NaN
+    for an unknown camera. Pixel centres sit at integer coordinates, so a centre `c` maps to `(c + 0.5) * s - 0.5`."""
+    if camera is None:
+        return (float("nan"),) * 4
+    fx, fy, cx, cy = camera
+    scale_y, scale_x = resized[0] / size[0], resized[1] / size[1]
+    return fx * scale_x, fy * scale_y, (cx + 0.5) * scale_x - 0.5, (cy + 0.5) * scale_y - 0.5
+
+
 class Qwen2_5_VLDepthProcessor(Qwen2_5_VLProcessor):
     r"""
     Qwen2.5-VL's image processor and tokenizer, plus per-image metric depth for [`Qwen2_5_VLDepthForConditionalGeneration`].
@@ -374,7 +476,9 @@ class Qwen2_5_VLDepthProcessor(Qwen2_5_VLProcessor):
 
     Outputs, besides Qwen2.5-VL's, when at least one image has depth: `depth_values` `(num_patches, patch_size**2)` in
     metres (0 = invalid), rows only for the images with depth, each on its image's `image_grid_thw`; and
-    `image_has_depth`, a bool per image. Without any depth the output is exactly Qwen2.5-VL's.
+    `image_has_depth`, a bool per image. When intrinsics are given too: `depth_intrinsics` `(num_depth_images, 4)`,
+    (fx, fy, cx, cy) of each image with depth in the pixels of its resized image (NaN for an unknown camera). Without
+    any depth the output is exactly Qwen2.5-VL's.
     """
 
     valid_processor_kwargs = Qwen2_5_VLDepthProcessorKwargs
@@ -444,7 +548,7 @@ class Qwen2_5_VLDepthProcessor(Qwen2_5_VLProcessor):
 
     @property
     def model_input_names(self):
-        return super().model_input_names + ["depth_values", "image_has_depth"]
+        return super().model_input_names + ["depth_values", "image_has_depth", "depth_intrinsics"]
 
     def validate_inputs(self, images=None, text=None, videos=None, audio=None, **kwargs):
         super().validate_inputs(images=images, text=text, videos=videos, audio=audio, **kwargs)
@@ -453,11 +557,17 @@ class Qwen2_5_VLDepthProcessor(Qwen2_5_VLProcessor):
         depth = kwargs.get("depth", kwargs.get("images_kwargs", {}).get("depth"))
         if depth is not None and images is None:
             raise ValueError("depth was given without images: every depth map needs its RGB image.")
+        intrinsics = kwargs.get("intrinsics", kwargs.get("images_kwargs", {}).get("intrinsics"))
+        if intrinsics is not None and images is None:
+            raise ValueError("intrinsics were given without images: camera intrinsics describe an image's pixels.")
         if depth is not None and not self.fusion.has_depth:
             raise ValueError(f"This processor has depth_fusion={self.depth_fusion!r} (RGB only): do not pass depth.")
 
     def _process_images(self, images, **kwargs):
         depth_maps = self.depth_maps(images, kwargs.pop("depth", None), kwargs.pop("depth_estimator_device", None))
+        intrinsics = kwargs.pop("intrinsics", None)
+        if intrinsics is not None:
+            intrinsics = intrinsics_per_image(intrinsics, images, len(depth_maps))
         processed = self.image_processor(images, **kwargs)
         if any(depth is not None for depth in depth_maps):
             grids = np.asarray(processed["image_grid_thw"]).reshape(-1, 3)
@@ -465,6 +575,19 @@ class Qwen2_5_VLDepthProcessor(Qwen2_5_VLProcessor):
                 [self._patchify(depth, grid) for depth, grid in zip(depth_maps, grids) if depth is not None]
             )
             processed["image_has_depth"] = np.array([depth is not None for depth in depth_maps])
+            if intrinsics is not None:
+                patch_size = self.image_processor.patch_size
+                flat_images = make_flat_list_of_images(images)
+                processed["depth_intrinsics"] = np.array(
+                    [
+                        resized_intrinsics(
+                            camera, self._image_size(image), (grid[1] * patch_size, grid[2] * patch_size)
+                        )
+                        for camera, image, grid, depth in zip(intrinsics, flat_images, grids, depth_maps)
+                        if depth is not None
+                    ],
+                    dtype=np.float32,
+                )
         replacements = [self.replace_image_token(processed, image_idx=i) for i in range(len(depth_maps))]
         return processed, replacements
 
@@ -583,11 +706,14 @@ class Qwen2_5_VLDepthProcessor(Qwen2_5_VLProcessor):
         return Image.fromarray(array.squeeze())
 
     @staticmethod
-    def _check_covers_image(depth: np.ndarray, image, index: int) -> None:
+    def _image_size(image) -> tuple[int, int]:
+        """(height, width) of an image as given."""
+        return image.size[::-1] if isinstance(image, Image.Image) else get_image_size(to_numpy_array(image))
+
+    @classmethod
+    def _check_covers_image(cls, depth: np.ndarray, image, index: int) -> None:
         """Depth belongs to its image: the same size, or the same aspect ratio (it is resized when patchified)."""
-        image_height, image_width = (
-            image.size[::-1] if isinstance(image, Image.Image) else get_image_size(to_numpy_array(image))
-        )
+        image_height, image_width = cls._image_size(image)
         depth_height, depth_width = depth.shape
         if (depth_height, depth_width) != (image_height, image_width):
             image_aspect, depth_aspect = image_width / image_height, depth_width / depth_height
@@ -614,47 +740,63 @@ class Qwen2_5_VLDepthProcessor(Qwen2_5_VLProcessor):
         return patches.reshape(grid_h * grid_w, patch_size * patch_size).numpy()
 
     def apply_chat_template(self, conversation, *args, **kwargs):
-        """Qwen2.5-VL's, refusing depth given twice: as `depth=` and inside the image blocks of the messages."""
+        """Qwen2.5-VL's, refusing depth (or intrinsics) given twice: as `depth=` and inside the image blocks of the
+        messages."""
         processor_kwargs = kwargs.get("processor_kwargs") or {}
         given_places = (kwargs, processor_kwargs, processor_kwargs.get("images_kwargs") or {})
-        if any(place.get("depth") is not None for place in given_places):
+        for key in IMAGE_BLOCK_KEYS:
+            if not any(place.get(key) is not None for place in given_places):
+                continue
             conversations, _ = self._normalize_conversations(conversation)
             if any(
-                isinstance(block, dict) and block.get("type") == "image" and block.get("depth") is not None
+                isinstance(block, dict) and block.get("type") == "image" and block.get(key) is not None
                 for messages in conversations
                 for message in messages
                 for block in (message.get("content") if isinstance(message.get("content"), list) else [])
             ):
                 raise ValueError(
-                    "Depth was given both as depth= and inside the image blocks of the messages: give each map in "
-                    "one place, its image block ({'type': 'image', 'image': ..., 'depth': ...}) or depth=."
+                    f"{IMAGE_BLOCK_KEYS[key]} given both as {key}= and inside the image blocks of the messages: give "
+                    f"each in one place, its image block ({{'type': 'image', 'image': ..., {key!r}: ...}}) or {key}=."
                 )
         return super().apply_chat_template(conversation, *args, **kwargs)
 
     def _multimodal_inputs_from_conversations(self, conversations, audio_loading_params, load_audio_from_video=False):
-        """Also collect depth given inside image blocks: `{"type": "image", "image": ..., "depth": ...}`."""
-        depth_per_conversation = []
+        """Also collect depth and intrinsics given inside image blocks: `{"type": "image", "image": ..., "depth": ...,
+        "intrinsics": ...}`."""
+        per_conversation = {key: [] for key in IMAGE_BLOCK_KEYS}
         for conversation in conversations:
-            depths = []
+            found = {key: [] for key in IMAGE_BLOCK_KEYS}
             for message in conversation:
                 content = message.get("content")
                 for block in content if isinstance(content, list) else []:
-                    if block.get("type") == "image":
-                        depths.append(block.get("depth"))
-                    elif block.get("depth") is not None:
-                        raise ValueError(
-                            f"A {block.get('type')!r} block of a {message.get('role')!r} message has 'depth': depth "
-                            "belongs in the image block it measures, {'type': 'image', 'image': ..., 'depth': ...}."
-                        )
-            depth_per_conversation.append(depths)
+                    for key in IMAGE_BLOCK_KEYS:
+                        if block.get("type") == "image":
+                            found[key].append(block.get(key))
+                        elif block.get(key) is not None:
+                            raise ValueError(
+                                f"A {block.get('type')!r} block of a {message.get('role')!r} message has {key!r}: it "
+                                f"belongs in the image block it describes, {{'type': 'image', 'image': ..., {key!r}: "
+                                "...}."
+                            )
+            for key in IMAGE_BLOCK_KEYS:
+                per_conversation[key].append(found[key])
         images, videos, audio, extra = super()._multimodal_inputs_from_conversations(
             conversations, audio_loading_params, load_audio_from_video
         )
-        if any(item is not None for depths in depth_per_conversation for item in depths):
-            extra = {**extra, "depth": depth_per_conversation}
+        for key, entries in per_conversation.items():
+            if any(item is not None for sample in entries for item in sample):
+                extra = {**extra, key: entries}
         return images, videos, audio, extra
 
 
 Qwen2_5_VLDepthProcessor.register_for_auto_class()
 
-__all__ = ["Qwen2_5_VLDepthProcessor", "MonocularDepthEstimator", "depth_to_meters", "to_rgb_image"]
+__all__ = [
+    "Qwen2_5_VLDepthProcessor",
+    "MonocularDepthEstimator",
+    "depth_to_meters",
+    "intrinsics_per_image",
+    "parse_intrinsics",
+    "resized_intrinsics",
+    "to_rgb_image",
+]

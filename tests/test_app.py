@@ -138,7 +138,7 @@ def test_bad_depth_files_are_page_errors_with_the_processors_message(loaded, exa
 # ----------------------------------------------------------------------------------------------------------------
 def test_answer_with_depth_is_the_processors_answer_and_depends_on_depth(loaded, examples):
     model, processor = loaded
-    rgb_path, depth_path, question, _ = examples[0]
+    rgb_path, depth_path, question, _, _ = examples[0]
     image, depth = Image.open(rgb_path), app.read_depth_file(depth_path)
 
     answer = app.answer_question(model, processor, image, question, depth)
@@ -189,7 +189,7 @@ def test_missing_depth_is_estimated_by_the_processors_estimator(loaded, examples
 
 def test_bad_input_is_a_gradio_error_with_the_processors_message(loaded, examples, tmp_path):
     model, processor = loaded
-    rgb_path, _, question, _ = examples[0]
+    rgb_path, _, question, _, _ = examples[0]
     image = Image.open(rgb_path)
     np.save(tmp_path / "wide.npy", np.ones((50, 150), np.float32))  # the image is square
     with pytest.raises(ValueError) as plain_error:
@@ -201,6 +201,33 @@ def test_bad_input_is_a_gradio_error_with_the_processors_message(loaded, example
     for image_in, question_in, message in [(None, question, "Upload an RGB image"), (image, " ", "Type a question")]:
         with pytest.raises(gr.Error, match=message):
             app.respond(model, processor, image_in, None, question_in)
+
+
+def test_the_field_of_view_gives_the_cameras_intrinsics_and_a_bad_one_is_a_page_error(loaded, examples, monkeypatch):
+    model, processor = loaded
+    rgb_path, depth_path, question, _, hfov = examples[0]
+    image = Image.open(rgb_path)
+    # The example's rounded field of view gives the rendered camera's intrinsics to within the rounding.
+    scene_index = app.EXAMPLE_SCENES[0][0]
+    rendered = make_sample("test", scene_index, 0, app.EXAMPLE_SIZE, questions_per_scene=12).rendering.intrinsics
+    np.testing.assert_allclose(app.intrinsics_from_fov(image, hfov), rendered, rtol=2e-3)
+    assert app.intrinsics_from_fov(image, None) is None
+    # The camera rides in the image block, beside its depth, to the processor.
+    seen = []
+    original = type(processor).apply_chat_template
+    monkeypatch.setattr(
+        type(processor),
+        "apply_chat_template",
+        lambda self, conversation, *args, **kwargs: (
+            seen.append(conversation) or original(self, conversation, *args, **kwargs)
+        ),
+    )
+    app.respond(model, processor, image, depth_path, question, hfov)
+    assert seen[-1][0]["content"][0]["intrinsics"] == app.intrinsics_from_fov(image, hfov)
+    app.respond(model, processor, image, depth_path, question)
+    assert "intrinsics" not in seen[-1][0]["content"][0]
+    with pytest.raises(gr.Error, match="field of view must lie between 0 and 180 degrees; got 200"):
+        app.respond(model, processor, image, depth_path, question, 200)
 
 
 def test_an_estimator_that_cannot_load_is_a_page_error_with_the_reason(loaded, examples, monkeypatch):
@@ -242,10 +269,11 @@ def test_colour_map_shows_unmeasured_pixels_grey(loaded):
 def test_examples_are_rendered_scenes_with_their_exact_answers(loaded, examples):
     _, processor = loaded
     assert len(examples) == len(app.EXAMPLE_SCENES)
-    for (rgb_path, depth_path, question, exact), (index, question_type) in zip(examples, app.EXAMPLE_SCENES):
+    for (rgb_path, depth_path, question, exact, hfov), (index, question_type) in zip(examples, app.EXAMPLE_SCENES):
         sample = make_sample("test", index, 0, app.EXAMPLE_SIZE, questions_per_scene=12)
         expected = next(q for q in sample.questions if q.question_type == question_type)
         assert (question, exact) == (expected.question, expected.answer)
+        assert hfov == round(sample.metadata["camera"]["hfov_deg"], 1) and 40 <= hfov <= 80
         np.testing.assert_array_equal(np.asarray(Image.open(rgb_path)), sample.rendering.rgb)
         millimetres = np.rint(sample.rendering.depth * 1000).astype(np.uint16).astype(np.float32)
         np.testing.assert_array_equal(decode_depth_png(app.read_depth_file(depth_path)), millimetres / 1000)
@@ -267,7 +295,7 @@ def test_page_in_headless_chromium_answers_like_the_answer_function(loaded, mode
             pytest.fail("CI must run the browser test: .ci/run installs Debian's chromium and chromium-driver.")
         pytest.skip("needs Debian's chromium and chromium-driver: apt-get install -y chromium chromium-driver")
     model, processor = loaded
-    rgb_path, depth_path, _, _ = examples[0]
+    rgb_path, depth_path, _, _, _ = examples[0]
     image = Image.open(rgb_path)
     expected = app.answer_question(model, processor, image, QUESTION, app.read_depth_file(depth_path))
     wide_depth = tmp_path / "wide_depth.png"

@@ -12,12 +12,12 @@ from training.data_files import load_rows
 from training.depth_png import decode_depth_cell, decode_image_cell
 from training.processed_cache import process_rows, processed_rows_fingerprint
 from training.spatialbot import processor_for_arm
-from training.trl_layout import first_depth
+from training.trl_layout import INTRINSICS_KEY, first_depth, image_blocks
 
 
 # Every key the processor and collator put in a batch of the rendered world (depth keys only when depth is used).
 BATCH_KEYS = ["input_ids", "attention_mask", "mm_token_type_ids", "pixel_values", "image_grid_thw", "labels"]
-DEPTH_KEYS = ["depth_values", "image_has_depth"]
+DEPTH_KEYS = ["depth_values", "image_has_depth", "depth_intrinsics"]  # the world carries each camera
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +80,7 @@ def test_images_with_and_without_depth_in_one_batch(depth_models, rows):
         images=images,
         text=texts,
         depth=[[decode_depth_cell(first_depth(rows[0]))], [None]],
+        intrinsics=[[image_blocks(rows[0]["messages"])[0][INTRINSICS_KEY]], [None]],
         padding=True,
         return_tensors="pt",
     )

@@ -449,8 +449,8 @@ class TestBadInput:
         messages = chat("How far is it?")
         messages[0]["content"][0] = {"type": "image", "image": IMAGE, "depth": DEPTH}
         expected = (
-            "Depth was given both as depth= and inside the image blocks of the messages: give each map in one place, "
-            "its image block ({'type': 'image', 'image': ..., 'depth': ...}) or depth=."
+            "Depth was given both as depth= and inside the image blocks of the messages: give each in one place, its "
+            "image block ({'type': 'image', 'image': ..., 'depth': ...}) or depth=."
         )
         for given in ({"depth": [DEPTH]}, {"processor_kwargs": {"images_kwargs": {"depth": [DEPTH]}}}):
             with pytest.raises(ValueError) as error:

@@ -12,7 +12,7 @@ import torch
 
 from tests.conftest import with_open_depth_path
 from training.collator import DepthVLMCollator
-from training.trl_layout import convert, depth_into_messages, first_depth, row_depths, without_depth
+from training.trl_layout import DEPTH_KEY, convert, depth_into_messages, first_depth, row_depths, without_depth
 
 
 def test_an_older_depth_column_moves_into_the_image_blocks():
@@ -38,8 +38,13 @@ def test_an_older_depth_column_moves_into_the_image_blocks():
 
 
 def older_layout(row: dict) -> dict:
-    """A row as the writers wrote it before depth moved into the image blocks: a `depth` column."""
-    return {**row, "messages": without_depth(row["messages"]), "depth": first_depth(row)}
+    """A row as the writers wrote it before depth moved into the image blocks: a `depth` column (the blocks keep the
+    rest, intrinsics included, which the conversion leaves as they are)."""
+    messages = [
+        {**message, "content": [{k: v for k, v in block.items() if k != DEPTH_KEY} for block in message["content"]]}
+        for message in row["messages"]
+    ]
+    return {**row, "messages": messages, "depth": first_depth(row)}
 
 
 def test_an_older_dataset_converts_to_what_make_world_writes_and_batches_the_same(depth_models, world_dir, tmp_path):

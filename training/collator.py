@@ -55,6 +55,7 @@ PROCESSED_ROW_DTYPES = {
     "image_grid_thw": torch.int64,
     "depth_values": torch.float32,
     "image_has_depth": torch.bool,
+    "depth_intrinsics": torch.float32,  # per image with depth: fx, fy, cx, cy (NaN: an unknown camera)
 }
 
 
@@ -147,6 +148,10 @@ class DepthVLMCollator:
         if "image_grid_thw" in batch:  # no depth in this row: say so per image, another row of a batch may have it
             batch.setdefault("image_has_depth", torch.zeros(len(batch["image_grid_thw"]), dtype=torch.bool))
             batch.setdefault("depth_values", torch.zeros(0, dtype=torch.float32))
+            # No intrinsics: an unknown camera per image with depth, which a batch with other rows' cameras holds as
+            # NaN too (the processor's own marking), and a batch without any camera leaves out (`collate_processed`).
+            num_with_depth = int(batch["image_has_depth"].sum())
+            batch.setdefault("depth_intrinsics", torch.full((num_with_depth, 4), float("nan")))
         if set(batch) != {*PROCESSED_ROW_DTYPES, "attention_mask"}:
             raise ValueError(
                 f"The processor returned {sorted(batch)} for row {row.get('messages')!r}; processed rows store exactly "
@@ -197,6 +202,9 @@ class DepthVLMCollator:
             ]
             batch["depth_values"] = np.concatenate(depth).astype(np.float32, copy=False)
             batch["image_has_depth"] = has_depth
+            cameras = np.concatenate([row["depth_intrinsics"].reshape(-1, 4) for row in rows]).astype(np.float32)
+            if not np.isnan(cameras).all():  # the processor gives intrinsics only when some image has a camera
+                batch["depth_intrinsics"] = cameras
         batch["labels"] = padded["labels"]
         batch = BatchFeature({key: torch.from_numpy(np.ascontiguousarray(value)) for key, value in batch.items()})
         self._check_lengths(batch["attention_mask"])

@@ -58,7 +58,9 @@ DEFAULTS = {
     "shard_size": 100,
     "supersample": 1,
 }
-FORMAT_VERSION = 2  # 2: depth inside the image block of `messages` (1: a `depth` column)
+# 3: each image block also carries its camera's intrinsics; 2: depth inside the image block of `messages` (1: a
+# `depth` column)
+FORMAT_VERSION = 3
 # Rendered from seeds by this project's code alone: no third-party image, model output or annotation is in it.
 WORLD_LICENSE = "apache-2.0"
 GENERATION_INFO_NAME = "generation.json"
@@ -123,7 +125,10 @@ def sample_rows(sample: world.Sample) -> list[dict]:
         record = question.to_dict()
         rows.append(
             {
-                "messages": [image_turn(depth_png, record["question"]), text_turn(record["answer"])],
+                "messages": [
+                    image_turn(depth_png, record["question"], intrinsics=sample.rendering.intrinsics),
+                    text_turn(record["answer"]),
+                ],
                 "images": [{"bytes": image_png, "path": None}],
                 "question_type": record["question_type"],
                 "question": record["question"],

@@ -86,6 +86,7 @@ class DepthAsImageProcessor(Qwen2_5_VLDepthProcessor):
 
     def _process_images(self, images, **kwargs):
         depth_maps = self.depth_maps(images, kwargs.pop("depth", None), kwargs.pop("depth_estimator_device", None))
+        kwargs.pop("intrinsics", None)  # a depth picture is drawn in its image's pixels: the camera changes nothing
         pictures = []
         for image, depth in zip(make_flat_list_of_images(images), depth_maps):
             pictures.append(image)

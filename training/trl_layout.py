@@ -35,26 +35,41 @@ from training.dataset_files import temporary_path, write_atomically
 
 # The key of an image block (and, in older datasets, the column) that holds its depth map.
 DEPTH_KEY = "depth"
+# The key of an image block that holds its camera intrinsics, [fx, fy, cx, cy] in the image's pixels (null: unknown).
+# The depth processor reads it from image blocks as it reads depth; a `depth_input="points"` model uses it.
+INTRINSICS_KEY = "intrinsics"
 
 
 def message_features():
     """The `messages` feature of every dataset the project writes: turns of text and image blocks, depth included."""
     from datasets import List, Value
 
-    block = {"type": Value("string"), "text": Value("string"), DEPTH_KEY: Value("binary")}
+    block = {
+        "type": Value("string"),
+        "text": Value("string"),
+        DEPTH_KEY: Value("binary"),
+        INTRINSICS_KEY: List(Value("float64")),
+    }
     return List({"role": Value("string"), "content": List(block)})
 
 
-def image_turn(depth: bytes | None, text: str | None = None, role: str = "user") -> dict[str, Any]:
-    """One turn with an image block carrying `depth` (then the text block, if any), in the written layout."""
-    content = [{"type": "image", "text": None, DEPTH_KEY: depth}]
+def image_turn(
+    depth: bytes | None,
+    text: str | None = None,
+    role: str = "user",
+    intrinsics: tuple[float, float, float, float] | None = None,
+) -> dict[str, Any]:
+    """One turn with an image block carrying `depth` and its camera's `intrinsics` (fx, fy, cx, cy; None: unknown),
+    then the text block, if any, in the written layout."""
+    camera = [float(value) for value in intrinsics] if intrinsics is not None else None
+    content = [{"type": "image", "text": None, DEPTH_KEY: depth, INTRINSICS_KEY: camera}]
     if text is not None:
-        content.append({"type": "text", "text": text, DEPTH_KEY: None})
+        content.append({"type": "text", "text": text, DEPTH_KEY: None, INTRINSICS_KEY: None})
     return {"role": role, "content": content}
 
 
 def text_turn(text: str, role: str = "assistant") -> dict[str, Any]:
-    return {"role": role, "content": [{"type": "text", "text": text, DEPTH_KEY: None}]}
+    return {"role": role, "content": [{"type": "text", "text": text, DEPTH_KEY: None, INTRINSICS_KEY: None}]}
 
 
 def image_blocks(messages: Iterable[dict]) -> list[dict]:
@@ -117,9 +132,11 @@ def depth_into_messages(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def without_depth(messages: list[dict]) -> list[dict]:
-    """The conversation with the depth path closed: no block keeps a `depth` key (an RGB-only model's input)."""
+    """The conversation with the depth path closed: no block keeps a `depth` (or `intrinsics`, which only place depth
+    in 3D) key: an RGB-only model's input."""
+    dropped = (DEPTH_KEY, INTRINSICS_KEY)
     return [
-        {**message, "content": [{k: v for k, v in block.items() if k != DEPTH_KEY} for block in message["content"]]}
+        {**message, "content": [{k: v for k, v in block.items() if k not in dropped} for block in message["content"]]}
         if isinstance(message.get("content"), list)
         else message
         for message in messages

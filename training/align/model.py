@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from transformers.modeling_outputs import ModelOutput
 
 from configuration_depth import Qwen2_5_VLDepthConfig
-from modeling_qwen2_5_vl_depth import Qwen2_5_VLDepthForConditionalGeneration, encode_metric_depth
+from modeling_qwen2_5_vl_depth import Qwen2_5_VLDepthForConditionalGeneration, encode_depth_input
 from training.align.loss import ClipLoss, distributed_rank_and_world_size
 from training.model_loading import keep_in_float32
 
@@ -133,9 +133,11 @@ class DepthAlignmentModel(nn.Module):
             rgb_dtype = next(self.rgb_tower.parameters()).dtype
             return self.rgb_tower(pixel_values.to(rgb_dtype), grid_thw=image_grid_thw).pooler_output
 
-    def depth_tokens(self, depth_values: torch.Tensor, image_grid_thw: torch.Tensor) -> torch.Tensor:
+    def depth_tokens(
+        self, depth_values: torch.Tensor, image_grid_thw: torch.Tensor, depth_intrinsics: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Merged depth tokens of all images, concatenated: token `i` covers the same patch as RGB token `i`."""
-        encoder_input = encode_metric_depth(depth_values, self.depth_model_config)
+        encoder_input = encode_depth_input(depth_values, self.depth_model_config, image_grid_thw, depth_intrinsics)
         encoder_input = encoder_input.to(next(self.depth_encoder.parameters()).dtype)
         return self.depth_encoder(encoder_input, grid_thw=image_grid_thw).pooler_output
 
@@ -193,10 +195,14 @@ class DepthAlignmentModel(nn.Module):
         return depth.reshape(len(counts), counts[0], -1), rgb.reshape(len(counts), counts[0], -1)
 
     def forward(
-        self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor, depth_values: torch.Tensor
+        self,
+        pixel_values: torch.Tensor,
+        image_grid_thw: torch.Tensor,
+        depth_values: torch.Tensor,
+        depth_intrinsics: torch.Tensor | None = None,
     ) -> DepthAlignmentOutput:
         counts = self.tokens_per_image(image_grid_thw)
-        depth_tokens = self.depth_tokens(depth_values, image_grid_thw)
+        depth_tokens = self.depth_tokens(depth_values, image_grid_thw, depth_intrinsics)
         rgb_tokens = self.rgb_tokens(pixel_values, image_grid_thw)
         if self.alignment == "global":
             depth, rgb = self.project(mean_per_image(depth_tokens, counts), mean_per_image(rgb_tokens, counts))
