@@ -285,3 +285,16 @@ def test_build_depth_model_records_its_base_through_save(depth_models, tiny_base
     model.save_pretrained(tmp_path)
     reloaded = Qwen2_5_VLDepthConfig.from_pretrained(tmp_path)
     assert reloaded.base_model_name_or_path == str(tiny_base.resolve())
+
+
+def test_a_points_cards_states_its_input_and_the_camera_it_assumes(tiny_base):
+    from configuration_depth import DEPTH_INPUTS
+    from training.build_depth_model import build_depth_model
+
+    model, processor = build_depth_model(tiny_base, depth_fusion="add", depth_input="points")
+    card = export.build_model_card(model, processor, [], "tiny", "someone/tiny", "Qwen/Qwen2.5-VL-7B-Instruct")
+    assert f"| depth input | `points`: {DEPTH_INPUTS['points'].summary} |" in card.content
+    assert "Without intrinsics the model assumes a 60° horizontal field of view" in card.content
+    depth_model, depth_processor = build_depth_model(tiny_base, depth_fusion="add")
+    depth_card = export.build_model_card(depth_model, depth_processor, [], "tiny", "someone/tiny", None)
+    assert "| depth input | `depth`:" in depth_card.content and "are not used by this model" in depth_card.content

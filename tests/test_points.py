@@ -1,5 +1,6 @@
 """Camera-aware depth: `intrinsics=` through the processor, and `depth_input="points"` models in every fusion mode."""
 
+import json
 import logging
 import math
 
@@ -340,3 +341,54 @@ class TestConfig:
         assert not embed[:, :2].any() and embed[:, 2].any()  # x, y at zero; z from the RGB tower
         chat_prompt = chat("How wide is the cube?")
         assert chat_prompt[0]["content"][0] == {"type": "image"}
+
+
+class TestAlignmentWithPoints:
+    def test_the_pair_collator_carries_each_worlds_camera(self, points_models, world_dir):
+        from training.align import RGBDPairCollator
+        from training.data_files import load_rows
+
+        rows = load_rows(world_dir)
+        processor = points_models["add"][2]
+        batch = RGBDPairCollator(processor, image_size=56)([rows[0], rows[6]])  # 112-px scenes shown at 56 px
+        cameras = [json.loads(rows[index]["scene"])["intrinsics"] for index in (0, 6)]
+        expected = [
+            resized_intrinsics(tuple(c[k] for k in ("fx", "fy", "cx", "cy")), (112, 112), (56, 56)) for c in cameras
+        ]
+        torch.testing.assert_close(batch["depth_intrinsics"], torch.tensor(expected), rtol=1e-6, atol=1e-5)
+        assert cameras[0]["fx"] != cameras[1]["fx"], "two scenes with one field of view would not test the camera"
+
+    def test_alignment_builds_and_exports_a_points_model(self, tiny_base, world_dir, tmp_path):
+        from training.align import parse_args, train_alignment
+
+        argv = [
+            "--base", str(tiny_base), "--data", str(world_dir), "--out", str(tmp_path / "aligned"),
+            "--image_size", "112", "--report_to", "none", "--disable_tqdm", "true", "--seed", "0",
+            "--max_steps", "2", "--per_device_train_batch_size", "4", "--depth_input", "points",
+            "--depth_probe", "false", "--eval_pairs", "4",
+        ]  # fmt: skip
+        result = train_alignment(*parse_args(argv))
+        assert result.model.depth_encoder.config.in_channels == 3
+        exported = Qwen2_5_VLDepthForConditionalGeneration.from_pretrained(tmp_path / "aligned")
+        assert exported.config.depth_input == "points"
+        assert exported.model.depth_encoder.patch_embed.proj.weight[:, :2].any(), "alignment trained x and y"
+
+
+def test_a_points_experiment_aligns_and_builds_points_models_in_their_own_folders(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from tests.test_protocol import RecordedExperiment, value
+    from training.experiment.presets import PRESETS
+
+    preset = replace(
+        PRESETS["cpu-fair"], parallel_runs=1, seeds=(0,), arms=("none", "add", "rgbd"), depth_input="points"
+    )
+    recorded = RecordedExperiment(monkeypatch, preset, tmp_path)
+    recorded()
+    align = recorded.args_of("align-dense-points-seed0")
+    assert value(align, "--depth_input") == "points"
+    assert value(recorded.args_of("sft-add-seed0"), "--aligned_depth_model") == str(
+        tmp_path / "align/dense-points-seed0"
+    )
+    assert value(recorded.args_of("sft-rgbd-seed0"), "--depth_input") == "points"  # no encoder: built from the base
+    assert "--depth_input" not in recorded.args_of("sft-none-seed0")

@@ -200,6 +200,9 @@ def build_model_card(
         repo_id=repo_id,
         base_model=base_model,
         depth_fusion=config.depth_fusion,
+        depth_input=getattr(config, "depth_input", "depth"),
+        depth_input_summary=config.input.summary if hasattr(config, "input") else "",
+        default_fov=f"{getattr(config, 'default_horizontal_fov_degrees', 60.0):g}",
         has_depth=config.has_depth,
         has_depth_encoder=config.has_depth_encoder,
         fusion_description=f"{config.fusion.summary}.",  # the fusion table's row

@@ -163,9 +163,11 @@ def load_starting_model(
     exactly. From a Stage-1 folder (`--aligned_depth_model`) its weights are loaded as they are, with the fusion
     switched to `--depth_fusion`; its depth encoder must load in full (`training.model_loading.load_depth_model`).
     """
+    depth_input = {"depth_input": script_args.depth_input} if script_args.depth_input else {}
     return load_depth_model(
         script_args.aligned_depth_model or model_args.model_name_or_path,
         script_args.depth_fusion,
         depth_estimator=script_args.depth_estimator,
+        **depth_input,
         **model_init_kwargs(model_args, training_args, quantize),
     )

@@ -8,7 +8,7 @@ from typing import Literal
 
 from trl import ScriptArguments
 
-from configuration_depth import DEFAULT_DEPTH_FUSION
+from configuration_depth import DEFAULT_DEPTH_FUSION, DEPTH_INPUTS
 from training.spatialbot import ARM_SUMMARIES, TRAINING_ARMS
 
 
@@ -22,6 +22,14 @@ class SpatialSFTScriptArguments(ScriptArguments):
             "help": "How depth reaches the LLM: "
             + " | ".join(f"{arm} (depth is {summary})" for arm, summary in ARM_SUMMARIES.items())
             + "."
+        },
+    )
+    depth_input: Literal[tuple(DEPTH_INPUTS)] | None = field(
+        default=None,
+        metadata={
+            "help": "What the depth path of a model built from a plain base sees: "
+            + " | ".join(f"{name} ({entry.summary})" for name, entry in DEPTH_INPUTS.items())
+            + ". Default: the starting depth folder's own, else depth."
         },
     )
     dataset_path: str | None = field(

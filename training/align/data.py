@@ -8,10 +8,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from processing_depth import Qwen2_5_VLDepthProcessor
+from processing_depth import Qwen2_5_VLDepthProcessor, parse_intrinsics, resized_intrinsics
 from training.depth_png import decode_depth_cell
 from training.make_rgbd_pairs import RGBDPair, decode_first_image
-from training.trl_layout import first_depth, has_depth_layout
+from training.trl_layout import INTRINSICS_KEY, first_depth, has_depth_layout, image_blocks
 
 
 def select_pair_rows(table, metric_depth_only: bool = False) -> list[int]:
@@ -66,19 +66,30 @@ class RGBDPairCollator:
         self.image_size = image_size
 
     def __call__(self, pairs: Sequence[RGBDPair | dict | tuple]) -> dict[str, torch.Tensor]:
-        images, depths = [], []
+        images, depths, cameras = [], [], []
         for pair in pairs:
+            camera = None
             if isinstance(pair, dict):
                 image, depth = pair["images"] if "images" in pair else pair["image"], first_depth(pair)
+                blocks = image_blocks(pair.get("messages") or [])
+                camera = parse_intrinsics(blocks[0].get(INTRINSICS_KEY)) if blocks else None
             elif isinstance(pair, RGBDPair):
                 image, depth = pair.image, pair.depth
             else:
                 image, depth = pair
             image, depth = decode_first_image(image), decode_depth_cell(depth)
             if self.image_size is not None:
+                width, height = image.size
                 image, depth = center_square(image, depth)
+                if camera is not None:  # the crop moves the principal point; the processor handles the resize
+                    fx, fy, cx, cy = camera
+                    camera = (fx, fy, cx - (width - image.size[0]) // 2, cy - (height - image.size[1]) // 2)
+                    camera = resized_intrinsics(camera, image.size[::-1], (self.image_size, self.image_size))
                 image = image.resize((self.image_size, self.image_size), Image.Resampling.BICUBIC)
             images.append(image)
             depths.append(depth)
-        batch = self.processor(images=images, depth=depths, return_tensors="pt")
-        return {key: batch[key] for key in ("pixel_values", "image_grid_thw", "depth_values")}
+            cameras.append(camera)
+        known = any(camera is not None for camera in cameras)
+        batch = self.processor(images=images, depth=depths, intrinsics=cameras if known else None, return_tensors="pt")
+        keys = ("pixel_values", "image_grid_thw", "depth_values", *(("depth_intrinsics",) if known else ()))
+        return {key: batch[key] for key in keys}

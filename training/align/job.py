@@ -82,6 +82,14 @@ class AlignmentArguments:
         },
     )
     depth_layers: int | None = field(default=None, metadata={"help": "depth encoder blocks (plain base only)"})
+    depth_input: str | None = field(
+        default=None,
+        metadata={
+            "help": "what the depth encoder of a depth model built from a plain base sees: depth (default) or points "
+            "(camera-frame x, y, z from depth and each pair's intrinsics; configuration_depth.DEPTH_INPUTS)",
+            "choices": ["depth", "points"],
+        },
+    )
     init_from_rgb: bool = field(default=True, metadata={"help": "start a new depth encoder from the RGB tower"})
     depth_probe: bool = field(
         default=True,
@@ -156,6 +164,8 @@ def train_alignment(
         "init_from_rgb": script_args.init_from_rgb,
         "seed": training_args.seed,
     }
+    if script_args.depth_input is not None:
+        load_kwargs["depth_input"] = script_args.depth_input
     depth_model, processor = load_depth_model(script_args.base, **load_kwargs)
     model = DepthAlignmentModel.from_depth_model(
         depth_model,

@@ -161,7 +161,11 @@ class DepthAlignmentModel(nn.Module):
         return torch.from_numpy(np.concatenate(chosen))
 
     def embed_images(
-        self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor, depth_values: torch.Tensor
+        self,
+        pixel_values: torch.Tensor,
+        image_grid_thw: torch.Tensor,
+        depth_values: torch.Tensor,
+        depth_intrinsics: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One L2-normalised (depth, RGB) embedding per image, for retrieval.
 
@@ -169,7 +173,7 @@ class DepthAlignmentModel(nn.Module):
         projections, normalised, mean-pooled over the image and normalised again.
         """
         counts = self.tokens_per_image(image_grid_thw)
-        depth_tokens = self.depth_tokens(depth_values, image_grid_thw)
+        depth_tokens = self.depth_tokens(depth_values, image_grid_thw, depth_intrinsics)
         rgb_tokens = self.rgb_tokens(pixel_values, image_grid_thw)
         if self.alignment == "global":
             return self.project(mean_per_image(depth_tokens, counts), mean_per_image(rgb_tokens, counts))
@@ -180,7 +184,11 @@ class DepthAlignmentModel(nn.Module):
         )
 
     def embed_tokens(
-        self, pixel_values: torch.Tensor, image_grid_thw: torch.Tensor, depth_values: torch.Tensor
+        self,
+        pixel_values: torch.Tensor,
+        image_grid_thw: torch.Tensor,
+        depth_values: torch.Tensor,
+        depth_intrinsics: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Dense alignment: the L2-normalised projection of every token, (num_images, tokens per image, D) per side
         (all images must have the same grid, as the collator's fixed size makes them)."""
@@ -190,7 +198,8 @@ class DepthAlignmentModel(nn.Module):
                 f"Token-level embeddings need images of one size; got token counts {sorted(set(counts))}."
             )
         depth, rgb = self.project(
-            self.depth_tokens(depth_values, image_grid_thw), self.rgb_tokens(pixel_values, image_grid_thw)
+            self.depth_tokens(depth_values, image_grid_thw, depth_intrinsics),
+            self.rgb_tokens(pixel_values, image_grid_thw),
         )
         return depth.reshape(len(counts), counts[0], -1), rgb.reshape(len(counts), counts[0], -1)
 

@@ -105,6 +105,10 @@ class Preset:
     # Arms whose seed-0 model is exported as a Hub-ready folder (`training.export`) into `out/models/<arm>`, small
     # enough to commit, so anyone can re-evaluate them on a freshly rendered test set.
     shipped_arms: tuple[str, ...] = ()
+    # What every depth arm's depth path sees (`configuration_depth.DEPTH_INPUTS`): "depth", or "points" (camera-frame
+    # x, y, z from depth and each image's intrinsics, issue 22). Its alignments have their own folders
+    # (`align/<name>-points-seed<s>`), so a points run can share another run's data and stage 0 (`--shared-stages`).
+    depth_input: str = "depth"
 
 
 PRESETS = {

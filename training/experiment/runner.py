@@ -13,7 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
-from configuration_depth import DEFAULT_DEPTH_FUSION, DEPTH_ENCODER_MERGER, DEPTH_FUSIONS, RGB_ONLY_FUSION
+from configuration_depth import (
+    DEFAULT_DEPTH_FUSION,
+    DEFAULT_DEPTH_INPUT,
+    DEPTH_ENCODER_MERGER,
+    DEPTH_FUSIONS,
+    RGB_ONLY_FUSION,
+)
 from training import world
 from training.controls import with_uninformative_depth
 from training.experiment.conversations import scene_conversations
@@ -260,6 +266,8 @@ class Experiment:
     def align(
         self, base: Path, pairs: Path, val: Path, level: str, name: str, shared: bool = False, seed: int = 0
     ) -> Path:
+        if self.preset.depth_input != DEFAULT_DEPTH_INPUT:
+            name = f"{name}-{self.preset.depth_input}"
         if self.preset.whole_pipeline_seeds:
             name = f"{name}-seed{seed}"
         folder = self.out / "align" / name
@@ -270,7 +278,8 @@ class Experiment:
             "--max_steps", str(self.preset.align_steps), "--warmup_steps", str(max(1, self.preset.align_steps // 20)),
             "--lr_scheduler_type", "cosine", "--logging_steps", str(max(1, self.preset.align_steps // 10)),
             "--save_strategy", "no", "--report_to", "none", "--seed", str(seed),
-            "--dataloader_num_workers", str(self.dataloader_workers(shared)), *self.preset.extra_train_args,
+            "--dataloader_num_workers", str(self.dataloader_workers(shared)), "--depth_input", self.preset.depth_input,
+            *self.preset.extra_train_args,
         ]  # fmt: skip
         self.run(
             f"align-{name}", "training.align", args, folder / "alignment_metrics.json", launch=True, shared=shared
@@ -316,6 +325,8 @@ class Experiment:
             args += ["--lora_r", str(self.preset.lora_r), "--lora_alpha", str(2 * self.preset.lora_r)]
         if self.preset.sft_question_types:
             args += ["--question_types", *self.preset.sft_question_types]
+        if not aligned and self.reads_depth(arm):  # a depth path built here from the base
+            args += ["--depth_input", self.preset.depth_input]
         args += [*self.depth_path_args(arm, initialise=not warm_start), *extra]
         summary = folder / "trainer" / "sft_summary.json"
         self.run(name, "training.sft", args, summary, launch=True, shared=True)
