@@ -147,28 +147,11 @@ def with_uninformative_depth(rows):
     size, in a `depth` column or inside the image blocks of `messages`: the capacity-matched control's training
     data."""
     from training.depth_png import decode_depth_cell
+    from training.trl_layout import map_row_depths
 
     cache: dict = {}
 
-    def constant_like(cell):
-        return None if cell is None else _constant_depth_png(decode_depth_cell(cell).shape, cache)
-
     def replace_row(row: dict) -> dict:
-        out = {}
-        if "depth" in row:
-            depth = row["depth"]
-            out["depth"] = [constant_like(d) for d in depth] if isinstance(depth, list) else constant_like(depth)
-        if any("depth" in part for message in row["messages"] for part in message["content"]):
-            out["messages"] = [
-                {
-                    **message,
-                    "content": [
-                        {**part, "depth": constant_like(part["depth"])} if part.get("depth") is not None else part
-                        for part in message["content"]
-                    ],
-                }
-                for message in row["messages"]
-            ]
-        return out
+        return map_row_depths(row, lambda cell: _constant_depth_png(decode_depth_cell(cell).shape, cache))
 
     return rows.map(replace_row, desc="constant depth")

@@ -22,6 +22,9 @@ Protocol (fixed, so runs are comparable):
   they run RGB-only, which the results record (`depth_source`). `--no-depth` runs a depth model RGB-only (an
   ablation); `--depth-override shuffled` gives every question the depth of another scene, `constant` one
   uninformative map (`training.controls`): a model that reads depth must lose its gain under both.
+  `--depth-corruption NAME` (`training.depth_corruptions`: noise, holes, quantisation, low resolution, scale error,
+  relative depth, ...) corrupts each question's depth before the processor, seeded per question by
+  `--corruption-seed` and its id, so every arm sees the same corrupted map of the same question.
 - The constant baseline: `python -m training.evaluate constant --train TRAIN_DIR --data TEST_DIR --out DIR` answers
   every question with one answer per type fitted on the training answers, scored exactly like a model.
 - Reading answers: `training.answers` (lengths with units to metres; a bare number is metres; choices by exact
@@ -76,6 +79,8 @@ from training.benchmarks import (  # noqa: E402
 )
 from training.controls import DEPTH_OVERRIDES, constant_predictions, fit_constant_answers, override_depth  # noqa: E402
 from training.data_files import load_rows  # noqa: E402
+from training.dataset_files import write_atomically  # noqa: E402
+from training.depth_corruptions import CORRUPTION_NAMES, CORRUPTIONS, SeededCorruption  # noqa: E402
 
 
 ANSWER_INSTRUCTION = "Answer with a number and a unit, or with one of the options."
@@ -141,11 +146,13 @@ def answer_samples(
     instruction: str = ANSWER_INSTRUCTION,
     use_depth: bool = True,
     progress: bool = True,
+    depth_corruption: SeededCorruption | None = None,
 ) -> tuple[list[str], Counter]:
     """Greedy answers to every sample, in order, and where each sample's depth came from.
 
     Depth sources: "dataset" (the sample's own depth), "estimator" (the processor estimated it), "none" (RGB only:
-    an RGB model, `use_depth=False`, or a depth model without depth data or estimator).
+    an RGB model, `use_depth=False`, or a depth model without depth data or estimator). `depth_corruption` corrupts
+    the dataset's depth of each sample (keyed by its id) before the processor; estimated depth is left as it is.
     """
     import torch
     from transformers import GenerationConfig
@@ -183,6 +190,8 @@ def answer_samples(
             processor_kwargs = {}
             if with_depth:
                 depths = [load_depth(s.depth) for s in batch]
+                if depth_corruption is not None:
+                    depths = [None if d is None else depth_corruption(d, s.id) for d, s in zip(depths, batch)]
                 if any(d is not None for d in depths):
                     processor_kwargs["depth"] = [[d] for d in depths]  # None entries: the estimator's
                 processor_kwargs["depth_estimator_device"] = model.device
@@ -454,9 +463,10 @@ def write_outputs(results: dict, out_dir: str | Path) -> dict[str, Path]:
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {"json": out_dir / "results.json", "markdown": out_dir / "results.md", "plot": out_dir / "results.png"}
-    paths["json"].write_text(json.dumps(results, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     paths["markdown"].write_text(markdown_report(results), encoding="utf-8")
     plot_results([results], [results.get("label") or "model"], paths["plot"], title=results.get("label"))
+    # Last and atomically: a results.json that exists is a finished evaluation (the jobs that run many skip it).
+    write_atomically(paths["json"], json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     return paths
 
 
@@ -479,10 +489,18 @@ def run(args: argparse.Namespace) -> dict:
     benchmark, data_path, data, samples = samples_of(args)
     if args.depth_override:
         samples = override_depth(samples, args.depth_override, seed=args.depth_override_seed)
+    corruption = (
+        SeededCorruption(CORRUPTIONS[args.depth_corruption], args.corruption_seed) if args.depth_corruption else None
+    )
     model, processor = load_model_and_processor(args.model, args.device, args.dtype)
     if args.depth_estimator:
         processor.depth_estimator = args.depth_estimator
     depth_fusion = getattr(processor, "depth_fusion", RGB_ONLY_FUSION)
+    if corruption is not None and depth_fusion == RGB_ONLY_FUSION:
+        raise SystemExit(
+            f"--depth-corruption {args.depth_corruption}: {args.model} is an RGB-only model (depth_fusion "
+            f"{RGB_ONLY_FUSION!r}), which reads no depth to corrupt."
+        )
     predictions, depth_sources = answer_samples(
         model,
         processor,
@@ -492,6 +510,7 @@ def run(args: argparse.Namespace) -> dict:
         instruction=args.instruction,
         use_depth=not args.no_depth,
         progress=not args.no_progress,
+        depth_corruption=corruption,
     )
     if depth_fusion != RGB_ONLY_FUSION and not args.no_depth and depth_sources.get("none"):
         print(
@@ -509,6 +528,7 @@ def run(args: argparse.Namespace) -> dict:
         depth_estimator=getattr(processor, "depth_estimator", None),
         depth_source=dict(depth_sources),
         depth_override=args.depth_override,
+        depth_corruption=corruption.describe() if corruption else None,
         benchmark=benchmark,
         data_path=data_path,
         dataset=data.info.as_dict(),
@@ -593,14 +613,26 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, or auto (device_map)")
     run_parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     run_parser.add_argument("--depth-estimator", default=None, help="DepthAnything id/folder for rows without depth")
-    run_parser.add_argument("--no-depth", action="store_true", help="run a depth model RGB-only (ablation)")
-    run_parser.add_argument(
+    # One change to the depth at a time: removed, replaced by a control, or corrupted.
+    depth_changes = run_parser.add_mutually_exclusive_group()
+    depth_changes.add_argument("--no-depth", action="store_true", help="run a depth model RGB-only (ablation)")
+    depth_changes.add_argument(
         "--depth-override",
         choices=DEPTH_OVERRIDES,
         default=None,
         help="a depth control: each question gets another scene's depth (shuffled) or one uninformative map",
     )
     run_parser.add_argument("--depth-override-seed", type=int, default=0, help="seed of the shuffled pairing")
+    depth_changes.add_argument(
+        "--depth-corruption",
+        choices=CORRUPTION_NAMES,
+        default=None,
+        help="corrupt the dataset's depth before the processor: "
+        + "; ".join(f"{name}: {row.description}" for name, row in CORRUPTIONS.items()),
+    )
+    run_parser.add_argument(
+        "--corruption-seed", type=int, default=0, help="base seed of --depth-corruption (per question: seed and id)"
+    )
     run_parser.add_argument("--instruction", default=ANSWER_INSTRUCTION, help="prompt suffix (default: the fixed one)")
     run_parser.add_argument("--bare-number-unit", default="m", help="unit of numbers given without one, or 'none'")
     run_parser.add_argument("--label", default=None, help="name of this run in tables and plots")

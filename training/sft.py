@@ -7,7 +7,9 @@ the fusion gate in full, the RGB tower and the depth encoder's blocks frozen (`-
 model instead of LoRA). The adapter is then merged into a plain depth-model folder (`training.export`), loadable with
 `AutoModelForImageTextToText.from_pretrained(export_dir, trust_remote_code=True)`, and the loss curve is plotted.
 Rows: TRL's conversational format with depth, as `python -m training.make_world` writes them (`training/collator.py`);
-`--depth_fusion none` trains the RGB-only baseline on the very same rows.
+`--depth_fusion none` trains the RGB-only baseline on the very same rows. `--depth_augmentation realistic` (or a comma
+list of `training.depth_corruptions` names) corrupts the depth of a share `--depth_augmentation_p` of the training rows,
+each row's draw seeded by `--seed` and its index; the evaluation rows keep their depth.
 
 GPU (defaults with CUDA: bf16 with the trained depth modules kept in fp32, gradient checkpointing, batch 8, lr 2e-4);
 several GPUs with `--multi_gpu --num_processes N`, or FSDP (it must save a FULL_STATE_DICT, for the merge) and
@@ -45,15 +47,18 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from pathlib import Path
 
 import torch
 from datasets import Dataset
 from trl import ModelConfig, SFTConfig, SFTTrainer, TrlParser
 
+from configuration_depth import RGB_ONLY_FUSION
 from training.checkpoints import resume_checkpoint
 from training.collator import DepthVLMCollator
 from training.data_files import load_rows
+from training.depth_corruptions import AUGMENTATION_COLUMN, DepthAugmentation
 from training.export import export_merged_model
 from training.model_loading import keep_in_float32, load_starting_model
 from training.plots import write_loss_curve
@@ -94,10 +99,26 @@ def parse_args(argv: list[str] | None = None) -> tuple[SpatialSFTScriptArguments
             f"{launched_processes} processes were launched but the trainer sees {training_args.world_size}: on a "
             "machine without GPUs pass --use_cpu true, or they would each train alone."
         )
+    depth_augmentation_of(script_args, training_args)  # a wrong name or probability is an error now, not after loading
     output_dir = Path(training_args.output_dir)
     script_args.export_dir = script_args.export_dir or str(output_dir / "merged")
     script_args.loss_curve = script_args.loss_curve or str(output_dir / "loss_curve.png")
     return script_args, training_args, model_args
+
+
+def depth_augmentation_of(
+    script_args: SpatialSFTScriptArguments, training_args: SFTConfig
+) -> DepthAugmentation | None:
+    """The training rows' depth augmentation that `--depth_augmentation`/`--depth_augmentation_p` ask for, seeded by
+    `--seed`; None without one."""
+    if not script_args.depth_augmentation:
+        return None
+    if script_args.depth_fusion == RGB_ONLY_FUSION:
+        raise ValueError(
+            f"--depth_augmentation {script_args.depth_augmentation}: --depth_fusion {RGB_ONLY_FUSION} trains an "
+            "RGB-only model, which reads no depth to augment."
+        )
+    return DepthAugmentation(script_args.depth_augmentation, script_args.depth_augmentation_p, training_args.seed)
 
 
 def build_trainer(
@@ -123,6 +144,13 @@ def build_trainer(
                 script_args.max_eval_samples,
                 script_args.question_types,
             )
+    augmentation = depth_augmentation_of(script_args, training_args)
+    if augmentation is not None:  # the training rows only: evaluation reads the depth as it is
+        with training_args.main_process_first(desc="augmenting the training rows' depth"):
+            train_dataset = augmentation.apply(train_dataset, num_proc=training_args.dataset_num_proc)
+        if training_args.process_index == 0:
+            counts = Counter(name or "clean" for name in train_dataset[AUGMENTATION_COLUMN])
+            print(f"Depth augmentation of the {len(train_dataset)} training rows: {dict(sorted(counts.items()))}")
     model, processor = load_starting_model(script_args, model_args, training_args)
     reinitialise_depth_fusion(model, script_args.depth_gate_init, script_args.depth_merger_zero_init)
     peft_config = make_lora_config(model_args, model)
@@ -167,6 +195,9 @@ def train(
     """Build the trainer, evaluate, train, evaluate; returns the trainer and a summary of losses and speed."""
     trainer = build_trainer(script_args, training_args, model_args)
     summary = {"depth_fusion": script_args.depth_fusion}
+    augmentation = depth_augmentation_of(script_args, training_args)
+    if augmentation is not None:
+        summary["depth_augmentation"] = augmentation.describe()
     if trainer.eval_dataset is not None and script_args.eval_before_training:
         # Inside `train`, once the model is wrapped: evaluating before `train` marks the model as prepared, and
         # accelerate then never wraps it in DDP, so the ranks would silently train apart (transformers 5.24,

@@ -9,6 +9,7 @@ from typing import Literal
 from trl import ScriptArguments
 
 from configuration_depth import DEFAULT_DEPTH_FUSION, DEPTH_INPUTS
+from training.depth_corruptions import CORRUPTION_NAMES
 from training.spatialbot import ARM_SUMMARIES, TRAINING_ARMS
 
 
@@ -64,6 +65,18 @@ class SpatialSFTScriptArguments(ScriptArguments):
     )
     depth_estimator: str | None = field(
         default=None, metadata={"help": "DepthAnything id/folder, only for rows that have no depth."}
+    )
+    depth_augmentation: str | None = field(
+        default=None,
+        metadata={
+            "help": "Augment the training rows' depth (never the evaluation rows'): a corruption of "
+            "training.depth_corruptions, or a comma list of them ("
+            + ", ".join(CORRUPTION_NAMES)
+            + "); each row, with probability --depth_augmentation_p, gets one of them, drawn per row from --seed."
+        },
+    )
+    depth_augmentation_p: float = field(
+        default=0.5, metadata={"help": "Share of the training rows whose depth --depth_augmentation corrupts."}
     )
     process_rows_ahead: bool = field(
         default=False,

@@ -26,7 +26,7 @@ row on read (`depth_into_messages`); for stock ``trl sft``, which drops that col
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -129,6 +129,35 @@ def depth_into_messages(row: dict[str, Any]) -> dict[str, Any]:
         for message in row["messages"]
     ]
     return {**{key: value for key, value in row.items() if key != DEPTH_KEY}, "messages": messages}
+
+
+def map_row_depths(row: dict[str, Any], transform: Callable[[Any], Any]) -> dict[str, Any]:
+    """The columns of `row` that hold depth, rewritten with `transform` applied to each depth cell (`None`, an image
+    without depth, stays `None`): `messages` when its image blocks carry depth, and an older row's `depth` column.
+    Cells are transformed in the row's image order. For `datasets.Dataset.map`, which updates just these columns."""
+
+    def apply(cell):
+        return None if cell is None else transform(cell)
+
+    out = {}
+    if DEPTH_KEY in row:
+        depth = row[DEPTH_KEY]
+        out[DEPTH_KEY] = [apply(d) for d in depth] if isinstance(depth, (list, tuple)) else apply(depth)
+    messages = row.get("messages") or []
+    if any(isinstance(m.get("content"), list) and any(DEPTH_KEY in b for b in m["content"]) for m in messages):
+        out["messages"] = [
+            {
+                **message,
+                "content": [
+                    {**block, DEPTH_KEY: apply(block[DEPTH_KEY])} if block.get(DEPTH_KEY) is not None else block
+                    for block in message["content"]
+                ],
+            }
+            if isinstance(message.get("content"), list)
+            else message
+            for message in messages
+        ]
+    return out
 
 
 def without_depth(messages: list[dict]) -> list[dict]:
