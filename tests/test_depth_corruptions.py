@@ -476,3 +476,16 @@ def test_a_seeded_corruption_keys_rows_by_their_id():
     depth = scene_depth()
     assert np.array_equal(seeded(depth, "s/1"), corrupt("noise", depth, seed=2, key="s/1"))
     assert replace(seeded, seed=3).describe()["seed"] == 3
+
+
+@pytest.mark.parametrize("argv", [["run", "--help"], ["constant", "--help"]])
+def test_the_evaluation_help_prints_every_corruption(argv, capsys):
+    """argparse %-formats help texts: a description with a bare "%" (holes "20% of pixels") would crash `--help`."""
+    from training import evaluate
+
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(argv)
+    assert exit_info.value.code == 0
+    if argv[0] == "run":
+        help_text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines, at hyphens too
+        assert all(f"{name}:" in help_text.replace("- ", "-") for name in CORRUPTIONS)

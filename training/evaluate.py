@@ -628,7 +628,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=CORRUPTION_NAMES,
         default=None,
         help="corrupt the dataset's depth before the processor: "
-        + "; ".join(f"{name}: {row.description}" for name, row in CORRUPTIONS.items()),
+        # argparse formats help with %: a description's "20% of pixels" must reach it as "%%".
+        + "; ".join(f"{name}: {row.description}" for name, row in CORRUPTIONS.items()).replace("%", "%%"),
     )
     run_parser.add_argument(
         "--corruption-seed", type=int, default=0, help="base seed of --depth-corruption (per question: seed and id)"
