@@ -291,8 +291,9 @@ class MonocularDepthEstimator:
     `dtype`: the estimator's precision; by default bf16 on CUDA and fp32 elsewhere. `torch.bfloat16` on a CPU with
     bf16 dot products (AVX512-BF16, AMX) about halves the forward's time: the backbone's attention then runs
     `query_blocked_attention`. bf16 is what the CUDA default has always been; on a random-weight Depth Anything V2
-    Small its depth differs from fp32's by a median 1% per pixel (`depth_error_vs_float32` in
-    `bench/results/depth_generation_da_v2_small_cpu_64.json`), so on CPU it is opt-in.
+    Small its depth differs from fp32's by a median 1% per pixel, with a tail (p99 41%) at pixels of near-zero
+    disparity, whose inverse magnifies any error (`depth_error_vs_float32` in
+    `bench/results/depth_generation_da_v2_small_cpu_64.json`); so on CPU it is opt-in.
 
     `forward_batch_size`: images per forward pass; by default a whole `predict` batch on accelerators and one on CPU,
     where one image (~1,800 tokens at 518 px) already fills the matrix units and a batch's full-resolution head

@@ -88,6 +88,7 @@ def test_depth_generation_benchmark_runs_tiny(tmp_path):
     for row, raw_row in zip(ours, raw):
         assert row["skipped"] == 0
         assert row["speed_up_over_naive"] == naive["seconds"] / row["seconds"]
+        assert row["cpu_speed_up_over_naive"] == naive["cpu_seconds"] / row["cpu_seconds"] > 0
         assert row["generation_share_of_raw_model"] == row["generation_images_per_s"] / raw_row["images_per_s"]
     assert report["speed_up"] == max(row["speed_up_over_naive"] for row in ours)
     # Precision errors for the bf16 run only, on a photo and a rendered scene; bf16 is close to fp32, and not equal.
