@@ -4,21 +4,32 @@
     python -m bench.bench_depth_generation --random-real-size --synthetic-images --num-images 128 \
         --out bench/results/depth_generation_da_v2_small_h100.json   # offline, real-size model and photo sizes
     python -m bench.bench_depth_generation --tiny --out bench/results/depth_gen_tiny_cpu.json   # CI smoke, CPU
+    OMP_NUM_THREADS=1 python -m bench.bench_depth_generation --random-real-size --synthetic-images --num-images 64 \
+        --device cpu --dtypes float32 bfloat16 --out bench/results/depth_generation_da_v2_small_cpu_64.json
 
 Both methods do the same job on the same images (the first `--num-images` of the folder, sorted): decode, downscale
 to `--max-side`, predict depth at the image's resolution, encode it as a 16-bit PNG and write parquet.
 
 * `naive`: `transformers.pipeline("depth-estimation", model=...)` called once per image, in the pipeline's default
   dtype (fp32), rows written to one parquet file at the end: what a first script usually looks like.
-* `make_rgbd_pairs`: `python -m training.make_rgbd_pairs` run in-process: DataLoader workers decode and preprocess,
-  the estimator runs batched per preprocessed shape (bf16 on CUDA), depth PNGs are encoded in threads, shards are
+* `make_rgbd_pairs`: `python -m training.make_rgbd_pairs` run in-process, once per `--dtypes` entry (its `--dtype`;
+  `auto` is bf16 on CUDA, fp32 on CPU): DataLoader workers decode and preprocess, the estimator runs batched per
+  preprocessed shape on accelerators and one image per forward on CPU, depth PNGs are encoded in threads, shards are
   written as they complete.
 
 Times are end to end, model loading included (what a user waits for); a warm-up run before both takes CUDA and
-import start-up out of the comparison. `--tiny` builds a tiny random DepthAnything and 16 small images offline: it
+import start-up out of the comparison. Each row has its wall time (`seconds`) and its CPU time (`cpu_seconds`: user +
+system of every thread and of the DataLoader workers): on a machine shared with other jobs the wall time includes
+waiting for a core, and the CPU time is the work itself (make_rgbd_pairs' workers included, so it is no fairer to it). `--tiny` builds a tiny random DepthAnything and 16 small images offline: it
 checks that the benchmark runs, its numbers say nothing about real throughput. `--synthetic-images` writes
 `--num-images` photo-sized JPEGs (1024x768 to 1280x960, several aspect ratios) instead of reading `--images`: with
 `--random-real-size` the whole benchmark runs offline at real cost. Nothing here asserts timings.
+
+For every precision other than fp32, `depth_error_vs_float32` compares the estimator's stored depth (what
+`MonocularDepthEstimator` returns) in that precision with fp32's, per pixel, on one of the images and on a rendered
+scene of the world (structured: floor, walls, objects): the relative error's median, mean, 99th percentile and
+maximum over the pixels valid in both, and the share of pixels valid in only one. With random weights the relative
+map has pixels of near-zero disparity, whose depth (its inverse) magnifies any error: the median is the typical pixel.
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ import io
 import json
 import os
 import platform
+import resource
 import shutil
 import tempfile
 import time
@@ -37,16 +49,19 @@ import numpy as np
 import torch
 from PIL import Image
 
-from bench.common import print_table, save_random_depth_anything
-from processing_depth import DEFAULT_DEPTH_ESTIMATOR
+from bench.common import environment, print_table, save_random_depth_anything
+from processing_depth import DEFAULT_DEPTH_ESTIMATOR, MonocularDepthEstimator
 from training import make_rgbd_pairs
 from training.depth_png import encode_depth_png
+from training.make_rgbd_pairs.cli import ESTIMATOR_DTYPES, estimator_dtype
 from training.tiny import save_tiny_depth_anything
 
 
 TINY_NUM_IMAGES = 16
 TINY_SIZES = [(120, 160), (160, 120), (96, 96), (150, 200)]  # (height, width): several aspect ratios
 PHOTO_SIZES = [(768, 1024), (1024, 768), (960, 1280), (720, 1280)]  # (height, width): common camera/phone shapes
+# The raw-forward ceiling on CPU runs this many images at most: a forward there takes seconds, and 8 give a steady rate.
+CPU_RAW_IMAGES = 8
 
 
 def make_tiny_inputs(folder: Path) -> tuple[str, Path]:
@@ -77,12 +92,20 @@ def make_synthetic_photos(folder: Path, num_images: int) -> Path:
     return folder
 
 
-def run_naive(image_paths: list[Path], estimator: str, device: str, max_side: int, out_file: Path) -> float:
-    """The per-image pipeline loop; returns seconds, model loading included."""
+def cpu_seconds() -> float:
+    """CPU time so far of this process (every thread) and of its ended children (DataLoader workers)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def run_naive(
+    image_paths: list[Path], estimator: str, device: str, max_side: int, out_file: Path
+) -> tuple[float, float]:
+    """The per-image pipeline loop; returns wall and CPU seconds, model loading included."""
     from datasets import Dataset
     from transformers import pipeline
 
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), cpu_seconds()
     depth_pipeline = pipeline("depth-estimation", model=estimator, device=device)
     rows = []
     for path in image_paths:
@@ -93,39 +116,79 @@ def run_naive(image_paths: list[Path], estimator: str, device: str, max_side: in
         image.save(buffer, format="PNG")
         rows.append({"image": buffer.getvalue(), "depth": encode_depth_png(depth)})
     Dataset.from_list(rows).to_parquet(str(out_file))
-    return time.perf_counter() - start
+    return time.perf_counter() - start, cpu_seconds() - start_cpu
 
 
-def run_batched(images: Path, num_images: int, estimator: str, device: str, args, out_dir: Path) -> tuple[float, dict]:
-    """make_rgbd_pairs end to end; returns seconds (model loading included) and its summary."""
+def run_batched(
+    images: Path, num_images: int, estimator: str, device: str, dtype: str, args, out_dir: Path
+) -> tuple[float, float, dict, str]:
+    """make_rgbd_pairs end to end; returns wall and CPU seconds (model loading included), its summary and the dtype it
+    ran in."""
     argv = [
         "--input", str(images), "--out", str(out_dir), "--estimator", estimator, "--device", device,
-        "--max-images", str(num_images), "--batch-size", str(args.batch_size), "--num-workers", str(args.num_workers),
-        "--shard-size", str(args.shard_size), "--max-side", str(args.max_side), "--no-progress",
+        "--dtype", dtype, "--max-images", str(num_images), "--batch-size", str(args.batch_size),
+        "--num-workers", str(args.num_workers), "--shard-size", str(args.shard_size), "--max-side", str(args.max_side),
+        "--no-progress",
     ]  # fmt: skip
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), cpu_seconds()
     summary = make_rgbd_pairs.main(argv)
-    return time.perf_counter() - start, summary
+    seconds, cpu = time.perf_counter() - start, cpu_seconds() - start_cpu
+    return seconds, cpu, summary, json.loads((out_dir / "generation.json").read_text())["estimator_dtype"]
 
 
-def run_raw_model(estimator: str, device: str, batch_size: int, num_images: int, shape: tuple[int, int]) -> float:
-    """The estimator's forward alone on ready tensors (no decode, resize or write): the ceiling for the others."""
-    from transformers import DepthAnythingForDepthEstimation
+def make_estimator(estimator: str, device: str, dtype: str, batch_size: int) -> MonocularDepthEstimator:
+    """The estimator as make_rgbd_pairs builds it for `--dtype dtype`."""
+    return MonocularDepthEstimator(estimator, device=device, batch_size=batch_size, dtype=estimator_dtype(dtype))
 
-    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    model = DepthAnythingForDepthEstimation.from_pretrained(estimator, dtype=dtype).to(device).eval()
-    pixels = torch.randn(batch_size, 3, *shape, device=device, dtype=dtype)
-    batches = max(1, num_images // batch_size)
+
+def run_raw_model(
+    estimator: MonocularDepthEstimator, batch_size: int, num_images: int, shape: tuple[int, int]
+) -> float:
+    """The estimator's forward alone on ready tensors (no decode, resize or write): the ceiling for the others. It runs
+    as `predict` runs it: its dtype and attention, a whole batch per forward on accelerators and one image on CPU."""
+    model = estimator.model
+    device = model.device
+    forward_batch = batch_size if device.type != "cpu" else 1
+    if device.type == "cpu":
+        num_images = min(num_images, CPU_RAW_IMAGES)
+    pixels = torch.randn(forward_batch, 3, *shape, device=device, dtype=model.dtype)
+    forwards = max(1, num_images // forward_batch)
     with torch.inference_mode():
         model(pixel_values=pixels)  # warm-up: kernels, allocator
-        if device.startswith("cuda"):
+        if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        for _ in range(batches):
+        for _ in range(forwards):
             model(pixel_values=pixels)
-        if device.startswith("cuda"):
+        if device.type == "cuda":
             torch.cuda.synchronize()
-    return batches * batch_size / (time.perf_counter() - start)
+    return forwards * forward_batch / (time.perf_counter() - start)
+
+
+def structured_image(height: int, width: int) -> Image.Image:
+    """A rendered scene of the world: the structured input of the precision comparison."""
+    from training import world
+
+    return Image.fromarray(world.render(world.sample_scene("train", 0, 0), width, height).rgb)
+
+
+def depth_error(depth: np.ndarray, reference: np.ndarray) -> dict:
+    """Per-pixel relative error of `depth` against `reference` (both the estimator's stored depth, 0 = invalid)."""
+    both_valid = (depth > 0) & (reference > 0)
+    relative = np.abs(depth[both_valid] - reference[both_valid]) / reference[both_valid]
+    return {
+        "median_relative_error": float(np.median(relative)),
+        "mean_relative_error": float(relative.mean()),
+        "p99_relative_error": float(np.quantile(relative, 0.99)),
+        "max_relative_error": float(relative.max()),
+        "validity_differs_share": float(((depth > 0) != (reference > 0)).mean()),
+    }
+
+
+def precision_errors(estimator: str, device: str, dtype: str, images: dict[str, Image.Image]) -> dict:
+    """`depth_error` of `dtype`'s depth against fp32's on the same device, per named image."""
+    low, reference = make_estimator(estimator, device, dtype, 1), make_estimator(estimator, device, "float32", 1)
+    return {name: depth_error(low([image])[0], reference([image])[0]) for name, image in images.items()}
 
 
 def warm_up(image_path: Path, estimator: str, device: str) -> None:
@@ -149,6 +212,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--shard-size", type=int, default=1000)
     parser.add_argument("--max-side", type=int, default=1024)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--dtypes",
+        nargs="+",
+        choices=ESTIMATOR_DTYPES,
+        default=["auto"],
+        help="make_rgbd_pairs --dtype values to time, each against the same naive loop",
+    )
     parser.add_argument("--tiny", action="store_true", help="smoke mode: tiny random model, 16 generated images")
     parser.add_argument(
         "--synthetic-images",
@@ -182,11 +252,51 @@ def main(argv=None) -> dict:
         image_paths = [images / source_id for source_id in source_ids]
 
         warm_up(image_paths[0], estimator, args.device)
-        naive_s = run_naive(image_paths, estimator, args.device, args.max_side, work_dir / "naive.parquet")
-        batched_s, summary = run_batched(images, num_images, estimator, args.device, args, work_dir / "batched")
+        naive_s, naive_cpu_s = run_naive(
+            image_paths, estimator, args.device, args.max_side, work_dir / "naive.parquet"
+        )
+        ours, raw = [], []
         # Photos of 4:3 reach the estimator as 518 x 686 (short side 518, multiples of 14), as the processor sizes them.
         raw_shape = (56, 56) if args.tiny else (518, 686)
-        raw_images_per_s = run_raw_model(estimator, args.device, args.batch_size, num_images, raw_shape)
+        for dtype in args.dtypes:
+            seconds, cpu, summary, ran_in = run_batched(
+                images, num_images, estimator, args.device, dtype, args, work_dir / f"batched_{dtype}"
+            )
+            ours.append(
+                {
+                    "method": "make_rgbd_pairs",
+                    "dtype": ran_in,
+                    "seconds": seconds,
+                    "images_per_s": num_images / seconds,
+                    "speed_up_over_naive": naive_s / seconds,
+                    "cpu_seconds": cpu,
+                    "cpu_speed_up_over_naive": naive_cpu_s / cpu,
+                    "generation_seconds": summary["seconds"],  # without model loading and set-up
+                    "generation_images_per_s": num_images / summary["seconds"],
+                    "skipped": summary["skipped"],
+                }
+            )
+            raw_estimator = make_estimator(estimator, args.device, dtype, args.batch_size)
+            raw_images_per_s = run_raw_model(raw_estimator, args.batch_size, num_images, raw_shape)
+            raw.append(
+                {
+                    "method": f"raw model forward {raw_shape[0]}x{raw_shape[1]}",
+                    "dtype": ran_in,
+                    "seconds": num_images / raw_images_per_s,
+                    "images_per_s": raw_images_per_s,
+                }
+            )
+            # End-to-end generation (model loading excluded) over the model's own throughput in the same precision.
+            ours[-1]["generation_share_of_raw_model"] = ours[-1]["generation_images_per_s"] / raw_images_per_s
+        error_images = {
+            "photo": Image.open(image_paths[0]).convert("RGB"),
+            "rendered scene": structured_image(*TINY_SIZES[0] if args.tiny else PHOTO_SIZES[0]),
+        }
+        errors = {
+            row["dtype"]: precision_errors(estimator, args.device, dtype, error_images)
+            for dtype, row in zip(args.dtypes, ours)
+            if row["dtype"] != "float32"
+        }
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
 
@@ -196,30 +306,25 @@ def main(argv=None) -> dict:
             "dtype": "float32",
             "seconds": naive_s,
             "images_per_s": num_images / naive_s,
+            "cpu_seconds": naive_cpu_s,
         },
-        {
-            "method": "make_rgbd_pairs",
-            "dtype": "bfloat16" if args.device.startswith("cuda") else "float32",
-            "seconds": batched_s,
-            "images_per_s": num_images / batched_s,
-            "generation_seconds": summary["seconds"],  # without model loading and set-up
-            "generation_images_per_s": num_images / summary["seconds"],
-            "skipped": summary["skipped"],
-        },
-        {
-            "method": f"raw model forward {raw_shape[0]}x{raw_shape[1]}",
-            "dtype": "bfloat16" if args.device.startswith("cuda") else "float32",
-            "seconds": num_images / raw_images_per_s,
-            "images_per_s": raw_images_per_s,
-        },
+        *ours,
+        *raw,
     ]
-    # The goal's ratio: end-to-end generation (model loading excluded) over the model's own throughput.
-    share_of_raw = results[1]["generation_images_per_s"] / raw_images_per_s
-    speed_up = naive_s / batched_s
     print(f"{num_images} images")
-    print_table(results, ["method", "dtype", "seconds", "images_per_s"])
-    print(f"speed-up of make_rgbd_pairs over the naive loop: {speed_up:.2f}x")
-    print(f"make_rgbd_pairs (model loading excluded) runs at {share_of_raw:.0%} of the raw model's throughput")
+    print_table(results, ["method", "dtype", "seconds", "images_per_s", "speed_up_over_naive", "cpu_seconds"])
+    for row in ours:
+        print(
+            f"make_rgbd_pairs in {row['dtype']}: {row['speed_up_over_naive']:.2f}x the naive loop "
+            f"({row['cpu_speed_up_over_naive']:.2f}x in CPU time); model loading excluded it runs at "
+            f"{row['generation_share_of_raw_model']:.0%} of the raw model's throughput"
+        )
+    for dtype, by_image in errors.items():
+        for name, error in by_image.items():
+            print(
+                f"{dtype} vs float32 on the {name}: relative depth error median {error['median_relative_error']:.2%}, "
+                f"mean {error['mean_relative_error']:.2%}, p99 {error['p99_relative_error']:.2%}"
+            )
 
     report = {
         "benchmark": "depth pair generation, end to end (model loading included)",
@@ -234,11 +339,13 @@ def main(argv=None) -> dict:
         "num_workers": args.num_workers,
         "max_side": args.max_side,
         "results": results,
-        "speed_up": speed_up,
-        "generation_share_of_raw_model": share_of_raw,
+        # The fastest make_rgbd_pairs run over the naive loop, each timed in this same run.
+        "speed_up": max(row["speed_up_over_naive"] for row in ours),
+        "depth_error_vs_float32": errors,
         "processor": platform.processor() or platform.machine(),
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        **{key: environment()[key] for key in ("torch", "transformers", "threads")},  # threads: torch's intra-op
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
     }
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

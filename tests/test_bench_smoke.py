@@ -74,13 +74,31 @@ def test_training_benchmark_runs_tiny(tmp_path):
 
 def test_depth_generation_benchmark_runs_tiny(tmp_path):
     out = tmp_path / "generation.json"
-    bench_depth_generation.main(["--tiny", "--out", str(out)])
+    bench_depth_generation.main(["--tiny", "--dtypes", "auto", "bfloat16", "--out", str(out)])
     report = json.loads(out.read_text())
-    methods = [row["method"] for row in report["results"]]
-    assert methods == ["naive pipeline loop", "make_rgbd_pairs", "raw model forward 56x56"]
-    assert report["results"][1]["skipped"] == 0
-    generation = report["results"][1]["generation_images_per_s"]
-    assert report["generation_share_of_raw_model"] == generation / report["results"][2]["images_per_s"]
+    rows = report["results"]
+    assert [(row["method"], row["dtype"]) for row in rows] == [
+        ("naive pipeline loop", "float32"),
+        ("make_rgbd_pairs", "float32"),  # auto on CPU
+        ("make_rgbd_pairs", "bfloat16"),
+        ("raw model forward 56x56", "float32"),
+        ("raw model forward 56x56", "bfloat16"),
+    ]
+    naive, ours, raw = rows[0], rows[1:3], rows[3:]
+    for row, raw_row in zip(ours, raw):
+        assert row["skipped"] == 0
+        assert row["speed_up_over_naive"] == naive["seconds"] / row["seconds"]
+        assert row["cpu_speed_up_over_naive"] == naive["cpu_seconds"] / row["cpu_seconds"] > 0
+        assert row["generation_share_of_raw_model"] == row["generation_images_per_s"] / raw_row["images_per_s"]
+    assert report["speed_up"] == max(row["speed_up_over_naive"] for row in ours)
+    # Precision errors for the bf16 run only, on a photo and a rendered scene; bf16 is close to fp32, and not equal.
+    assert list(report["depth_error_vs_float32"]) == ["bfloat16"]
+    errors = report["depth_error_vs_float32"]["bfloat16"]
+    assert set(errors) == {"photo", "rendered scene"}
+    for error in errors.values():
+        assert 0 < error["median_relative_error"] < 0.05
+        assert error["median_relative_error"] <= error["p99_relative_error"] <= error["max_relative_error"]
+    assert report["threads"] >= 1 and report["torch"]
 
 
 def test_host_ops_benchmark_counts_by_region(tmp_path):
