@@ -499,33 +499,46 @@ def parse_intrinsics(value: Any, index: int = 0) -> tuple[float, float, float, f
     return fx, fy, cx, cy
 
 
+def per_image_entries(value: Any, images, num_images: int, is_entry, kind: str, noun: str, none_means: str) -> list:
+    """A per-image input (`depth=`, `intrinsics=`) as one entry per image, in the images' order.
+
+    `value` is one entry (`is_entry`), a flat list of entries (one per image), or one list per sample, each matching
+    its sample's images when `images` is nested likewise (a sample's bare entry is its one image's; its `None`, every
+    image's). Counts that do not match say which (`kind`/`noun` name the input, `none_means` what `None` is).
+    """
+    entries = [value] if is_entry(value) else list(value)
+    if any(isinstance(item, (list, tuple)) and not is_entry(item) for item in entries):  # one list per sample
+        nested = isinstance(images, (list, tuple)) and all(isinstance(s, (list, tuple)) for s in images)
+        sizes = [len(sample) for sample in images] if nested else [None] * len(entries)
+        if len(sizes) != len(entries):
+            raise ValueError(f"Got {kind} for {len(entries)} samples but images for {len(sizes)}.")
+        samples, entries = entries, []
+        for index, (sample, size) in enumerate(zip(samples, sizes)):
+            if not isinstance(sample, (list, tuple)) or is_entry(sample):
+                sample = [None] * (size or 1) if sample is None else [sample]
+            if size is not None and len(sample) != size:
+                raise ValueError(
+                    f"Got {len(sample)} {noun} for {size} images in sample {index}: give one per image (None "
+                    f"{none_means})."
+                )
+            entries.extend(sample)
+    if len(entries) != num_images:
+        raise ValueError(f"Got {len(entries)} {noun} for {num_images} images: give one per image (None {none_means}).")
+    return entries
+
+
 def intrinsics_per_image(intrinsics: Any, images, num_images: int) -> list[tuple[float, float, float, float] | None]:
     """The caller's `intrinsics` as one (fx, fy, cx, cy) or None per image, laid out like `depth`: one camera, a flat
     list (one per image), or one list per sample (a sample's `None`: no intrinsics for its images)."""
-    if _is_one_intrinsics(intrinsics):
-        entries = [intrinsics]
-    else:
-        entries = list(intrinsics)
-        if any(isinstance(item, (list, tuple)) and not _is_one_intrinsics(item) for item in entries):  # per sample
-            nested = isinstance(images, (list, tuple)) and all(isinstance(s, (list, tuple)) for s in images)
-            sizes = [len(sample) for sample in images] if nested else [None] * len(entries)
-            if len(sizes) != len(entries):
-                raise ValueError(f"Got intrinsics for {len(entries)} samples but images for {len(sizes)}.")
-            flat = []
-            for index, (sample, size) in enumerate(zip(entries, sizes)):
-                if sample is None or _is_one_intrinsics(sample):
-                    sample = [sample] * (size or 1) if sample is None else [sample]
-                if size is not None and len(sample) != size:
-                    raise ValueError(
-                        f"Got {len(sample)} intrinsics for {size} images in sample {index}: give one per image (None "
-                        "for an unknown camera)."
-                    )
-                flat.extend(sample)
-            entries = flat
-    if len(entries) != num_images:
-        raise ValueError(
-            f"Got {len(entries)} intrinsics for {num_images} images: give one per image (None for an unknown camera)."
-        )
+    entries = per_image_entries(
+        intrinsics,
+        images,
+        num_images,
+        lambda value: not isinstance(value, (list, tuple)) or _is_one_intrinsics(value),
+        "intrinsics",
+        "intrinsics",
+        "for an unknown camera",
+    )
     return [parse_intrinsics(entry, index) for index, entry in enumerate(entries)]
 
 
@@ -740,28 +753,15 @@ class Qwen2_5_VLDepthProcessor(Qwen2_5_VLProcessor):
         """
         if depth is None:
             return [None] * num_images
-        is_container = isinstance(depth, (list, tuple)) and not _is_map_as_nested_list(depth)
-        entries = list(depth) if is_container else [depth]
-        if any(isinstance(item, (list, tuple)) and not _is_map_as_nested_list(item) for item in entries):  # per sample
-            nested = isinstance(images, (list, tuple)) and all(isinstance(s, (list, tuple)) for s in images)
-            sizes = [len(sample) for sample in images] if nested else [None] * len(entries)
-            if len(sizes) != len(entries):
-                raise ValueError(f"Got depth for {len(entries)} samples but images for {len(sizes)}.")
-            samples, entries = entries, []
-            for index, (sample, size) in enumerate(zip(samples, sizes)):
-                if not isinstance(sample, (list, tuple)) or _is_map_as_nested_list(sample):
-                    sample = [None] * (size or 1) if sample is None else [sample]
-                if size is not None and len(sample) != size:
-                    raise ValueError(
-                        f"Got {len(sample)} depth maps for {size} images in sample {index}: give one per image (None "
-                        "for an image without depth)."
-                    )
-                entries.extend(sample)
-        if len(entries) != num_images:
-            raise ValueError(
-                f"Got {len(entries)} depth maps for {num_images} images: give one per image (None for an image "
-                "without depth)."
-            )
+        entries = per_image_entries(
+            depth,
+            images,
+            num_images,
+            lambda value: not isinstance(value, (list, tuple)) or _is_map_as_nested_list(value),
+            "depth",
+            "depth maps",
+            "for an image without depth",
+        )
         for index, entry in enumerate(entries):
             if entry is not None and not isinstance(entry, DEPTH_MAP_TYPES) and not _is_map_as_nested_list(entry):
                 raise TypeError(
