@@ -38,6 +38,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--scene-conversations", choices=["true", "false"], default=None, help="override scene_conversations"
     )
+    parser.add_argument(
+        "--stage0-question-types", choices=["rgb", "all"], default=None, help="override stage0_question_types"
+    )
     parser.add_argument("--no-capacity-control", action="store_true", help="skip the capacity-matched control arm")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per stage (override the preset's)")
     parser.add_argument(
@@ -67,6 +70,8 @@ def main(argv: list[str] | None = None) -> dict:
         overrides["depth_warmup_steps"] = args.depth_warmup_steps
     if args.tokenizer_corpus:
         overrides["tokenizer_corpus"] = args.tokenizer_corpus
+    if args.stage0_question_types:
+        overrides["stage0_question_types"] = args.stage0_question_types
     if args.scene_conversations:
         overrides["scene_conversations"] = args.scene_conversations == "true"
     if args.no_capacity_control:

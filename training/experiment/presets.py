@@ -105,6 +105,11 @@ class Preset:
     # Arms whose seed-0 model is exported as a Hub-ready folder (`training.export`) into `out/models/<arm>`, small
     # enough to commit, so anyone can re-evaluate them on a freshly rendered test set.
     shipped_arms: tuple[str, ...] = ()
+    # What stage 0 (the stand-in base) is trained on: "rgb", the RGB-only question types (`RGB_ONLY_QUESTION_TYPES`,
+    # a base that has never seen a metric or choice answer); "all", every question type from RGB alone, as a real
+    # pretrained VLM can already answer "how far is the car" in metres (from RGB priors) and pick one of two named
+    # objects. Stage 2 then has only to learn to read depth, not the tasks themselves.
+    stage0_question_types: str = "rgb"
 
 
 PRESETS = {
