@@ -378,3 +378,26 @@ def test_with_one_seed_forgetting_is_read_against_the_questions_own_sampling_noi
     assert not rows["none"]["below_stage0"] and rows["add"]["below_stage0"]
     del aggregate_["none"]["count"]["questions"]  # without the counts there is no floor: any drop counts
     assert {row["arm"]: row for row in forgetting(aggregate_)}["none"]["below_stage0"]
+
+
+@pytest.mark.parametrize("stage0_types", ["rgb", "all"])
+def test_stage0_trains_the_types_it_is_told_with_a_description_per_scene(world_dir, tmp_path, stage0_types):
+    from training.data_files import load_rows
+    from training.experiment.presets import RGB_ONLY_QUESTION_TYPES
+    from training.world import QUESTION_TYPES
+
+    preset = replace(PRESETS["cpu-fair"], stage0_question_types=stage0_types)
+    folder = Experiment(preset, tmp_path).stage0_rows(world_dir, "train-stage0")
+    assert folder.name == ("train-stage0-all" if stage0_types == "all" else "train-stage0")
+    rows = load_rows(folder)
+    source = load_rows(world_dir)
+    types = set(rows["question_type"]) - {"describe"}
+    assert types == (set(QUESTION_TYPES) if stage0_types == "all" else set(RGB_ONLY_QUESTION_TYPES))
+    scenes = set(source["scene_id"])
+    described = [row["scene_id"] for row in rows if row["question_type"] == "describe"]
+    assert sorted(described) == sorted(scenes)  # one description per scene, on an unmarked view
+    assert all(not row["marker"] for row in rows if row["question_type"] == "describe")
+    expected_questions = (
+        len(source) if stage0_types == "all" else sum(t in RGB_ONLY_QUESTION_TYPES for t in source["question_type"])
+    )
+    assert len(rows) == expected_questions + len(scenes)

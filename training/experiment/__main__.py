@@ -41,6 +41,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument(
         "--depth-input", choices=["depth", "points"], default=None, help="override the preset's depth_input"
     )
+    parser.add_argument(
+        "--stage0-question-types", choices=["rgb", "all"], default=None, help="override stage0_question_types"
+    )
     parser.add_argument("--no-capacity-control", action="store_true", help="skip the capacity-matched control arm")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per stage (override the preset's)")
     parser.add_argument(
@@ -72,6 +75,8 @@ def main(argv: list[str] | None = None) -> dict:
         overrides["tokenizer_corpus"] = args.tokenizer_corpus
     if args.depth_input:
         overrides["depth_input"] = args.depth_input
+    if args.stage0_question_types:
+        overrides["stage0_question_types"] = args.stage0_question_types
     if args.scene_conversations:
         overrides["scene_conversations"] = args.scene_conversations == "true"
     if args.no_capacity_control:

@@ -109,6 +109,11 @@ class Preset:
     # x, y, z from depth and each image's intrinsics, issue 22). Its alignments have their own folders
     # (`align/<name>-points-seed<s>`), so a points run can share another run's data and stage 0 (`--shared-stages`).
     depth_input: str = "depth"
+    # What stage 0 (the stand-in base) is trained on: "rgb", the RGB-only question types (`RGB_ONLY_QUESTION_TYPES`,
+    # a base that has never seen a metric or choice answer); "all", every question type from RGB alone, as a real
+    # pretrained VLM can already answer "how far is the car" in metres (from RGB priors) and pick one of two named
+    # objects. Stage 2 then has only to learn to read depth, not the tasks themselves.
+    stage0_question_types: str = "rgb"
 
 
 PRESETS = {

@@ -192,19 +192,26 @@ class Experiment:
         return target
 
     def stage0_rows(self, source: Path, name: str) -> Path:
-        """Stage 0's data: the RGB-only questions of `source` (`RGB_ONLY_QUESTION_TYPES`), plus one scene description
-        per scene ("Describe the scene: ..." -> its objects left to right, see `describe_objects`)."""
+        """Stage 0's data: the questions of `source` of `stage0_question_types` ("rgb": `RGB_ONLY_QUESTION_TYPES`;
+        "all": every type, answered from RGB since stage 0 has no depth path), plus one scene description per scene
+        ("Describe the scene: ..." -> its objects left to right, see `describe_objects`)."""
+        every_type = self.preset.stage0_question_types == "all"
+        if every_type:
+            name = f"{name}-all"
 
-        def rgb_questions_and_descriptions(rows):
+        def questions_and_descriptions(rows):
             from datasets import concatenate_datasets
 
-            # Reading only the type column: a row-wise filter would decode every image.
-            rows = rows.filter(
-                lambda question_type: question_type in RGB_ONLY_QUESTION_TYPES, input_columns="question_type"
-            )
-            return concatenate_datasets([rows, scene_descriptions(rows)])
+            unmarked = rows.filter(lambda marker: not marker, input_columns="marker")  # descriptions: plain views
+            if not every_type:
+                # Reading only the type column: a row-wise filter would decode every image.
+                rows = rows.filter(
+                    lambda question_type: question_type in RGB_ONLY_QUESTION_TYPES, input_columns="question_type"
+                )
+                unmarked = rows
+            return concatenate_datasets([rows, scene_descriptions(unmarked)])
 
-        return self.derived_rows(source, name, rgb_questions_and_descriptions)
+        return self.derived_rows(source, name, questions_and_descriptions)
 
     def conversation_rows(self, source: Path, name: str) -> Path:
         """`source`'s rows with each scene's unmarked questions as one conversation (`scene_conversations`)."""
