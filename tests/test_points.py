@@ -392,3 +392,61 @@ def test_a_points_experiment_aligns_and_builds_points_models_in_their_own_folder
     )
     assert value(recorded.args_of("sft-rgbd-seed0"), "--depth_input") == "points"  # no encoder: built from the base
     assert "--depth_input" not in recorded.args_of("sft-none-seed0")
+
+
+def test_the_lateral_probe_target_is_each_tokens_mean_camera_x():
+    from training.align.probe import region_lateral_metres
+
+    grid = torch.tensor([[1, 2, 2]])  # one merged token: 4 patches of 14x14
+    camera = torch.tensor([[10.0, 10.0, 13.5, 13.5]])
+    rays = pixel_rays(grid, camera, patch_size=14, merge_size=2, default_horizontal_fov_degrees=60.0)
+    depth = torch.full((4, 196), 2.0)
+    depth[0, :98] = 0.0  # invalid pixels do not count
+    expected_x = (2.0 * rays[:, 0])[depth > 0].mean()
+    torch.testing.assert_close(torch.from_numpy(region_lateral_metres(depth, rays, 2)), expected_x[None])
+
+
+def test_the_probe_reads_lateral_position_when_the_pairs_carry_cameras(points_models, world_dir):
+    from training.align import DepthAlignmentModel, RGBDPairCollator, select_pair_rows
+    from training.align.probe import metric_depth_probe
+    from training.data_files import load_rows
+    from training.make_rgbd_pairs import RGBDPairs
+    from training.trl_layout import first_depth
+
+    rows = load_rows(world_dir)
+    pairs = RGBDPairs(rows, select_pair_rows(rows))
+    points_model, _, processor = points_models["add"]
+    report = metric_depth_probe(
+        DepthAlignmentModel.from_depth_model(points_model), pairs, RGBDPairCollator(processor, 112)
+    )
+    assert set(report) == {"depth", "rgb"} and all(-1.0 < report[name]["lateral_r2"] <= 1.0 for name in report)
+    # Pairs without a camera (e.g. a sensor's): no lateral target, the depth probe alone.
+    cameraless = [((row["images"][0]), first_depth(row)) for row in (rows[i] for i in select_pair_rows(rows))]
+    report = metric_depth_probe(
+        DepthAlignmentModel.from_depth_model(points_model), cameraless, RGBDPairCollator(processor, 112)
+    )
+    assert "lateral_r2" not in report["depth"] and "r2" in report["depth"]
+
+
+def test_pairs_carry_their_camera_and_a_flip_mirrors_its_principal_point(world_dir):
+    from training.align import select_pair_rows
+    from training.data_files import load_rows
+    from training.make_rgbd_pairs import RGBDPairs
+
+    rows = load_rows(world_dir)
+    indices = select_pair_rows(rows)
+    plain = RGBDPairs(rows, indices)
+    camera = json.loads(rows[indices[0]]["scene"])["intrinsics"]
+    expected = tuple(camera[k] for k in ("fx", "fy", "cx", "cy"))
+    assert plain[0].intrinsics == pytest.approx(expected)
+    augmented = RGBDPairs(rows, indices, augment=True, max_rotation_degrees=0.0)
+    flipped = [
+        i
+        for i in range(len(indices))
+        if not np.array_equal(np.asarray(augmented[i].image), np.asarray(plain[i].image))
+    ]
+    assert flipped, "no pair was flipped: the test would not check the mirror"
+    for i in flipped:
+        fx, fy, cx, cy = plain[i].intrinsics
+        assert augmented[i].intrinsics == pytest.approx((fx, fy, plain[i].image.width - 1 - cx, cy))
+        np.testing.assert_array_equal(np.asarray(augmented[i].image), np.asarray(plain[i].image)[:, ::-1])

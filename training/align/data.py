@@ -8,10 +8,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from processing_depth import Qwen2_5_VLDepthProcessor, parse_intrinsics, resized_intrinsics
+from processing_depth import Qwen2_5_VLDepthProcessor, resized_intrinsics
 from training.depth_png import decode_depth_cell
 from training.make_rgbd_pairs import RGBDPair, decode_first_image
-from training.trl_layout import INTRINSICS_KEY, first_depth, has_depth_layout, image_blocks
+from training.make_rgbd_pairs.reader import row_intrinsics
+from training.trl_layout import first_depth, has_depth_layout
 
 
 def select_pair_rows(table, metric_depth_only: bool = False) -> list[int]:
@@ -71,10 +72,9 @@ class RGBDPairCollator:
             camera = None
             if isinstance(pair, dict):
                 image, depth = pair["images"] if "images" in pair else pair["image"], first_depth(pair)
-                blocks = image_blocks(pair.get("messages") or [])
-                camera = parse_intrinsics(blocks[0].get(INTRINSICS_KEY)) if blocks else None
+                camera = row_intrinsics(pair)
             elif isinstance(pair, RGBDPair):
-                image, depth = pair.image, pair.depth
+                image, depth, camera = pair.image, pair.depth, pair.intrinsics
             else:
                 image, depth = pair
             image, depth = decode_first_image(image), decode_depth_cell(depth)

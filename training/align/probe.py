@@ -5,6 +5,11 @@ trade the depth encoder's metric information for agreement. The probe reads it b
 merged token to the mean log-depth of the image region it covers, fitted on half the held-out images and scored on
 the other half (R², and δ₁ of the predicted depth). The RGB tower's tokens get the same probe as the reference of
 what RGB alone carries.
+
+With the pairs' camera intrinsics (rendered-world rows carry them), a second probe reads each token's mean lateral
+position in metres, `X = z (u - cx) / fx` over its region (`lateral_r2`): what metric size needs and what depth alone
+cannot give, since `fx` varies with the camera. A `depth_input="points"` encoder sees X; a `"depth"` one sees z and
+the token's place in the image only.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import numpy as np
 import torch
 
 from configuration_depth import DEFAULT_DEPTH_FUSION
+from modeling_qwen2_5_vl_depth import pixel_rays
 from training.align.data import RGBDPairCollator, select_pair_rows
 from training.align.model import DepthAlignmentModel
 from training.data_files import load_rows
@@ -36,6 +42,17 @@ def region_log_depth(depth_values: torch.Tensor, merge_size: int) -> tuple[np.nd
     log_depth = torch.where(valid, per_token.clamp_min(1e-6).log(), torch.zeros_like(per_token))
     counts = valid.sum(-1)
     return (log_depth.sum(-1) / counts.clamp_min(1)).numpy(), (counts > 0).numpy()
+
+
+def region_lateral_metres(depth_values: torch.Tensor, rays: torch.Tensor, merge_size: int) -> np.ndarray:
+    """Per merged token: the mean camera-frame x (metres) of the valid pixels of its patches, `z * ray_x`, with `rays`
+    as `modeling_qwen2_5_vl_depth.pixel_rays` gives them (same layout as `depth_values`)."""
+    depth = depth_values.float()
+    valid = torch.isfinite(depth) & (depth > 0)
+    lateral = torch.where(valid, depth * rays[:, 0].float(), torch.zeros_like(depth))
+    per_token = lateral.reshape(-1, merge_size**2 * depth.shape[-1]).sum(-1)
+    counts = valid.reshape(-1, merge_size**2 * depth.shape[-1]).sum(-1)
+    return (per_token / counts.clamp_min(1)).numpy()
 
 
 def fit_ridge(features: np.ndarray, targets: np.ndarray, strength: float) -> np.ndarray:
@@ -88,13 +105,14 @@ def metric_depth_probe(
     model.eval()
     device = next(model.parameters()).device
     features: dict[str, list[np.ndarray]] = {"depth": [], "rgb": []}
-    targets, image_of_token = [], []
+    targets, lateral_targets, image_of_token = [], [], []
     merge_size = model.depth_encoder.spatial_merge_size
     for start in range(0, len(pairs), batch_size):
         batch = collator([pairs[index] for index in range(start, min(start + batch_size, len(pairs)))])
         grid = batch["image_grid_thw"].to(device)
         depth_values = batch["depth_values"].to(device)
-        depth = model.depth_tokens(depth_values, grid).float().cpu().numpy()
+        cameras = batch.get("depth_intrinsics")
+        depth = model.depth_tokens(depth_values, grid, cameras).float().cpu().numpy()
         rgb = model.rgb_tokens(batch["pixel_values"].to(device), grid).float().cpu().numpy()
         target, valid = region_log_depth(batch["depth_values"], merge_size)
         tokens_per_image = model.tokens_per_image(batch["image_grid_thw"])
@@ -103,9 +121,18 @@ def metric_depth_probe(
         features["rgb"].append(rgb[valid])
         targets.append(target[valid])
         image_of_token.append(image_index[valid])
+        if cameras is not None:
+            vision = model.depth_model_config.vision_config
+            rays = pixel_rays(batch["image_grid_thw"], cameras, vision.patch_size, merge_size, 60.0)
+            lateral_targets.append(region_lateral_metres(batch["depth_values"], rays, merge_size)[valid])
     model.train(was_training)
     targets_, images_ = np.concatenate(targets), np.concatenate(image_of_token)
-    return {name: ridge_probe(np.concatenate(parts), targets_, images_) for name, parts in features.items()}
+    report = {name: ridge_probe(np.concatenate(parts), targets_, images_) for name, parts in features.items()}
+    if lateral_targets and len(lateral_targets) == len(targets):  # every batch had its cameras
+        lateral = np.concatenate(lateral_targets)
+        for name, parts in features.items():
+            report[name]["lateral_r2"] = ridge_probe(np.concatenate(parts), lateral, images_)["r2"]
+    return report
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -17,7 +17,7 @@ from PIL import Image
 
 from training.data_files import load_rows
 from training.depth_png import decode_depth_cell, decode_image_cell
-from training.trl_layout import DEPTH_KEY, first_depth, has_depth_layout
+from training.trl_layout import DEPTH_KEY, INTRINSICS_KEY, first_depth, has_depth_layout, image_blocks
 
 
 DEFAULT_MAX_ROTATION_DEGREES = 10.0
@@ -37,6 +37,9 @@ class RGBDPair:
     depth: np.ndarray
     depth_is_metric: bool | None = None
     source_id: str | None = None
+    # The camera (fx, fy, cx, cy) in the image's pixels, when the row's image block has one (rendered worlds do);
+    # a horizontal flip mirrors cx with the image.
+    intrinsics: tuple[float, float, float, float] | None = None
 
 
 def transform_rgbd_pair(
@@ -74,9 +77,23 @@ def augment_rgbd_pair(
     flip_probability: float = 0.5,
 ) -> tuple[Image.Image, np.ndarray]:
     """A random horizontal flip and a rotation in [-max, max] degrees, the same for image and depth."""
+    return transform_rgbd_pair(image, depth, *draw_augmentation(rng, max_rotation_degrees, flip_probability))
+
+
+def draw_augmentation(
+    rng: np.random.Generator, max_rotation_degrees: float, flip_probability: float = 0.5
+) -> tuple[bool, float]:
+    """(horizontal flip, rotation in degrees) of one pair, in that order from `rng`."""
     horizontal_flip = bool(rng.random() < flip_probability)
-    rotation_degrees = float(rng.uniform(-max_rotation_degrees, max_rotation_degrees))
-    return transform_rgbd_pair(image, depth, horizontal_flip, rotation_degrees)
+    return horizontal_flip, float(rng.uniform(-max_rotation_degrees, max_rotation_degrees))
+
+
+def row_intrinsics(row: dict) -> tuple[float, float, float, float] | None:
+    """The camera of a row's first image block (`trl_layout.INTRINSICS_KEY`), or None."""
+    from processing_depth import parse_intrinsics
+
+    blocks = image_blocks(row.get("messages") or [])
+    return parse_intrinsics(blocks[0].get(INTRINSICS_KEY)) if blocks else None
 
 
 def decode_first_image(value) -> Image.Image:
@@ -169,6 +186,15 @@ class RGBDPairs(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> RGBDPair:
         row = self.rows[self.indices[index]]
-        rng = np.random.default_rng([self.seed, self.epoch, index])
-        image, depth = load_rgbd_pair(row, self.augment, rng, self.max_rotation_degrees)
-        return RGBDPair(image, depth, row.get("depth_is_metric"), row.get("source_id"))
+        image, depth = load_rgbd_pair(row)
+        flip = False
+        if self.augment:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            flip, degrees = draw_augmentation(rng, self.max_rotation_degrees)
+            image, depth = transform_rgbd_pair(image, depth, flip, degrees)
+        # A rotation about the image centre keeps K (exactly when the principal point is the centre, as rendered).
+        camera = row_intrinsics(row)
+        if camera is not None and flip:
+            fx, fy, cx, cy = camera
+            camera = (fx, fy, image.width - 1 - cx, cy)
+        return RGBDPair(image, depth, row.get("depth_is_metric"), row.get("source_id"), camera)
