@@ -16,7 +16,7 @@ from modeling_qwen2_5_vl_depth import (
     encode_metric_depth,
     pixel_rays,
 )
-from processing_depth import parse_intrinsics, resized_intrinsics
+from processing_depth import Qwen2_5_VLDepthProcessor, parse_intrinsics, resized_intrinsics
 from tests.conftest import chat, make_inputs, random_depth, random_image, with_open_depth_path
 from training.build_depth_model import build_depth_model
 from training.build_depth_model import main as build_main
@@ -372,6 +372,12 @@ class TestAlignmentWithPoints:
         exported = Qwen2_5_VLDepthForConditionalGeneration.from_pretrained(tmp_path / "aligned")
         assert exported.config.depth_input == "points"
         assert exported.model.depth_encoder.patch_embed.proj.weight[:, :2].any(), "alignment trained x and y"
+        # The trained points model's answer depends on the camera (its gate opened, as stage 2 opens it).
+        exported = with_open_depth_path(exported.eval())
+        processor = Qwen2_5_VLDepthProcessor.from_pretrained(tmp_path / "aligned")
+        wide = make_inputs(processor, IMAGES, DEPTHS, intrinsics=[K_FIRST, K_SECOND])
+        narrow = make_inputs(processor, IMAGES, DEPTHS, intrinsics=[[5 * v for v in K_SECOND], K_SECOND])
+        assert (logits(exported, wide) - logits(exported, narrow)).abs().max() > 1e-4
 
 
 def test_a_points_experiment_aligns_and_builds_points_models_in_their_own_folders(tmp_path, monkeypatch):
