@@ -233,7 +233,9 @@ def build_demo(model, processor, model_id: str, examples: list[list[str]]) -> gr
         gr.Markdown(
             "# Qwen2.5-VL-Depth\n"
             "Ask a spatial question about an image. Add its metric depth map (16-bit PNG in millimetres, or `.npy` in "
-            "metres) and the model reads distances from it.\n\n"
+            "metres) and the model reads distances from it. Give the camera's field of view for a `points` model "
+            "(it places depth in 3D). Holes in the depth map and relative depth cost the most accuracy; sensor noise "
+            "and a low-resolution map little (the project's `results/robustness`).\n\n"
             f"**Model** `{model_id}` · depth fusion `{processor.depth_fusion}` · depth estimator {estimator}"
         )
         with gr.Row():
