@@ -6,8 +6,9 @@ Example (the fixed, reproducible test set: 200 scenes x 6 questions = 1,200 rows
     python -m training.make_world --out data/world_train --split train --num-scenes 20000 --seed 0 --workers 2
 
 One row per question, in TRL conversational format (``messages`` + ``images``) with the metric ground truth: the depth
-map inside the image block (``{"type": "image", "depth": <16-bit millimetre PNG>}``, `training.trl_layout`), so that
-stock ``trl sft`` trains with it, and ``scene`` JSON with intrinsics, pose and objects. Shards are independent
+map and the camera inside the image block (``{"type": "image", "depth": <16-bit millimetre PNG>, "intrinsics": [fx,
+fy, cx, cy]}``, `training.trl_layout`), so that stock ``trl sft`` trains with both, and ``scene`` JSON with intrinsics,
+pose and objects. Shards are independent
 units: each is generated from its own scene indices, written to a temporary file and atomically renamed, so an
 interrupted run can simply be restarted and only missing shards are produced; temporary files a killed run left
 behind are removed when the next run starts. A dataset card (``README.md``: license, task categories, features, row
@@ -220,7 +221,8 @@ def write_dataset(config: WorldConfig, out_dir: str | Path, workers: int = 1, pr
 COLUMN_DESCRIPTIONS = {
     "messages": "TRL conversational turns: the user's image and question, the assistant's answer; the image block's "
     "`depth` is a 16-bit PNG of the z-buffer depth along the optical axis in millimetres (value / 1000 = metres), "
-    "exact to the millimetre, 0 = sky (null in text blocks)",
+    "exact to the millimetre, 0 = sky, and its `intrinsics` the camera's [fx, fy, cx, cy] in the image's pixels (both "
+    "null in text blocks)",
     "images": "the RGB rendering (PNG); a `point_depth` row has its own copy with the marker drawn",
     "question_type": "one of `" + "`, `".join(world.QUESTION_TYPES) + "`",
     "question": "the question text (also in `messages`)",
