@@ -262,8 +262,9 @@ def query_blocked_attention(
     """Softmax attention, exact, a block of `ATTENTION_QUERY_BLOCK` queries at a time (an `AttentionInterface` function).
 
     It is what the estimator's backbone runs in bf16 on CPU: both matmuls of a block use the CPU's bf16 dot products,
-    while `scaled_dot_product_attention`'s CPU kernel is no faster in bf16 than in fp32 (Depth Anything V2 Small at
-    518x686 on an AVX512-BF16 core: 26 ms per layer, against 54 ms for SDPA in either dtype). Softmax of bf16 scores
+    while `scaled_dot_product_attention`'s CPU kernel is no faster in bf16 than in fp32 (one profile of Depth Anything
+    V2 Small's layers, not kept by a benchmark; the benchmark's raw-forward rows give the whole forward's bf16 gain, 2.6x
+    on an AVX512-BF16 core). Softmax of bf16 scores
     is computed in fp32 inside torch's CPU kernel. Inference only (no attention dropout); `(batch, heads, tokens,
     head_dim)` inputs, output `(batch, tokens, heads, head_dim)` like every `AttentionInterface` function.
     """
@@ -303,7 +304,7 @@ class MonocularDepthEstimator:
 
     `forward_batch_size`: images per forward pass; by default a whole `predict` batch on accelerators and one on CPU,
     where one image (~1,800 tokens at 518 px) already fills the matrix units and a batch's full-resolution head
-    activations overflow the caches (8 images at 518x686: 1.25x slower per image in fp32, 2.1x in bf16).
+    activations overflow the caches (batches of 8 were slower per image in a one-off profile; no benchmark keeps it).
     """
 
     def __init__(
@@ -342,8 +343,8 @@ class MonocularDepthEstimator:
 
     def _place(self, model, device: torch.device):
         dtype = self._dtype_on(device)
-        # On CPU the neck's and head's convolutions run channels-last: oneDNN's NHWC kernels are faster there (Depth
-        # Anything V2 Small at 518x686: 295 -> 220 ms in fp32, 207 -> 80 ms in bf16). Accelerators keep the default.
+        # On CPU the neck's and head's convolutions run channels-last: oneDNN's NHWC kernels were faster there in a
+        # one-off profile (the benchmark times the whole forward only). Accelerators keep the default.
         memory_format = torch.channels_last if device.type == "cpu" else torch.contiguous_format
         model.to(device=device, dtype=dtype, memory_format=memory_format)
         if getattr(model.backbone, "_supports_attention_backend", False):

@@ -352,7 +352,7 @@ def build_results(
 # ----------------------------------------------------------------------------------------------------------------
 # Reports: markdown and plots
 # ----------------------------------------------------------------------------------------------------------------
-def _fmt(value: float | None, digits: int = 3) -> str:
+def format_metric(value: float | None, digits: int = 3) -> str:
     return "–" if value is None else f"{value:.{digits}f}"
 
 
@@ -368,10 +368,10 @@ def markdown_table(results: dict) -> str:
     rows = []
     groups = [*results["metrics"]["per_type"].items(), ("**overall**", results["metrics"]["overall"])]
     for name, m in groups:
-        abs_rel = f"{_fmt(m['abs_rel'])} ({m['num_parseable']}/{m['num_metric']})" if m["num_metric"] else "–"
+        abs_rel = f"{format_metric(m['abs_rel'])} ({m['num_parseable']}/{m['num_metric']})" if m["num_metric"] else "–"
         rows.append(
-            f"| {name} | {m['num_samples']} | {_fmt(m['delta1'])} | {abs_rel} | {_fmt(m['within_2x'])} "
-            f"| {_fmt(m['accuracy'])} | {m['num_unparseable']} |"
+            f"| {name} | {m['num_samples']} | {format_metric(m['delta1'])} | {abs_rel} | {format_metric(m['within_2x'])} "
+            f"| {format_metric(m['accuracy'])} | {m['num_unparseable']} |"
         )
     return "\n".join([header, *rows])
 
@@ -454,7 +454,7 @@ def comparison_table(results_list: list[dict], labels: list[str]) -> str:
     """Headline metric per question type (rows) and run (columns), overall δ₁ and accuracy last."""
     lines = ["| question type | metric | " + " | ".join(labels) + " |", "|---|---|" + "---:|" * len(labels)]
     for group, metric, getter in _headline_columns(results_list):
-        lines.append(f"| {group} | {metric} | " + " | ".join(_fmt(getter(r)) for r in results_list) + " |")
+        lines.append(f"| {group} | {metric} | " + " | ".join(format_metric(getter(r)) for r in results_list) + " |")
     return "\n".join(lines)
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from configuration_depth import RGB_ONLY_FUSION
 from training.dataset_files import write_atomically
 from training.depth_corruptions import CORRUPTION_NAMES, CORRUPTIONS
-from training.evaluate import METRIC_NAMES, _fmt, comparison_table, question_type_order
+from training.evaluate import METRIC_NAMES, comparison_table, format_metric, question_type_order
 
 
 RGB_ONLY_RUN, CLEAN_RUN = "rgb-only", "clean"
@@ -112,7 +112,9 @@ def robustness_table(clean: dict, rgb_only: dict, corrupted: dict[str, dict]) ->
     lines += ["| question type | " + " | ".join(labels) + " |", "|---|" + "---:|" * len(labels)]
     types = question_type_order({t for run in runs for t in run["metrics"]["per_type"]})
     for question_type in types:
-        lines.append(f"| {question_type} | " + " | ".join(_fmt(_readable(r, question_type), 2) for r in runs) + " |")
+        lines.append(
+            f"| {question_type} | " + " | ".join(format_metric(_readable(r, question_type), 2) for r in runs) + " |"
+        )
     checks = robustness_checks(clean, rgb_only, corrupted)
     if checks:
         lines += [

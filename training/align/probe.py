@@ -123,7 +123,8 @@ def metric_depth_probe(
         image_of_token.append(image_index[valid])
         if cameras is not None:
             vision = model.depth_model_config.vision_config
-            rays = pixel_rays(batch["image_grid_thw"], cameras, vision.patch_size, merge_size, 60.0)
+            fov = model.depth_model_config.default_horizontal_fov_degrees  # for rows without a camera, as the model
+            rays = pixel_rays(batch["image_grid_thw"], cameras, vision.patch_size, merge_size, fov)
             lateral_targets.append(region_lateral_metres(batch["depth_values"], rays, merge_size)[valid])
     model.train(was_training)
     targets_, images_ = np.concatenate(targets), np.concatenate(image_of_token)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from processing_depth import parse_intrinsics
 from training.data_files import load_rows
 from training.depth_png import decode_depth_cell, decode_image_cell
 from training.trl_layout import DEPTH_KEY, INTRINSICS_KEY, first_depth, has_depth_layout, image_blocks
@@ -90,8 +91,6 @@ def draw_augmentation(
 
 def row_intrinsics(row: dict) -> tuple[float, float, float, float] | None:
     """The camera of a row's first image block (`trl_layout.INTRINSICS_KEY`), or None."""
-    from processing_depth import parse_intrinsics
-
     blocks = image_blocks(row.get("messages") or [])
     return parse_intrinsics(blocks[0].get(INTRINSICS_KEY)) if blocks else None
 
