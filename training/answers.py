@@ -361,6 +361,14 @@ def parse_count(text: str) -> int | None:
     return int(word) if word.isdigit() else NUMBER_WORDS[word]
 
 
+def readable_rate(type_metrics: dict) -> float | None:
+    """The share of a question type's answers that could be read at all (unreadable ones count as wrong elsewhere);
+    None without questions."""
+    if not type_metrics or not type_metrics.get("num_samples"):
+        return None
+    return 1 - type_metrics["num_unparseable"] / type_metrics["num_samples"]
+
+
 __all__ = [
     "METRES_PER_UNIT",
     "ChoiceMatch",
@@ -371,5 +379,6 @@ __all__ = [
     "normalize_answer",
     "parse_count",
     "parse_length",
+    "readable_rate",
     "unit_to_metres",
 ]

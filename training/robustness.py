@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from configuration_depth import RGB_ONLY_FUSION
+from training.answers import readable_rate
 from training.dataset_files import write_atomically
 from training.depth_corruptions import CORRUPTION_NAMES, CORRUPTIONS
 from training.evaluate import METRIC_NAMES, comparison_table, format_metric, question_type_order
@@ -72,10 +73,7 @@ OWN_EVALUATE_FLAGS = (
 
 # ---- the report -----------------------------------------------------------------------------------------------------
 def _readable(results: dict, question_type: str) -> float | None:
-    metrics = results["metrics"]["per_type"].get(question_type)
-    if not metrics or not metrics["num_samples"]:
-        return None
-    return 1 - metrics["num_unparseable"] / metrics["num_samples"]
+    return readable_rate(results["metrics"]["per_type"].get(question_type))
 
 
 def _headline(results: dict, question_type: str, key: str) -> float | None:

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from configuration_depth import DEPTH_FUSIONS, RGB_ONLY_FUSION
+from training.answers import readable_rate
 from training.experiment.presets import METRIC_QUESTION_TYPES
 
 
@@ -36,7 +37,7 @@ def summary_of(result: dict) -> dict:
         per_type[question_type]["log_correlation"] = correlation
     # The share of answers that could be read at all (a format failure is not a wrong belief about space).
     for values in per_type.values():
-        values["readable"] = 1 - values["num_unparseable"] / values["num_samples"] if values["num_samples"] else None
+        values["readable"] = readable_rate(values)
     overall = {key: metrics["overall"].get(key) for key in keep}
     return {"per_type": per_type, "overall": overall, "depth_source": result.get("depth_source")}
 
