@@ -125,12 +125,13 @@ def test_seeds_vary_the_whole_pipeline_and_depth_arms_get_their_controls(tmp_pat
         assert value(recorded.args_of(f"stage0-vision-seed{seed}"), "--seed") == str(seed)
         stage0 = recorded.args_of(f"stage0-seed{seed}")
         assert value(stage0, "--seed") == str(seed) and f"stage0/seed{seed}/" in value(stage0, "--output_dir")
-        align = recorded.args_of(f"align-dense-seed{seed}")
+        align = recorded.args_of(f"align-dense-points-seed{seed}")  # the chosen recipe's points alignment
         assert value(align, "--seed") == str(seed) and value(align, "--base") == str(
             tmp_path / f"stage0/seed{seed}/base"
         )
+        assert value(align, "--depth_input") == "points"
         add = recorded.args_of(f"sft-add-seed{seed}")
-        assert value(add, "--aligned_depth_model") == str(tmp_path / "align" / f"dense-seed{seed}")
+        assert value(add, "--aligned_depth_model") == str(tmp_path / "align" / f"dense-points-seed{seed}")
         assert "--question_types" not in add  # stage 2 trains all twelve types
     labels = {value(args, "--label"): args for _, module, args in calls if module == "training.evaluate"}
     assert "--no-depth" in labels["add-nodepth-seed0"]
@@ -362,7 +363,9 @@ def test_side_by_side_each_arm_starts_after_its_own_seeds_stages(tmp_path, monke
     recorded()
     for seed in (0, 1, 2):
         for arm in ("none", "add"):
-            assert events.index(("end", f"align-dense-seed{seed}")) < events.index(("start", f"sft-{arm}-seed{seed}"))
+            assert events.index(("end", f"align-dense-points-seed{seed}")) < events.index(
+                ("start", f"sft-{arm}-seed{seed}")
+            )
     # Two seeds' shared stages ran side by side: seed 1's stage 0 started before seed 0's had finished.
     assert events.index(("start", "stage0-seed1")) < events.index(("end", "stage0-seed0"))
 
@@ -401,3 +404,13 @@ def test_stage0_trains_the_types_it_is_told_with_a_description_per_scene(world_d
         len(source) if stage0_types == "all" else sum(t in RGB_ONLY_QUESTION_TYPES for t in source["question_type"])
     )
     assert len(rows) == expected_questions + len(scenes)
+
+
+def test_the_command_line_overrides_the_chosen_recipe_back_to_the_default_tokenizer():
+    from training.experiment.__main__ import parse_preset
+
+    chosen, _ = parse_preset(["--preset", "cpu-fair-final"])
+    assert (chosen.tokenizer_corpus, chosen.stage0_question_types, chosen.depth_input) == ("world", "all", "points")
+    assert (chosen.evaluate_val, chosen.evaluate_test) == (False, True)
+    overridden, _ = parse_preset(["--preset", "cpu-fair", "--tokenizer-corpus", "default", "--depth-input", "depth"])
+    assert (overridden.tokenizer_corpus, overridden.depth_input) == (None, "depth")

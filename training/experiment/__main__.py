@@ -7,12 +7,13 @@ from dataclasses import replace
 from pathlib import Path
 
 import training.experiment as package
-from training.experiment.presets import PRESETS
+from training.experiment.presets import PRESETS, Preset
 from training.experiment.runner import Experiment
 from training.spatialbot import TRAINING_ARMS
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_preset(argv: list[str] | None = None) -> tuple[Preset, argparse.Namespace]:
+    """The preset the command line names, with its overrides applied, and the parsed arguments."""
     parser = argparse.ArgumentParser(
         prog="python -m training.experiment", description=package.__doc__.split("\n\n")[0]
     )
@@ -33,7 +34,10 @@ def main(argv: list[str] | None = None) -> dict:
         "--depth-warmup-steps", type=int, default=None, help="override the preset's depth_warmup_steps (H2)"
     )
     parser.add_argument(
-        "--tokenizer-corpus", choices=["world"], default=None, help="override the preset's tokenizer_corpus"
+        "--tokenizer-corpus",
+        choices=["world", "default"],
+        default=None,
+        help="override the preset's tokenizer_corpus (default: the byte-level tokenizer of training.tiny)",
     )
     parser.add_argument(
         "--scene-conversations", choices=["true", "false"], default=None, help="override scene_conversations"
@@ -72,7 +76,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.depth_warmup_steps is not None:
         overrides["depth_warmup_steps"] = args.depth_warmup_steps
     if args.tokenizer_corpus:
-        overrides["tokenizer_corpus"] = args.tokenizer_corpus
+        overrides["tokenizer_corpus"] = None if args.tokenizer_corpus == "default" else args.tokenizer_corpus
     if args.depth_input:
         overrides["depth_input"] = args.depth_input
     if args.stage0_question_types:
@@ -83,7 +87,11 @@ def main(argv: list[str] | None = None) -> dict:
         overrides["capacity_controls"] = ()
     if args.threads:
         overrides["threads"] = args.threads
-    preset = replace(preset, **overrides)
+    return replace(preset, **overrides), args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    preset, args = parse_preset(argv)
     out = args.out or Path("runs") / f"experiment_{args.preset}"
     experiment = Experiment(preset, out, args.launcher, shared_stages=args.shared_stages)
     return experiment.report_existing() if args.report_only else experiment()
