@@ -414,3 +414,19 @@ def test_the_command_line_overrides_the_chosen_recipe_back_to_the_default_tokeni
     assert (chosen.evaluate_val, chosen.evaluate_test) == (False, True)
     overridden, _ = parse_preset(["--preset", "cpu-fair", "--tokenizer-corpus", "default", "--depth-input", "depth"])
     assert (overridden.tokenizer_corpus, overridden.depth_input) == (None, "depth")
+
+
+def test_the_extras_reuse_the_main_comparisons_runs_only_under_the_same_recipe(tmp_path, monkeypatch):
+    main = tmp_path / "main"
+    RecordedExperiment(monkeypatch, small_fair_preset(seeds=(0, 1)), main)()
+    extras = replace(PRESETS["cpu-fair-final-extras"], parallel_runs=1)
+    assert extras.arms == ("none", "add") and extras.seeds == (0,)
+    experiment = Experiment(extras, tmp_path / "extras", shared_stages=main)
+    assert experiment.link_shared_runs() == ["none-seed0", "add-seed0"]
+    for linked in ("sft/none-seed0", "sft/add-seed0", "eval-test/add-seed0", "eval-test/add-nodepth-seed0"):
+        assert (tmp_path / "extras" / linked).resolve() == (main / linked).resolve()
+        assert (tmp_path / "extras" / linked).is_symlink()
+    assert not (tmp_path / "extras" / "sft" / "add-seed1").exists()  # only the extras' own seeds
+    # Another stage-2 recipe (here: its steps) makes other runs: nothing is linked.
+    other = Experiment(replace(extras, sft_steps=extras.sft_steps + 1), tmp_path / "other", shared_stages=main)
+    assert other.link_shared_runs() == [] and not (tmp_path / "other" / "sft").exists()

@@ -116,6 +116,17 @@ class Preset:
     stage0_question_types: str = "rgb"
 
 
+# The preset fields that do not decide how a main arm's stage-2 run of a given seed trains or is read (which runs
+# there are, and how many at once): two presets that agree on every other field make the same such runs, so one may
+# reuse the other's (`Experiment.link_shared_runs`).
+PRESET_FIELDS_BESIDE_THE_RUNS = frozenset(
+    {
+        "seeds", "arms", "single_seed_arms", "alignment_ablations", "ablation_seeds", "capacity_controls",
+        "shipped_arms", "parallel_runs", "threads", "dataloader_workers", "evaluate_val", "evaluate_test",
+    }
+)  # fmt: skip
+
+
 PRESETS = {
     # CPU minutes. Small images (112 px: 4x4 merged tokens) keep a mini model fast on 2 cores.
     "tiny": Preset(
@@ -250,6 +261,20 @@ PRESETS["cpu-fair"] = replace(
     alignment_ablations=(),
 )
 PRESETS["cpu-fair-final"] = replace(PRESETS["cpu-fair"], evaluate_val=False, evaluate_test=True)
+# The rest of issue 21's comparisons under the final recipe, on seed 0 (its stage 0 and alignment shared from the main
+# comparison's folder: `--shared-stages`): the other fusions and the seed's two baselines (depth as a second picture,
+# direct RGB-D input), and the alignment ablations (none; 10x the pairs). `none` and `add` are the main comparison's
+# runs, linked in rather than trained again, so the report reads every arm against them. H2 (a depth-only warm-up
+# of the projector) and H3 (a trainable depth encoder) are `--depth-warmup-steps` and `--train-depth-encoder` runs of
+# `--arms add` in folders of their own.
+PRESETS["cpu-fair-final-extras"] = replace(
+    PRESETS["cpu-fair-final"],
+    seeds=(0,),
+    single_seed_arms=("concat", "adapter", "rgbd", "image"),
+    alignment_ablations=(("add-unaligned", None, 1), ("add-dense-10x", "dense", 10)),
+    capacity_controls=(),
+    shipped_arms=(),
+)
 # The README's demo: `tiny` at smoke scale, one seed, RGB-only against depth `add`, no ablations (part of a 10-minute
 # CPU job). The sequential stages get every core; the two SFT runs and their evaluations go side by side, one core each.
 PRESETS["demo"] = replace(

@@ -23,7 +23,7 @@ from configuration_depth import (
 from training import world
 from training.controls import with_uninformative_depth
 from training.experiment.conversations import scene_conversations
-from training.experiment.presets import RGB_ONLY_QUESTION_TYPES, Preset
+from training.experiment.presets import PRESET_FIELDS_BESIDE_THE_RUNS, RGB_ONLY_QUESTION_TYPES, Preset
 from training.experiment.protocol import check_rendered_alike, check_test_world_unexplored
 from training.experiment.report import (
     CAPACITY_CONTROL_SUFFIX,
@@ -97,6 +97,42 @@ class Experiment:
             if not link.exists():
                 link.parent.mkdir(parents=True, exist_ok=True)
                 link.symlink_to(source, target_is_directory=True)
+
+    def link_shared_runs(self) -> list[str]:
+        """Link in the shared folder's finished stage-2 runs of this preset's main `arms` (their models and every
+        evaluation of them), so that the extras of a final run (`cpu-fair-final-extras`) are read against the very
+        `none` and `add` runs of the main comparison instead of retrained copies. Only when the two presets agree on
+        every field that decides those runs (`PRESET_FIELDS_BESIDE_THE_RUNS` may differ); returns the runs linked."""
+        shared_preset = json.loads((self.shared_stages / "preset.json").read_text())
+        own = asdict(self.preset)
+        differing = sorted(
+            key
+            for key in own
+            if key not in PRESET_FIELDS_BESIDE_THE_RUNS and json.loads(json.dumps(own[key])) != shared_preset.get(key)
+        )
+        if differing:
+            return []  # another recipe: its runs are not this one's
+        linked = []
+        for arm in self.preset.arms:
+            for seed in self.preset.seeds:
+                run = f"{arm}-seed{seed}"
+                if not (self.shared_stages / "sft" / run / "trainer" / "sft_summary.json").exists():
+                    continue
+                labels = [run] + [
+                    f"{arm}{suffix}-seed{seed}" for suffix in (DEPTH_REMOVED_SUFFIX, DEPTH_SHUFFLED_SUFFIX)
+                ]
+                sources = [self.shared_stages / "sft" / run] + [
+                    self.shared_stages / folder.name / label
+                    for folder in self.eval_folders().values()
+                    for label in labels
+                ]
+                for source in sources:
+                    link = self.out / source.relative_to(self.shared_stages)
+                    if source.exists() and not link.exists():
+                        link.parent.mkdir(parents=True, exist_ok=True)
+                        link.symlink_to(source.resolve(), target_is_directory=True)
+                linked.append(run)
+        return linked
 
     # ---- plumbing -----------------------------------------------------------------------------------------------
     def run(
@@ -407,6 +443,8 @@ class Experiment:
         self.out.mkdir(parents=True, exist_ok=True)
         if self.shared_stages:
             self.link_shared_stages()
+            for run in self.link_shared_runs():
+                print(f"[experiment] {run}: linked from {self.shared_stages} (the same recipe)", flush=True)
         (self.out / "preset.json").write_text(json.dumps(asdict(preset), indent=2))
         train = self.world("train", "train", preset.train_scenes)
         val = self.world("val", "val", preset.val_scenes)
