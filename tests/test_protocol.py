@@ -33,6 +33,10 @@ def value(args: list[str], flag: str) -> str:
     return args[args.index(flag) + 1]
 
 
+# What the faked evaluations of RecordedExperiment score, by arm (others: 0.25).
+FAKE_DELTA1 = {"constant": 0.4, "none": 0.3, "add": 0.6, "add-nodepth": 0.2, "add-shuffled": 0.1}
+
+
 class RecordedExperiment:
     """Runs an experiment's whole plan with every stage faked: make_world writes its generation.json from its flags,
     every other stage writes the file that marks it done. `calls` holds (stage name, module, args)."""
@@ -52,6 +56,13 @@ class RecordedExperiment:
                     info.update(split=value(args, "--split"), seed=int(value(args, "--seed")))
                     info.update(size=int(value(args, "--size")))
                 (folder / "generation.json").write_text(json.dumps(info))
+            elif module == "training.evaluate":  # a result the report can read: δ₁ by the run's arm
+                done.parent.mkdir(parents=True, exist_ok=True)
+                arm = done.parent.name.rpartition("-seed")[0]
+                delta1 = FAKE_DELTA1.get(arm, 0.25)
+                counts = {"num_samples": 500, "num_parseable": 500, "num_unparseable": 0, "delta1": delta1}
+                per_type = {name: dict(counts) for name in ("distance_to_camera", "point_depth")}
+                done.write_text(json.dumps({"metrics": {"per_type": per_type, "overall": {}}}))
             elif done is not None:
                 done.parent.mkdir(parents=True, exist_ok=True)
                 done.write_text("{}")
@@ -430,3 +441,25 @@ def test_the_extras_reuse_the_main_comparisons_runs_only_under_the_same_recipe(t
     # Another stage-2 recipe (here: its steps) makes other runs: nothing is linked.
     other = Experiment(replace(extras, sft_steps=extras.sft_steps + 1), tmp_path / "other", shared_stages=main)
     assert other.link_shared_runs() == [] and not (tmp_path / "other" / "sft").exists()
+
+
+def test_a_shipped_models_card_carries_its_evaluations_and_the_experiments_table(tmp_path, monkeypatch):
+    recorded = RecordedExperiment(monkeypatch, small_fair_preset(seeds=(0, 1)), tmp_path)
+    recorded()
+    add, none = recorded.args_of("ship-add"), recorded.args_of("ship-none")
+    results = add[add.index("--results") + 1 : add.index("--training-summary")]
+    assert results == [
+        str(tmp_path / "eval-test" / label / "results.json")
+        for label in ("add-seed0", "add-nodepth-seed0", "add-shuffled-seed0")
+    ]
+    summary = value(add, "--training-summary")
+    assert "over 2 whole-pipeline seed(s)" in summary and "test set" in summary
+    header = "| δ₁ | constant | RGB-only | this arm (`add`) | depth removed | another scene's depth | trained on constant depth |"
+    assert header in summary
+    # The faked capacity control scores the default 0.25.
+    row = "| 0.400 ± 0.000 | 0.300 ± 0.000 | 0.600 ± 0.000 | 0.200 ± 0.000 | 0.100 ± 0.000 | 0.250 ± 0.000 |"
+    assert f"| distance to camera {row}" in summary and f"| point depth {row}" in summary
+    # RGB-only has no depth controls: its card's table stops at its own column.
+    none_summary = value(none, "--training-summary")
+    assert "| δ₁ | constant | this arm (`none`) |" in none_summary
+    assert "| point depth | 0.400 ± 0.000 | 0.300 ± 0.000 |" in none_summary

@@ -209,6 +209,33 @@ def _cell(value: dict | None) -> str:
     return "-" if value is None else f"{value['mean']:.3f} ± {value['std']:.3f}"
 
 
+def card_summary(aggregate_: dict, arm: str, evaluation_set: str, experiment: str) -> str:
+    """The Training section of a shipped model's card: how it was trained, and its bar types' δ₁ beside the constant,
+    RGB-only and (for a depth arm) its depth controls, mean ± std over the experiment's seeds."""
+    seeds = next(iter(aggregate_[arm].values()))["delta1"]["n"] if aggregate_.get(arm) else 0
+    lines = [
+        f"Trained from scratch on the project's rendered RGB-D world as one arm of the experiment `{experiment}` "
+        "(`python -m training.experiment`: a small stand-in for a pretrained Qwen2.5-VL, 2-core CPU): stage 0 on RGB, the depth encoder aligned to the RGB tower, then "
+        "stage 2 on all 12 question types. This is that run's seed-0 model. δ₁ on its "
+        f"{evaluation_set} set (rendered like training, read once), mean ± std over {seeds} whole-pipeline seed(s):",
+        "",
+    ]
+    columns = [(CONSTANT_ARM, "constant"), (RGB_ONLY_FUSION, "RGB-only"), (arm, f"this arm (`{arm}`)")]
+    columns = columns if arm != RGB_ONLY_FUSION else [columns[0], columns[2]]
+    if is_depth_arm(arm):
+        columns += [
+            (f"{arm}{DEPTH_REMOVED_SUFFIX}", "depth removed"),
+            (f"{arm}{DEPTH_SHUFFLED_SUFFIX}", "another scene's depth"),
+            (f"{arm}{CAPACITY_CONTROL_SUFFIX}", "trained on constant depth"),
+        ]
+    columns = [(name, title) for name, title in columns if name in aggregate_]
+    lines += ["| δ₁ | " + " | ".join(title for _, title in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for question_type in DEPTH_BAR_QUESTION_TYPES:
+        cells = [_cell(aggregate_[name].get(question_type, {}).get("delta1")) for name, _ in columns]
+        lines.append(f"| {question_type.replace('_', ' ')} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def protocol_lines(results: dict) -> list[str]:
     """The protocol's tables: readable rates, the depth controls, the bar against both baselines, forgetting."""
     aggregate_ = results["aggregate"]

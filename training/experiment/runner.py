@@ -32,6 +32,7 @@ from training.experiment.report import (
     DEPTH_SHUFFLED_SUFFIX,
     STAGE0_ARM,
     aggregate,
+    card_summary,
     summary_of,
     write_report,
     write_sft_loss_curves,
@@ -560,6 +561,19 @@ class Experiment:
         folder = self.out / "models" / arm
         args = ["--model", str(self.out / "sft" / f"{arm}-seed{seed}" / "model"), "--out", str(folder)]
         args += ["--model-name", f"{arm} ({self.out.name}, seed {seed})"]
+        # The card carries the model's own evaluations (and its depth controls') and the experiment's table.
+        eval_folder = next(iter(self.eval_folders().values()), self.eval_folder)
+        own = [
+            f"{arm}-seed{seed}",
+            f"{arm}{DEPTH_REMOVED_SUFFIX}-seed{seed}",
+            f"{arm}{DEPTH_SHUFFLED_SUFFIX}-seed{seed}",
+        ]
+        result_files = [eval_folder / label / "results.json" for label in own]
+        args += ["--results", *(str(path) for path in result_files if path.exists())]
+        runs = self.evaluated_runs(eval_folder)
+        if any(run["arm"] == arm for run in runs):
+            summary = card_summary(aggregate(runs), arm, eval_folder.name.removeprefix("eval-"), self.out.name)
+            args += ["--training-summary", summary]
         self.run(f"ship-{arm}", "training.export", args, folder / "config.json")
         return folder
 
