@@ -37,7 +37,7 @@ from training.world import make_sample  # noqa: E402
 
 
 # The committed depth-vs-RGB comparison (the demo's own run is smoke scale), read rather than restated.
-MEASURED_RESULT = Path(__file__).resolve().parents[1] / "results" / "explore_fair" / "single"
+MEASURED_RESULT = Path(__file__).resolve().parents[1] / "results" / "fair_final"
 
 
 def measured_finding(folder: Path = MEASURED_RESULT) -> str:
