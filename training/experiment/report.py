@@ -24,6 +24,11 @@ DEPTH_REMOVED_SUFFIX, DEPTH_SHUFFLED_SUFFIX, CAPACITY_CONTROL_SUFFIX = "-nodepth
 CONTROL_SUFFIXES = (DEPTH_REMOVED_SUFFIX, DEPTH_SHUFFLED_SUFFIX, CAPACITY_CONTROL_SUFFIX)
 
 
+def own_evaluation_labels(arm: str, seed: int) -> list[str]:
+    """The evaluations of one trained run: itself, then (a depth arm's) with depth removed and with another scene's."""
+    return [f"{arm}{suffix}-seed{seed}" for suffix in ("", DEPTH_REMOVED_SUFFIX, DEPTH_SHUFFLED_SUFFIX)]
+
+
 def summary_of(result: dict) -> dict:
     """Per question type: δ₁, AbsRel, within-2x (metric types) or accuracy (the others), and the counts behind them."""
     keep = ("num_samples", "num_parseable", "num_unparseable", "delta1", "abs_rel", "within_2x", "accuracy")
@@ -215,8 +220,8 @@ def card_summary(aggregate_: dict, arm: str, evaluation_set: str, experiment: st
     seeds = next(iter(aggregate_[arm].values()))["delta1"]["n"] if aggregate_.get(arm) else 0
     lines = [
         f"Trained from scratch on the project's rendered RGB-D world as one arm of the experiment `{experiment}` "
-        "(`python -m training.experiment`: a small stand-in for a pretrained Qwen2.5-VL, 2-core CPU): stage 0 on RGB, the depth encoder aligned to the RGB tower, then "
-        "stage 2 on all 12 question types. This is that run's seed-0 model. δ₁ on its "
+        "(`python -m training.experiment`: a small stand-in for a pretrained Qwen2.5-VL, 2-core CPU): stage 0 on "
+        "RGB, the depth encoder aligned to the RGB tower, then stage 2 on all 12 question types. This is that run's seed-0 model. δ₁ on its "
         f"{evaluation_set} set (rendered like training, read once), mean ± std over {seeds} whole-pipeline seed(s):",
         "",
     ]

@@ -33,6 +33,7 @@ from training.experiment.report import (
     STAGE0_ARM,
     aggregate,
     card_summary,
+    own_evaluation_labels,
     summary_of,
     write_report,
     write_sft_loss_curves,
@@ -106,12 +107,10 @@ class Experiment:
         every field that decides those runs (`PRESET_FIELDS_BESIDE_THE_RUNS` may differ); returns the runs linked."""
         shared_preset = json.loads((self.shared_stages / "preset.json").read_text())
         own = asdict(self.preset)
-        differing = sorted(
-            key
-            for key in own
-            if key not in PRESET_FIELDS_BESIDE_THE_RUNS and json.loads(json.dumps(own[key])) != shared_preset.get(key)
-        )
-        if differing:
+        if any(
+            key not in PRESET_FIELDS_BESIDE_THE_RUNS and json.loads(json.dumps(value)) != shared_preset.get(key)
+            for key, value in own.items()
+        ):
             return []  # another recipe: its runs are not this one's
         linked = []
         for arm in self.preset.arms:
@@ -119,13 +118,10 @@ class Experiment:
                 run = f"{arm}-seed{seed}"
                 if not (self.shared_stages / "sft" / run / "trainer" / "sft_summary.json").exists():
                     continue
-                labels = [run] + [
-                    f"{arm}{suffix}-seed{seed}" for suffix in (DEPTH_REMOVED_SUFFIX, DEPTH_SHUFFLED_SUFFIX)
-                ]
                 sources = [self.shared_stages / "sft" / run] + [
                     self.shared_stages / folder.name / label
                     for folder in self.eval_folders().values()
-                    for label in labels
+                    for label in own_evaluation_labels(arm, seed)
                 ]
                 for source in sources:
                     link = self.out / source.relative_to(self.shared_stages)
@@ -550,32 +546,33 @@ class Experiment:
             except BaseException:
                 pool.shutdown(cancel_futures=True)  # jobs not yet started never start; those running finish
                 raise
+        card_runs = self.evaluated_runs(self.card_folder()) if preset.shipped_arms else []
         for arm in preset.shipped_arms:
-            self.ship(arm)
+            self.ship(arm, runs=card_runs)
         self.report(results, wall_s=time.perf_counter() - started)
         return results
 
-    def ship(self, arm: str, seed: int = 0) -> Path:
+    def ship(self, arm: str, seed: int = 0, runs: list[dict] | None = None) -> Path:
         """`arm`'s seed-`seed` model as a Hub-ready folder (safetensors, config with auto_map, code files,
-        processor, card) in `out/models/<arm>`."""
+        processor, card) in `out/models/<arm>`; `runs`: the evaluations of `card_folder`, if already read."""
         folder = self.out / "models" / arm
         args = ["--model", str(self.out / "sft" / f"{arm}-seed{seed}" / "model"), "--out", str(folder)]
         args += ["--model-name", f"{arm} ({self.out.name}, seed {seed})"]
         # The card carries the model's own evaluations (and its depth controls') and the experiment's table.
-        eval_folder = next(iter(self.eval_folders().values()), self.eval_folder)
-        own = [
-            f"{arm}-seed{seed}",
-            f"{arm}{DEPTH_REMOVED_SUFFIX}-seed{seed}",
-            f"{arm}{DEPTH_SHUFFLED_SUFFIX}-seed{seed}",
-        ]
-        result_files = [eval_folder / label / "results.json" for label in own]
+        eval_folder = self.card_folder()
+        result_files = [eval_folder / label / "results.json" for label in own_evaluation_labels(arm, seed)]
         args += ["--results", *(str(path) for path in result_files if path.exists())]
-        runs = self.evaluated_runs(eval_folder)
+        runs = self.evaluated_runs(eval_folder) if runs is None else runs
         if any(run["arm"] == arm for run in runs):
             summary = card_summary(aggregate(runs), arm, eval_folder.name.removeprefix("eval-"), self.out.name)
             args += ["--training-summary", summary]
         self.run(f"ship-{arm}", "training.export", args, folder / "config.json")
         return folder
+
+    def card_folder(self) -> Path:
+        """The evaluations a shipped model's card reports: the test set's where it was read, else validation's."""
+        folders = self.eval_folders()
+        return folders.get("test") or next(iter(folders.values()), self.eval_folder)
 
     def report_existing(self) -> dict:
         """Rebuild the report from the evaluations already on disk (for an interrupted experiment)."""
