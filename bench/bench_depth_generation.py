@@ -5,7 +5,8 @@
         --out bench/results/depth_generation_da_v2_small_h100.json   # offline, real-size model and photo sizes
     python -m bench.bench_depth_generation --tiny --out bench/results/depth_gen_tiny_cpu.json   # CI smoke, CPU
     OMP_NUM_THREADS=1 python -m bench.bench_depth_generation --random-real-size --synthetic-images --num-images 64 \
-        --device cpu --dtypes float32 bfloat16 --out bench/results/depth_generation_da_v2_small_cpu_64.json
+        --device cpu --dtypes float32 bfloat16 --naive-dtypes float32 bfloat16 \
+        --out bench/results/depth_generation_da_v2_small_cpu_64.json
 
 Both methods do the same job on the same images (the first `--num-images` of the folder, sorted): decode, downscale
 to `--max-side`, predict depth at the image's resolution, encode it as a 16-bit PNG and write parquet.
@@ -24,6 +25,12 @@ waiting for a core, and the CPU time is the work itself (make_rgbd_pairs' worker
 checks that the benchmark runs, its numbers say nothing about real throughput. `--synthetic-images` writes
 `--num-images` photo-sized JPEGs (1024x768 to 1280x960, several aspect ratios) instead of reading `--images`: with
 `--random-real-size` the whole benchmark runs offline at real cost. Nothing here asserts timings.
+
+`--naive-dtypes float32 bfloat16` also times the naive loop in bf16: a make_rgbd_pairs run in bf16 then gets its
+speed-up over it too (`speed_up_over_naive_same_dtype`), which separates what the implementation gains from what the
+precision does. `ceiling.float32` says how far fp32 could get at best on the machine: the raw forward's FLOP rate
+(FLOPs from torch's FlopCounterMode) against a 2048x2048 fp32 matmul timed in the same run, and the naive loop over the
+raw forward alone, a bound no end-to-end fp32 run can beat without doing less arithmetic.
 
 For every precision other than fp32, `depth_error_vs_float32` compares the estimator's stored depth (what
 `MonocularDepthEstimator` returns) in that precision with fp32's, per pixel, on one of the images and on a rendered
@@ -99,19 +106,27 @@ def cpu_seconds() -> float:
 
 
 def run_naive(
-    image_paths: list[Path], estimator: str, device: str, max_side: int, out_file: Path
+    image_paths: list[Path], estimator: str, device: str, max_side: int, out_file: Path, dtype: str = "float32"
 ) -> tuple[float, float]:
-    """The per-image pipeline loop; returns wall and CPU seconds, model loading included."""
+    """The per-image pipeline loop in `dtype`; returns wall and CPU seconds, model loading included. Other than in fp32
+    it calls the pipeline's preprocess, forward and postprocess itself, which is what its bf16 output needs."""
     from datasets import Dataset
     from transformers import pipeline
 
     start, start_cpu = time.perf_counter(), cpu_seconds()
-    depth_pipeline = pipeline("depth-estimation", model=estimator, device=device)
+    depth_pipeline = pipeline("depth-estimation", model=estimator, device=device, dtype=getattr(torch, dtype))
     rows = []
     for path in image_paths:
         image = Image.open(path).convert("RGB")
         image.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-        depth = depth_pipeline(image)["predicted_depth"].float().cpu().numpy()  # already at the image's (H, W)
+        if dtype == "float32":
+            depth = depth_pipeline(image)["predicted_depth"].float().cpu().numpy()  # already at the image's (H, W)
+        else:
+            # The pipeline's own steps, with its output cast to fp32 first: its postprocess calls `.numpy()` on the
+            # predicted depth, which fails on a bf16 tensor (transformers 5.24).
+            outputs = depth_pipeline.forward(depth_pipeline.preprocess(image))
+            outputs["predicted_depth"] = outputs["predicted_depth"].float()
+            depth = depth_pipeline.postprocess(outputs)["predicted_depth"].cpu().numpy()
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
         rows.append({"image": buffer.getvalue(), "depth": encode_depth_png(depth)})
@@ -163,6 +178,54 @@ def run_raw_model(
         if device.type == "cuda":
             torch.cuda.synchronize()
     return forwards * forward_batch / (time.perf_counter() - start)
+
+
+def forward_flops(estimator: MonocularDepthEstimator, shape: tuple[int, int]) -> int:
+    """FLOPs of one image's forward at `shape` (matmuls, convolutions and attention, as torch's FlopCounterMode counts
+    them)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = estimator.model
+    pixels = torch.randn(1, 3, *shape, device=model.device, dtype=model.dtype)
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        model(pixel_values=pixels)
+    return counter.get_total_flops()
+
+
+def matmul_rate(device: str, dtype: torch.dtype = torch.float32, size: int = 2048, seconds: float = 1.0) -> float:
+    """FLOP/s of a large square matmul on `device`: what this machine's GEMMs reach in `dtype`, measured here."""
+    a, b = (torch.randn(size, size, device=device, dtype=dtype) for _ in range(2))
+    torch.mm(a, b)  # warm-up
+    synchronize = torch.cuda.synchronize if str(device).startswith("cuda") else (lambda: None)
+    synchronize()
+    calls, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        torch.mm(a, b)
+        calls += 1
+    synchronize()
+    return calls * 2 * size**3 / (time.perf_counter() - start)
+
+
+def float32_ceiling(
+    estimator: MonocularDepthEstimator,
+    raw_images_per_s: float,
+    shape: tuple[int, int],
+    naive_seconds: float,
+    num_images: int,
+    device: str,
+) -> dict:
+    """How far any fp32 implementation could get: the raw forward's FLOP rate against this machine's own fp32 GEMM
+    rate, and the naive loop over the raw forward alone (no decode, resize or write: no end-to-end run can beat it
+    without less arithmetic or a lower precision)."""
+    flops = forward_flops(estimator, shape)
+    forward_rate, gemm_rate = flops * raw_images_per_s, matmul_rate(device)
+    return {
+        "forward_gflop": flops / 1e9,
+        "forward_gflop_per_s": forward_rate / 1e9,
+        "matmul_2048_gflop_per_s": gemm_rate / 1e9,
+        "forward_share_of_matmul_rate": forward_rate / gemm_rate,
+        "best_possible_speed_up_over_naive": naive_seconds / (num_images / raw_images_per_s),
+    }
 
 
 def structured_image(height: int, width: int) -> Image.Image:
@@ -219,6 +282,14 @@ def main(argv=None) -> dict:
         default=["auto"],
         help="make_rgbd_pairs --dtype values to time, each against the same naive loop",
     )
+    parser.add_argument(
+        "--naive-dtypes",
+        nargs="+",
+        choices=ESTIMATOR_DTYPES[1:],
+        default=["float32"],
+        help="precisions of the naive loop (the first is the one every speed-up is over: fp32, the pipeline's default); "
+        "a make_rgbd_pairs run in another of them also gets its speed-up over the naive loop in its own precision",
+    )
     parser.add_argument("--tiny", action="store_true", help="smoke mode: tiny random model, 16 generated images")
     parser.add_argument(
         "--synthetic-images",
@@ -252,10 +323,14 @@ def main(argv=None) -> dict:
         image_paths = [images / source_id for source_id in source_ids]
 
         warm_up(image_paths[0], estimator, args.device)
-        naive_s, naive_cpu_s = run_naive(
-            image_paths, estimator, args.device, args.max_side, work_dir / "naive.parquet"
-        )
-        ours, raw = [], []
+        naive = {
+            dtype: run_naive(
+                image_paths, estimator, args.device, args.max_side, work_dir / f"naive_{dtype}.parquet", dtype
+            )
+            for dtype in args.naive_dtypes
+        }
+        naive_s, naive_cpu_s = naive[args.naive_dtypes[0]]
+        ours, raw, ceiling = [], [], {}
         # Photos of 4:3 reach the estimator as 518 x 686 (short side 518, multiples of 14), as the processor sizes them.
         raw_shape = (56, 56) if args.tiny else (518, 686)
         for dtype in args.dtypes:
@@ -288,6 +363,13 @@ def main(argv=None) -> dict:
             )
             # End-to-end generation (model loading excluded) over the model's own throughput in the same precision.
             ours[-1]["generation_share_of_raw_model"] = ours[-1]["generation_images_per_s"] / raw_images_per_s
+            if ran_in in naive and ran_in != args.naive_dtypes[0]:
+                # What the implementation adds beyond the precision: the naive loop run in the same one.
+                ours[-1]["speed_up_over_naive_same_dtype"] = naive[ran_in][0] / seconds
+            if ran_in == "float32" and "float32" not in ceiling:
+                ceiling["float32"] = float32_ceiling(
+                    raw_estimator, raw_images_per_s, raw_shape, naive_s, num_images, args.device
+                )
         error_images = {
             "photo": Image.open(image_paths[0]).convert("RGB"),
             "rendered scene": structured_image(*TINY_SIZES[0] if args.tiny else PHOTO_SIZES[0]),
@@ -301,13 +383,16 @@ def main(argv=None) -> dict:
         shutil.rmtree(work_dir, ignore_errors=True)
 
     results = [
-        {
-            "method": "naive pipeline loop",
-            "dtype": "float32",
-            "seconds": naive_s,
-            "images_per_s": num_images / naive_s,
-            "cpu_seconds": naive_cpu_s,
-        },
+        *(
+            {
+                "method": "naive pipeline loop",
+                "dtype": dtype,
+                "seconds": seconds,
+                "images_per_s": num_images / seconds,
+                "cpu_seconds": cpu,
+            }
+            for dtype, (seconds, cpu) in naive.items()
+        ),
         *ours,
         *raw,
     ]
@@ -318,6 +403,18 @@ def main(argv=None) -> dict:
             f"make_rgbd_pairs in {row['dtype']}: {row['speed_up_over_naive']:.2f}x the naive loop "
             f"({row['cpu_speed_up_over_naive']:.2f}x in CPU time); model loading excluded it runs at "
             f"{row['generation_share_of_raw_model']:.0%} of the raw model's throughput"
+        )
+    for row in ours:
+        if "speed_up_over_naive_same_dtype" in row:
+            print(
+                f"make_rgbd_pairs in {row['dtype']}: {row['speed_up_over_naive_same_dtype']:.2f}x the naive loop in {row['dtype']}"
+            )
+    if "float32" in ceiling:
+        fp32 = ceiling["float32"]
+        print(
+            f"fp32 ceiling: the forward ({fp32['forward_gflop']:.0f} GFLOP) runs at {fp32['forward_gflop_per_s']:.0f} "
+            f"GFLOP/s, {fp32['forward_share_of_matmul_rate']:.0%} of a 2048^2 matmul's {fp32['matmul_2048_gflop_per_s']:.0f}; "
+            f"the raw forward alone is {fp32['best_possible_speed_up_over_naive']:.2f}x the naive loop"
         )
     for dtype, by_image in errors.items():
         for name, error in by_image.items():
@@ -342,6 +439,8 @@ def main(argv=None) -> dict:
         # The fastest make_rgbd_pairs run over the naive loop, each timed in this same run.
         "speed_up": max(row["speed_up_over_naive"] for row in ours),
         "depth_error_vs_float32": errors,
+        # What fp32 could reach at best on this machine (absent when no make_rgbd_pairs run was in fp32).
+        "ceiling": ceiling,
         "processor": platform.processor() or platform.machine(),
         "python": platform.python_version(),
         **{key: environment()[key] for key in ("torch", "transformers", "threads")},  # threads: torch's intra-op

@@ -88,6 +88,7 @@ def reconfigured(processor, **settings):
         "depth_fusion": processor.depth_fusion,
         "depth_estimator": processor.depth_estimator,
         "invalid_depth": processor.invalid_depth,
+        "fill_depth_holes": processor.fill_depth_holes,
     }
     return type(processor)(
         processor.image_processor,

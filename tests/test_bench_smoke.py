@@ -74,23 +74,38 @@ def test_training_benchmark_runs_tiny(tmp_path):
 
 def test_depth_generation_benchmark_runs_tiny(tmp_path):
     out = tmp_path / "generation.json"
-    bench_depth_generation.main(["--tiny", "--dtypes", "auto", "bfloat16", "--out", str(out)])
+    bench_depth_generation.main(
+        ["--tiny", "--dtypes", "auto", "bfloat16", "--naive-dtypes", "float32", "bfloat16", "--out", str(out)]
+    )
     report = json.loads(out.read_text())
     rows = report["results"]
     assert [(row["method"], row["dtype"]) for row in rows] == [
         ("naive pipeline loop", "float32"),
+        ("naive pipeline loop", "bfloat16"),
         ("make_rgbd_pairs", "float32"),  # auto on CPU
         ("make_rgbd_pairs", "bfloat16"),
         ("raw model forward 56x56", "float32"),
         ("raw model forward 56x56", "bfloat16"),
     ]
-    naive, ours, raw = rows[0], rows[1:3], rows[3:]
+    naive, naive_bf16, ours, raw = rows[0], rows[1], rows[2:4], rows[4:]
     for row, raw_row in zip(ours, raw):
         assert row["skipped"] == 0
-        assert row["speed_up_over_naive"] == naive["seconds"] / row["seconds"]
+        assert row["speed_up_over_naive"] == naive["seconds"] / row["seconds"]  # always over the fp32 loop
         assert row["cpu_speed_up_over_naive"] == naive["cpu_seconds"] / row["cpu_seconds"] > 0
         assert row["generation_share_of_raw_model"] == row["generation_images_per_s"] / raw_row["images_per_s"]
     assert report["speed_up"] == max(row["speed_up_over_naive"] for row in ours)
+    # Only the bf16 run has a naive loop of its own precision beside the fp32 one.
+    assert "speed_up_over_naive_same_dtype" not in ours[0]
+    assert ours[1]["speed_up_over_naive_same_dtype"] == naive_bf16["seconds"] / ours[1]["seconds"]
+    # The fp32 ceiling: the naive loop over the raw fp32 forward, and the forward's FLOP rate from its FLOP count.
+    ceiling = report["ceiling"]["float32"]
+    raw_fp32 = raw[0]
+    assert ceiling["best_possible_speed_up_over_naive"] == naive["seconds"] / raw_fp32["seconds"]
+    assert ceiling["forward_gflop"] > 0 and ceiling["matmul_2048_gflop_per_s"] > 0
+    assert abs(ceiling["forward_gflop_per_s"] - ceiling["forward_gflop"] * raw_fp32["images_per_s"]) < 1e-6
+    assert (
+        ceiling["forward_share_of_matmul_rate"] == ceiling["forward_gflop_per_s"] / ceiling["matmul_2048_gflop_per_s"]
+    )
     # Precision errors for the bf16 run only, on a photo and a rendered scene; bf16 is close to fp32, and not equal.
     assert list(report["depth_error_vs_float32"]) == ["bfloat16"]
     errors = report["depth_error_vs_float32"]["bfloat16"]

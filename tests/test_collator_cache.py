@@ -121,6 +121,7 @@ class TestCacheKey:
         variants = {
             "depth_fusion": reconfigured(processor, depth_fusion="concat"),
             "invalid_depth": reconfigured(processor, invalid_depth="error"),
+            "fill_depth_holes": reconfigured(processor, fill_depth_holes=1),
             "max_pixels": smaller_images,
             "chat_template": other_template,
         }

@@ -337,6 +337,45 @@ def test_a_depth_corruption_reaches_the_model_and_the_results(depth_model_folder
     assert (logits[0] - logits[1]).abs().max() > 1e-3
 
 
+def test_hole_filling_reaches_the_model_and_the_results(depth_model_folder, world_dir, tmp_path, monkeypatch):
+    """`--fill-depth-holes 1` on `holes-random` depth: every random hole is filled before the model sees it (isolated
+    dropouts all have valid neighbours), so the model gets no more invalid pixels than the clean map's own sky, less
+    its one-pixel rim; results.json records the setting."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    received = []
+    original = Qwen2_5_VLForConditionalGeneration.generate
+
+    def spy(model, **inputs):
+        received.append(inputs["depth_values"].clone())
+        return original(model, **inputs)
+
+    monkeypatch.setattr(Qwen2_5_VLForConditionalGeneration, "generate", spy)
+    base = ["run", "--model", str(depth_model_folder), "--data", str(world_dir), *EVALUATE_FLAGS]
+    evaluate.main([*base, "--out", str(tmp_path / "clean")])
+    holed = evaluate.main([*base, "--out", str(tmp_path / "holes"), "--depth-corruption", "holes-random"])
+    filled = evaluate.main(
+        [*base, "--out", str(tmp_path / "filled"), "--depth-corruption", "holes-random", "--fill-depth-holes", "1"]
+    )
+    clean_depth, holed_depth, filled_depth = received
+    invalid = [int((depth == 0).sum()) for depth in received]
+    assert invalid[1] > invalid[0] >= invalid[2]
+    # Filling only ever writes where the holed map had a hole; everything measured passes through unchanged.
+    measured = holed_depth > 0
+    assert torch.equal(filled_depth[measured], holed_depth[measured])
+    assert (holed["fill_depth_holes"], filled["fill_depth_holes"]) == (0, 1)
+    assert clean_depth.shape == filled_depth.shape
+
+
+def test_hole_filling_is_refused_for_a_processor_without_it():
+    class OlderProcessor:  # a folder's processing_depth.py from before the option
+        def __init__(self, image_processor=None, tokenizer=None, invalid_depth="mask"):
+            pass
+
+    with pytest.raises(SystemExit, match="has no fill_depth_holes; copy this checkout's processing_depth.py"):
+        evaluate.set_hole_filling(OlderProcessor(), 1, "old/folder")
+
+
 def test_depth_corruption_options_refuse_what_cannot_work(
     depth_model_folder, rgb_model_folder, world_dir, tmp_path, capsys
 ):
@@ -463,6 +502,18 @@ def test_the_robustness_job_runs_each_evaluation_once_and_resumes(
         robustness.main([*argv, "--corruption-seed", "1"])
     with pytest.raises(SystemExit, match="--depth-corruption=noise is set by training.robustness"):
         robustness.main([*argv, "--depth-corruption=noise"])
+    # Hole filling is part of what a depth run is: the unfilled runs are not read back as filled ones.
+    assert json.loads((out / "clean" / "results.json").read_text())["fill_depth_holes"] == 0
+    with pytest.raises(SystemExit, match="fill_depth_holes 0, not 1"):
+        robustness.main([*argv, "--fill-depth-holes", "1"])
+    filled_argv = robustness.evaluation_args(
+        robustness.build_parser().parse_known_args([*argv, "--fill-depth-holes", "1"])[0], "scale", []
+    )
+    assert filled_argv[-2:] == ["--fill-depth-holes", "1"]
+    rgb_argv = robustness.evaluation_args(
+        robustness.build_parser().parse_known_args([*argv, "--fill-depth-holes", "1"])[0], "rgb-only", []
+    )
+    assert "--fill-depth-holes" not in rgb_argv  # the RGB-only model reads no depth to fill
 
 
 def test_the_robustness_job_refuses_a_depth_model_as_the_rgb_only_one(depth_model_folder, world_dir, tmp_path):

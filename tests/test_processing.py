@@ -10,7 +10,7 @@ from PIL import Image
 from transformers import AutoTokenizer
 
 from configuration_depth import DEPTH_FUSION_MODES, DEPTH_FUSIONS, Qwen2_5_VLDepthConfig
-from processing_depth import Qwen2_5_VLDepthProcessor, depth_to_meters, to_rgb_image
+from processing_depth import Qwen2_5_VLDepthProcessor, depth_to_meters, fill_depth_holes, to_rgb_image
 from tests.conftest import chat, make_inputs, random_depth, random_image, reconfigured
 from training.build_depth_model import build_depth_model
 from training.spatialbot import DepthAsImageProcessor, depth_picture, load_trained_processor
@@ -141,6 +141,23 @@ class TestDepthInputs:
         assert torch.isfinite(values).all()
         fraction_invalid = (values == 0).float().mean().item()
         assert abs(fraction_invalid - 30 / 100) < 0.08  # nearest resize keeps roughly the masked rows
+
+    def test_holes_are_filled_only_when_asked(self, add_processor):
+        depth = DEPTH.copy()
+        depth[::3, ::4] = 0  # isolated dropouts, every one with valid neighbours
+        assert (depth_values(add_processor, depth) == 0).any()  # by default holes reach the model as holes
+        filling = reconfigured(add_processor, fill_depth_holes=1)
+        filled = depth_values(filling, depth)
+        # Exactly the holes filled by `fill_depth_holes`, then resized and patchified as any depth.
+        torch.testing.assert_close(filled, depth_values(add_processor, fill_depth_holes(depth, 1)), rtol=0, atol=0)
+        assert (filled > 0).all()
+        # Complete depth is left exactly as it is.
+        torch.testing.assert_close(depth_values(filling, DEPTH), depth_values(add_processor, DEPTH), rtol=0, atol=0)
+
+    @pytest.mark.parametrize("passes", [-1, 1.5, True, "2"])
+    def test_fill_depth_holes_must_be_a_number_of_passes(self, add_processor, passes):
+        with pytest.raises(ValueError, match="fill_depth_holes must be a number of passes >= 0"):
+            reconfigured(add_processor, fill_depth_holes=passes)
 
     def test_a_npy_path_is_read_like_its_array(self, add_processor, tmp_path):
         millimetres = np.round(DEPTH * 1000).astype(np.uint16)
@@ -327,12 +344,19 @@ class TestSaving:
     def test_depth_fusion_comes_from_the_model_config_not_the_processor_config(
         self, concat_processor, tiny_base, tmp_path
     ):
-        processor = reconfigured(concat_processor, depth_estimator="some/estimator", invalid_depth="error")
+        processor = reconfigured(
+            concat_processor, depth_estimator="some/estimator", invalid_depth="error", fill_depth_holes=2
+        )
         assert "depth_fusion" not in processor.to_dict()
         processor.save_pretrained(tmp_path)
         saved = json.loads((tmp_path / "processor_config.json").read_text())
         assert "depth_fusion" not in saved
-        assert (saved["depth_estimator"], saved["invalid_depth"]) == ("some/estimator", "error")
+        assert (saved["depth_estimator"], saved["invalid_depth"], saved["fill_depth_holes"]) == (
+            "some/estimator",
+            "error",
+            2,
+        )
+        assert Qwen2_5_VLDepthProcessor.from_pretrained(tmp_path).fill_depth_holes == 2
         assert saved["auto_map"] == {"AutoProcessor": "processing_depth.Qwen2_5_VLDepthProcessor"}
         # No config.json: the constructor's default.
         reloaded = Qwen2_5_VLDepthProcessor.from_pretrained(tmp_path)

@@ -151,3 +151,52 @@ def test_depth_input_gives_a_clear_error_or_rows_for_exactly_the_images_with_dep
         alone = processor(images=[images[index]], text=prompts[:1], depth=[depth_map], return_tensors="pt")
         assert torch.equal(alone["pixel_values"], pixel_rows[index])
         assert torch.equal(alone["depth_values"], depth_rows.pop(0))
+
+
+# ---- hole filling ---------------------------------------------------------------------------------------------------
+def chebyshev_distance_to_valid(depth: np.ndarray) -> np.ndarray:
+    """Brute force: each pixel's Chebyshev distance to the nearest valid (> 0) pixel (inf on a map without one)."""
+    rows, cols = np.nonzero(depth > 0)
+    if rows.size == 0:
+        return np.full(depth.shape, np.inf)
+    y, x = np.mgrid[0 : depth.shape[0], 0 : depth.shape[1]]
+    return np.maximum(np.abs(y[..., None] - rows), np.abs(x[..., None] - cols)).min(-1).astype(float)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    height=st.integers(1, 9),
+    width=st.integers(1, 9),
+    passes=st.integers(0, 4),
+    seed=st.integers(0, 2**16),
+    hole_share=st.floats(0, 1),
+)
+def test_filling_reaches_exactly_passes_rings_with_measured_values(height, width, passes, seed, hole_share):
+    from processing_depth import fill_depth_holes
+
+    rng = np.random.default_rng(seed)
+    depth = rng.choice(np.array([0.7, 1.5, 2.0, 9.0], dtype=np.float32), size=(height, width))
+    depth[rng.random((height, width)) < hole_share] = 0
+    filled = fill_depth_holes(depth, passes)
+    valid = depth > 0
+    # Valid pixels keep their reading; a hole is filled exactly when a valid pixel lies within `passes` rings.
+    np.testing.assert_array_equal(filled[valid], depth[valid])
+    np.testing.assert_array_equal(filled > 0, chebyshev_distance_to_valid(depth) <= passes)
+    # Every filled value is one of the map's own readings: nothing invented between two surfaces.
+    assert np.isin(filled[filled > 0], depth[valid]).all()
+
+
+def test_a_hole_takes_the_lower_median_of_its_valid_neighbours():
+    from processing_depth import fill_depth_holes
+
+    depth = np.array([[1.0, 2.0, 3.0], [4.0, 0.0, 5.0], [0.0, 6.0, 0.0]], dtype=np.float32)
+    filled = fill_depth_holes(depth, 1)
+    # Centre: neighbours 1, 2, 3, 4, 5, 6 (three are the holes or the border): the lower median is 3.
+    assert filled[1, 1] == 3.0
+    # Bottom-left: valid neighbours 4, 6 (the centre was a hole when the pass began): lower median 4.
+    assert filled[2, 0] == 4.0
+    # Bottom-right: valid neighbours 5, 6: lower median 5.
+    assert filled[2, 2] == 5.0
+    np.testing.assert_array_equal(fill_depth_holes(depth, 0), depth)
+    with pytest.raises(ValueError, match="number of passes >= 0"):
+        fill_depth_holes(depth, -1)

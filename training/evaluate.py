@@ -495,6 +495,8 @@ def run(args: argparse.Namespace) -> dict:
     model, processor = load_model_and_processor(args.model, args.device, args.dtype)
     if args.depth_estimator:
         processor.depth_estimator = args.depth_estimator
+    if args.fill_depth_holes is not None:
+        set_hole_filling(processor, args.fill_depth_holes, args.model)
     depth_fusion = getattr(processor, "depth_fusion", RGB_ONLY_FUSION)
     if corruption is not None and depth_fusion == RGB_ONLY_FUSION:
         raise SystemExit(
@@ -529,6 +531,7 @@ def run(args: argparse.Namespace) -> dict:
         depth_source=dict(depth_sources),
         depth_override=args.depth_override,
         depth_corruption=corruption.describe() if corruption else None,
+        fill_depth_holes=getattr(processor, "fill_depth_holes", None),  # None: a processor without the option
         benchmark=benchmark,
         data_path=data_path,
         dataset=data.info.as_dict(),
@@ -543,6 +546,21 @@ def run(args: argparse.Namespace) -> dict:
     print(f"\nunparseable: {results['unparseable']['count']} of {results['num_samples']} (counted as wrong)")
     print(f"wrote {', '.join(str(p) for p in paths.values())}")
     return results
+
+
+def set_hole_filling(processor, passes: int, model_path) -> None:
+    """`--fill-depth-holes`: the processor fills depth holes with `passes` passes (`processing_depth.fill_depth_holes`),
+    whatever the folder saved. A folder whose processor code predates the option is refused, never run unfilled."""
+    import inspect
+
+    if "fill_depth_holes" not in inspect.signature(type(processor).__init__).parameters:
+        raise SystemExit(
+            f"--fill-depth-holes: the processor of {model_path} ({type(processor).__name__}, from the folder's own "
+            "code) has no fill_depth_holes; copy this checkout's processing_depth.py into the folder first."
+        )
+    if passes < 0:
+        raise SystemExit(f"--fill-depth-holes must be >= 0; got {passes}.")
+    processor.fill_depth_holes = passes
 
 
 def samples_of(args: argparse.Namespace) -> tuple[str, str, BenchmarkData, list[SpatialSample]]:
@@ -613,6 +631,14 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, or auto (device_map)")
     run_parser.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
     run_parser.add_argument("--depth-estimator", default=None, help="DepthAnything id/folder for rows without depth")
+    run_parser.add_argument(
+        "--fill-depth-holes",
+        type=int,
+        default=None,
+        metavar="PASSES",
+        help="fill depth holes from their neighbours, PASSES rings deep, before the model sees them (default: as the "
+        "folder's processor saved it; see processing_depth.fill_depth_holes)",
+    )
     # One change to the depth at a time: removed, replaced by a control, or corrupted.
     depth_changes = run_parser.add_mutually_exclusive_group()
     depth_changes.add_argument("--no-depth", action="store_true", help="run a depth model RGB-only (ablation)")

@@ -9,7 +9,7 @@ runs `python -m training.evaluate run` into `OUT/rgb-only`, `OUT/clean` and `OUT
 corrupted map of each question), then writes `OUT/results.md` and `OUT/results.json`. Any other flag is handed to
 every evaluation (`--limit 500`, `--question-types ...`, `--instruction ""`, `--batch-size 16`, `--device cuda`).
 It resumes: an evaluation whose `results.json` exists (written last, atomically) is read back instead of run, after
-checking that it is of the same model, data and corruption.
+checking that it is of the same model, data and corruption (and hole filling, with `--fill-depth-holes`).
 
 The table (`robustness_table`): per question type, δ₁ (metric types) or accuracy (the others) for RGB-only, clean
 depth and each corruption; the share of readable answers per run; and the issue's done-when checks
@@ -67,7 +67,7 @@ ROBUSTNESS_BARS = (
 # Flags the job sets itself for each evaluation, so none may be handed through.
 OWN_EVALUATE_FLAGS = (
     "--model", "--data", "--out", "--label", "--no-depth", "--depth-override", "--depth-corruption",
-    "--corruption-seed",
+    "--corruption-seed", "--fill-depth-holes",
 )  # fmt: skip
 
 
@@ -164,6 +164,8 @@ def evaluation_args(args: argparse.Namespace, label: str, extra: list[str]) -> l
     flags += ["--label", label]
     if label not in (RGB_ONLY_RUN, CLEAN_RUN):
         flags += ["--depth-corruption", label, "--corruption-seed", str(args.corruption_seed)]
+    if label != RGB_ONLY_RUN and args.fill_depth_holes is not None:
+        flags += ["--fill-depth-holes", str(args.fill_depth_holes)]
     return flags
 
 
@@ -180,6 +182,9 @@ def check_existing(results: dict, args: argparse.Namespace, label: str, path: Pa
         problems.append(f"data {results.get('data_path')!r}, not {str(args.data)!r}")
     if found != expected:
         problems.append(f"depth corruption {found}, not {expected}")
+    wanted_fill = None if label == RGB_ONLY_RUN else args.fill_depth_holes
+    if wanted_fill is not None and results.get("fill_depth_holes") != wanted_fill:
+        problems.append(f"fill_depth_holes {results.get('fill_depth_holes')!r}, not {wanted_fill}")
     if problems:
         raise SystemExit(f"{path} is another evaluation ({'; '.join(problems)}): remove it or choose another --out.")
 
@@ -238,6 +243,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--corruptions", nargs="+", choices=CORRUPTION_NAMES, default=list(CORRUPTION_NAMES), help="default: all"
     )
     parser.add_argument("--corruption-seed", type=int, default=0, help="base seed of every corruption")
+    parser.add_argument(
+        "--fill-depth-holes",
+        type=int,
+        default=None,
+        metavar="PASSES",
+        help="the depth model's processor fills holes, PASSES rings deep (training.evaluate's flag, on the clean and "
+        "corrupted runs; default: as the folder saved it)",
+    )
     return parser
 
 
