@@ -454,3 +454,50 @@ def test_pairs_carry_their_camera_and_a_flip_mirrors_its_principal_point(world_d
         fx, fy, cx, cy = plain[i].intrinsics
         assert augmented[i].intrinsics == pytest.approx((fx, fy, plain[i].image.width - 1 - cx, cy))
         np.testing.assert_array_equal(np.asarray(augmented[i].image), np.asarray(plain[i].image)[:, ::-1])
+
+
+class TestEvaluationCarriesTheCamera:
+    """`training.evaluate` gives a `points` model each question's camera, as training does from the same image block;
+    before, evaluation left it out and every camera became the default 60-degree one."""
+
+    def test_world_samples_carry_the_camera_of_their_image_block(self, world_dir):
+        from training.benchmarks import read_benchmark
+        from training.data_files import load_rows
+
+        samples = read_benchmark("world", world_dir).samples
+        rows = load_rows(world_dir)
+        assert len(samples) == len(rows)
+        for sample, row in zip(samples, rows):
+            block = next(b for m in row["messages"] for b in m["content"] if b["type"] == "image")
+            assert sample.intrinsics == tuple(block["intrinsics"])
+        assert len({sample.intrinsics[0] for sample in samples}) > 1  # the world's cameras differ in focal length
+
+    def test_the_processor_gets_each_questions_camera(self, points_models, world_dir, monkeypatch):
+        from training import evaluate
+        from training.benchmarks import read_benchmark
+
+        model, _, processor = points_models["add"]
+        samples = read_benchmark("world", world_dir).samples[:4]
+        calls = []
+        original = type(processor).__call__
+
+        def spy(self, *args, **kwargs):
+            calls.append(kwargs.get("intrinsics"))
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(type(processor), "__call__", spy)
+        evaluate.answer_samples(model, processor, samples, batch_size=2, max_new_tokens=1, progress=False)
+        assert calls == [[[s.intrinsics] for s in samples[:2]], [[s.intrinsics] for s in samples[2:]]]
+
+    def test_another_scenes_depth_comes_with_that_scenes_camera(self, world_dir):
+        from training.benchmarks import read_benchmark
+        from training.controls import override_depth
+
+        samples = read_benchmark("world", world_dir).samples
+        shuffled = override_depth(samples, "shuffled", seed=0)
+        camera_of_depth = {id(s.depth): s.intrinsics for s in samples}
+        for original, moved in zip(samples, shuffled):
+            assert moved.depth is not original.depth
+            assert moved.intrinsics == camera_of_depth[id(moved.depth)]
+        # Not the question's own camera: the donor is another scene, whose camera differs.
+        assert all(a.intrinsics != b.intrinsics for a, b in zip(samples, shuffled))

@@ -50,7 +50,7 @@ from PIL import Image
 from training import world
 from training.answers import OPTION_LETTERS, unit_to_metres
 from training.data_files import find_data_files
-from training.trl_layout import first_depth
+from training.trl_layout import first_depth, first_intrinsics
 
 
 @dataclass
@@ -60,7 +60,8 @@ class SpatialSample:
     `answer_value` is the metric answer in metres (None for non-metric questions); `choices` the options (empty
     for open questions); `options_lettered` whether the options are shown to the model as (A), (B), ... lines, as
     the benchmark's own prompt does. `image` and `depth` are as stored (bytes, path, array or PIL image; depth as
-    float metres or a 16-bit millimetre PNG) and decoded by `load_image` / `load_depth`.
+    float metres or a 16-bit millimetre PNG) and decoded by `load_image` / `load_depth`. `intrinsics` is the camera
+    of the depth, (fx, fy, cx, cy) in the image's pixels, as the processor takes it (None: unknown).
     """
 
     id: str
@@ -72,6 +73,7 @@ class SpatialSample:
     options_lettered: bool = False
     image: Any = None
     depth: Any = None
+    intrinsics: tuple[float, float, float, float] | None = None
 
     def describe(self) -> dict:
         """The JSON-friendly fields (no pixels)."""
@@ -188,6 +190,7 @@ def read_world(path: str | Path) -> BenchmarkData:
                     choices=list(row.get("choices") or []),
                     image=images[0] if images else None,
                     depth=first_depth(row),
+                    intrinsics=first_intrinsics(row),  # what training reads from the same image block
                 )
             )
             splits[row.get("split") or "test"] += 1

@@ -131,7 +131,9 @@ def override_depth(samples: list, mode: str, seed: int = 0) -> list:
     first_sample = {}
     for s in samples:
         first_sample.setdefault(scene_of(s), s)
-    return [replace(s, depth=first_sample[donor_scene[scene_of(s)]].depth) for s in samples]
+    # A depth map goes with its camera: another scene's depth is placed with that scene's intrinsics.
+    donors = {scene: first_sample[donor_scene[scene]] for scene in scenes}
+    return [replace(s, depth=donors[scene_of(s)].depth, intrinsics=donors[scene_of(s)].intrinsics) for s in samples]
 
 
 def _constant_depth_png(shape: tuple[int, int], cache: dict) -> bytes:

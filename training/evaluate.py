@@ -194,6 +194,10 @@ def answer_samples(
                     depths = [None if d is None else depth_corruption(d, s.id) for d, s in zip(depths, batch)]
                 if any(d is not None for d in depths):
                     processor_kwargs["depth"] = [[d] for d in depths]  # None entries: the estimator's
+                    # Each depth map with its camera, as training's image blocks give it (a `points` model places
+                    # its pixels with it; without one it would assume its default field of view).
+                    if any(s.intrinsics is not None for s in batch):
+                        processor_kwargs["intrinsics"] = [[s.intrinsics] for s in batch]
                 processor_kwargs["depth_estimator_device"] = model.device
                 for depth in depths:
                     depth_sources["dataset" if depth is not None else "estimator" if estimator else "none"] += 1

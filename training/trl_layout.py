@@ -98,6 +98,13 @@ def first_depth(row: dict[str, Any]):
     return depths[0] if depths else None
 
 
+def first_intrinsics(row: dict[str, Any]) -> tuple[float, float, float, float] | None:
+    """The camera of a row's first image block, (fx, fy, cx, cy) in its image's pixels, or `None` (unknown)."""
+    blocks = image_blocks(row.get("messages") or [])
+    camera = blocks[0].get(INTRINSICS_KEY) if blocks else None
+    return None if camera is None else tuple(float(value) for value in camera)
+
+
 def has_depth_layout(column_names: Iterable[str]) -> bool:
     """Whether a table can carry depth: `messages` with image blocks, or an older `depth` column."""
     return bool({"messages", DEPTH_KEY} & set(column_names))
