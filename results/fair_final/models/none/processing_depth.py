@@ -130,6 +130,46 @@ def _load_depth_image(depth: Image.Image, source: str) -> None:
         raise ValueError(f"The depth image {source} could not be decoded (truncated or damaged?): {error}") from error
 
 
+def fill_depth_holes(depth: np.ndarray, passes: int) -> np.ndarray:
+    """Sensor holes in metric depth (0 = invalid) filled from their neighbours, `passes` rings deep.
+
+    Each pass gives every invalid pixel that has a valid 8-neighbour the lower median of those neighbours' depths: a
+    real measurement of the surface beside it (never a depth between a foreground edge and the background behind it),
+    from the side most of its neighbours are on. Isolated dropouts (random holes) are gone after one pass; a hole
+    region `2 * passes` pixels wide closes; larger invalid regions (sky, a window, a hole bigger than that) shrink by
+    `passes` pixels and stay invalid. `passes=0` returns `depth` unchanged.
+    """
+    if passes < 0:
+        raise ValueError(f"fill_depth_holes must be a number of passes >= 0; got {passes}.")
+    filled = np.asarray(depth, dtype=np.float32)
+    for _ in range(passes):
+        invalid = ~(filled > 0)
+        if not invalid.any():
+            break
+        padded = np.pad(filled, 1)  # the padding is invalid (0): no neighbour beyond the border
+        height, width = filled.shape
+        neighbours = np.stack(
+            [
+                padded[1 + dy : 1 + dy + height, 1 + dx : 1 + dx + width]
+                for dy in (-1, 0, 1)
+                for dx in (-1, 0, 1)
+                if (dy, dx) != (0, 0)
+            ],
+            axis=-1,
+        )[invalid]  # (num_invalid, 8)
+        count = (neighbours > 0).sum(-1)
+        fillable = count > 0
+        if not fillable.any():
+            break
+        ordered = np.sort(np.where(neighbours > 0, neighbours, np.inf), axis=-1)[fillable]  # the valid ones first
+        lower_median = np.take_along_axis(ordered, ((count[fillable] - 1) // 2)[:, None], axis=-1)[:, 0]
+        values = np.zeros(int(invalid.sum()), dtype=np.float32)
+        values[fillable] = lower_median
+        filled = filled.copy()
+        filled[invalid] = values  # the unfillable stay 0
+    return filled
+
+
 def depth_to_meters(depth: Any, invalid_depth: str = "mask") -> np.ndarray:
     """One depth map as float32 metres, shape (H, W), with invalid pixels set to 0.
 
@@ -572,6 +612,9 @@ class Qwen2_5_VLDepthProcessor(Qwen2_5_VLProcessor):
             images given without depth. `None`: images without depth go without it.
         invalid_depth (`str`, defaults to `"mask"`): what 0/NaN/inf depth pixels do: `"mask"` encodes them as "no
             measurement", `"error"` raises. Negative depth always raises.
+        fill_depth_holes (`int`, defaults to 0): passes of `fill_depth_holes` over each depth map before it is
+            resized: sensor holes take the depth of the surface beside them, so a model reads holed depth as it reads
+            complete depth; regions larger than `2 * fill_depth_holes` pixels (sky) stay invalid. 0: depth as given.
 
     Outputs, besides Qwen2.5-VL's, when at least one image has depth: `depth_values` `(num_patches, patch_size**2)` in
     metres (0 = invalid), rows only for the images with depth, each on its image's `image_grid_thw`; and
@@ -590,6 +633,7 @@ class Qwen2_5_VLDepthProcessor(Qwen2_5_VLProcessor):
         depth_fusion: str = DEFAULT_DEPTH_FUSION,
         depth_estimator: str | None = None,
         invalid_depth: str = "mask",
+        fill_depth_holes: int = 0,
         **kwargs,
     ):
         if depth_fusion not in DEPTH_FUSION_MODES:
@@ -603,7 +647,10 @@ class Qwen2_5_VLDepthProcessor(Qwen2_5_VLProcessor):
             raise ValueError(f"Unknown invalid_depth {invalid_depth!r}: expected one of {INVALID_DEPTH_POLICIES}.")
         self.depth_fusion = depth_fusion
         self.depth_estimator = depth_estimator
+        if isinstance(fill_depth_holes, bool) or not isinstance(fill_depth_holes, int) or fill_depth_holes < 0:
+            raise ValueError(f"fill_depth_holes must be a number of passes >= 0; got {fill_depth_holes!r}.")
         self.invalid_depth = invalid_depth
+        self.fill_depth_holes = fill_depth_holes
         self._estimator = None
         self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
         self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token) if tokenizer is not None else None
@@ -813,8 +860,10 @@ class Qwen2_5_VLDepthProcessor(Qwen2_5_VLProcessor):
         """Resize depth to the image's resized size and lay it out like `pixel_values`, one frame, one channel.
 
         Nearest-neighbour resizing keeps every value a real measurement: no invented depths between a foreground
-        edge and the background behind it, and invalid (0) pixels stay invalid.
+        edge and the background behind it, and invalid (0) pixels stay invalid. Holes are filled first, at the
+        depth's own resolution, when `fill_depth_holes` asks for it.
         """
+        depth = fill_depth_holes(depth, self.fill_depth_holes)
         patch_size, merge_size = self.image_processor.patch_size, self.image_processor.merge_size
         _, grid_h, grid_w = (int(v) for v in grid_thw)
         resized = F.interpolate(
@@ -881,6 +930,7 @@ __all__ = [
     "Qwen2_5_VLDepthProcessor",
     "MonocularDepthEstimator",
     "depth_to_meters",
+    "fill_depth_holes",
     "intrinsics_per_image",
     "parse_intrinsics",
     "resized_intrinsics",
