@@ -14,7 +14,7 @@ to `--max-side`, predict depth at the image's resolution, encode it as a 16-bit 
 * `naive`: `transformers.pipeline("depth-estimation", model=...)` called once per image, in the pipeline's default
   dtype (fp32), rows written to one parquet file at the end: what a first script usually looks like.
 * `make_rgbd_pairs`: `python -m training.make_rgbd_pairs` run in-process, once per `--dtypes` entry (its `--dtype`;
-  `auto` is bf16 on CUDA, fp32 on CPU): DataLoader workers decode and preprocess, the estimator runs batched per
+  `auto` is bf16 on CUDA and on CPUs with bf16 dot products, fp32 on other CPUs): DataLoader workers decode and preprocess, the estimator runs batched per
   preprocessed shape on accelerators and one image per forward on CPU, depth PNGs are encoded in threads, shards are
   written as they complete.
 
@@ -153,7 +153,9 @@ def run_batched(
 
 def make_estimator(estimator: str, device: str, dtype: str, batch_size: int) -> MonocularDepthEstimator:
     """The estimator as make_rgbd_pairs builds it for `--dtype dtype`."""
-    return MonocularDepthEstimator(estimator, device=device, batch_size=batch_size, dtype=estimator_dtype(dtype))
+    return MonocularDepthEstimator(
+        estimator, device=device, batch_size=batch_size, dtype=estimator_dtype(dtype, device)
+    )
 
 
 def run_raw_model(

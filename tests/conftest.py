@@ -14,6 +14,15 @@ from training.build_depth_model import build_depth_model
 from training.tiny import save_tiny_base
 
 
+@pytest.fixture(scope="session", autouse=True)
+def fp32_auto_precision():
+    """`make_rgbd_pairs --dtype auto` as on a CPU without bf16 dot products, whatever CPU runs the tests: depth is
+    estimated in fp32 unless a test asks for bf16 (the rule itself is tested both ways in test_rgbd_pairs)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("training.make_rgbd_pairs.cli.cpu_has_native_bf16", lambda: False)
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory):
     """A plain Qwen2.5-VL folder (tiny, random weights) — what a user downloads, only small."""

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
+import torch
 from PIL import Image, ImageOps
 
 from processing_depth import MonocularDepthEstimator
@@ -394,6 +395,19 @@ def test_batching_the_forward_does_not_change_the_depth(estimators, dtype_name):
             np.testing.assert_allclose(depth[comparable], reference[comparable], rtol=1e-3, atol=1e-5)
     with pytest.raises(ValueError, match="forward_batch_size"):
         MonocularDepthEstimator(estimators["relative"], forward_batch_size=0)
+
+
+def test_auto_precision_is_bf16_where_the_hardware_computes_it(photos, estimators, tmp_path, monkeypatch):
+    from training.make_rgbd_pairs import cli
+
+    monkeypatch.setattr(cli, "cpu_has_native_bf16", lambda: True)
+    assert cli.estimator_dtype("auto", "cpu") == torch.bfloat16
+    assert cli.estimator_dtype("float32", "cpu") == torch.float32  # asked for: always as asked
+    run_cli(photos, tmp_path / "pairs", estimators["metric"])
+    assert json.loads((tmp_path / "pairs" / "generation.json").read_text())["estimator_dtype"] == "bfloat16"
+    monkeypatch.setattr(cli, "cpu_has_native_bf16", lambda: False)
+    assert cli.estimator_dtype("auto", "cpu") is None  # the estimator's own default there: fp32
+    assert cli.estimator_dtype("auto", "cuda") is None  # and bf16 on CUDA
 
 
 def test_cli_dtype_bfloat16(photos, estimators, metric_pairs, tmp_path):
