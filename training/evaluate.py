@@ -137,6 +137,44 @@ def _without_estimator(processor, active: bool):
             processor.depth_estimator = saved
 
 
+def batch_inputs(
+    processor,
+    batch: list[SpatialSample],
+    instruction: str,
+    with_depth: bool,
+    estimator=None,
+    depth_corruption: SeededCorruption | None = None,
+    device=None,
+):
+    """The processor's inputs for one batch of questions, as `answer_samples` asks them (one user turn: the image,
+    then the question; the dataset's depth and each image's camera when `with_depth`), and where each depth came from.
+    """
+    conversations = [
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt_text(s, instruction)}]}]
+        for s in batch
+    ]
+    texts = [processor.apply_chat_template(c, add_generation_prompt=True) for c in conversations]
+    images = [[load_image(s.image)] for s in batch]
+    processor_kwargs, sources = {}, Counter()
+    if with_depth:
+        depths = [load_depth(s.depth) for s in batch]
+        if depth_corruption is not None:
+            depths = [None if d is None else depth_corruption(d, s.id) for d, s in zip(depths, batch)]
+        if any(d is not None for d in depths):
+            processor_kwargs["depth"] = [[d] for d in depths]  # None entries: the estimator's
+            # Each depth map with its camera, as training's image blocks give it (a `points` model places its
+            # pixels with it; without one it would assume its default field of view).
+            if any(s.intrinsics is not None for s in batch):
+                processor_kwargs["intrinsics"] = [[s.intrinsics] for s in batch]
+        if device is not None:
+            processor_kwargs["depth_estimator_device"] = device
+        for depth in depths:
+            sources["dataset" if depth is not None else "estimator" if estimator else "none"] += 1
+    else:
+        sources["none"] += len(batch)
+    return processor(images=images, text=texts, return_tensors="pt", padding=True, **processor_kwargs), sources
+
+
 def answer_samples(
     model,
     processor,
@@ -176,34 +214,10 @@ def answer_samples(
     with _without_estimator(processor, active=not with_depth), torch.inference_mode():
         for start in tqdm(batches, desc="evaluate", unit="batch", disable=not progress):
             batch = samples[start : start + batch_size]
-            conversations = [
-                [
-                    {
-                        "role": "user",
-                        "content": [{"type": "image"}, {"type": "text", "text": prompt_text(s, instruction)}],
-                    }
-                ]
-                for s in batch
-            ]
-            texts = [processor.apply_chat_template(c, add_generation_prompt=True) for c in conversations]
-            images = [[load_image(s.image)] for s in batch]
-            processor_kwargs = {}
-            if with_depth:
-                depths = [load_depth(s.depth) for s in batch]
-                if depth_corruption is not None:
-                    depths = [None if d is None else depth_corruption(d, s.id) for d, s in zip(depths, batch)]
-                if any(d is not None for d in depths):
-                    processor_kwargs["depth"] = [[d] for d in depths]  # None entries: the estimator's
-                    # Each depth map with its camera, as training's image blocks give it (a `points` model places
-                    # its pixels with it; without one it would assume its default field of view).
-                    if any(s.intrinsics is not None for s in batch):
-                        processor_kwargs["intrinsics"] = [[s.intrinsics] for s in batch]
-                processor_kwargs["depth_estimator_device"] = model.device
-                for depth in depths:
-                    depth_sources["dataset" if depth is not None else "estimator" if estimator else "none"] += 1
-            else:
-                depth_sources["none"] += len(batch)
-            inputs = processor(images=images, text=texts, return_tensors="pt", padding=True, **processor_kwargs)
+            inputs, sources = batch_inputs(
+                processor, batch, instruction, with_depth, estimator, depth_corruption, device=model.device
+            )
+            depth_sources.update(sources)
             inputs = inputs.to(model.device)
             generated = model.generate(**inputs, generation_config=generation_config)
             new_tokens = generated[:, inputs["input_ids"].shape[1] :]

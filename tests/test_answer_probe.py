@@ -1,0 +1,90 @@
+"""`training.answer_probe`: where a metric answer is lost between the depth tokens and the answer's first token."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from training import answer_probe
+from training.align.probe import region_log_depth
+from training.benchmarks import read_benchmark
+from training.build_depth_model import build_depth_model
+from training.evaluate import batch_inputs
+
+
+@pytest.fixture(scope="module")
+def add_folder(tiny_base, tmp_path_factory):
+    """A tiny `add` model with its depth path open, so its image tokens carry depth."""
+    torch.manual_seed(0)
+    model, processor = build_depth_model(tiny_base, depth_fusion="add")
+    with torch.no_grad():
+        model.model.depth_gate.gate.fill_(0.5)
+    folder = tmp_path_factory.mktemp("probe_add")
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def test_a_state_that_holds_the_answer_is_read_exactly():
+    samples = read_benchmark_like(40)
+    truth = np.log([s.answer_value for s in samples])
+    noise = np.random.default_rng(0).normal(size=(40, 2, 8))
+    noise[:, 1, 0] = truth  # layer 1 holds the answer in one feature; layer 0 does not
+    layers = answer_probe.probe_answers(noise, samples)
+    assert [row["layer"] for row in layers] == [0, 1]
+    assert layers[1]["r2"] == pytest.approx(1.0, abs=1e-3) and layers[1]["delta1"] == 1.0
+    assert layers[0]["r2"] < 0.5
+
+
+def read_benchmark_like(count: int):
+    from training.benchmarks import SpatialSample
+
+    values = np.exp(np.random.default_rng(1).uniform(0, 3, count))
+    return [
+        SpatialSample(f"scene{i // 2}/{i}", "q", "point_depth", f"{v:.2f} m", float(v)) for i, v in enumerate(values)
+    ]
+
+
+def test_the_probe_reads_the_states_and_regions_evaluation_asks_for(add_folder, world_dir, tmp_path):
+    out = tmp_path / "probe.json"
+    report = answer_probe.main(
+        [
+            "--model",
+            str(add_folder),
+            "--data",
+            str(world_dir),
+            "--out",
+            str(out),
+            "--question-types",
+            "point_depth",
+            "--image-token-scenes",
+            "8",
+        ]  # fmt: skip
+    )
+    assert json.loads(out.read_text()) == json.loads(json.dumps(report))
+    samples = [s for s in read_benchmark("world", world_dir).samples if s.question_type == "point_depth"]
+    from training.evaluate import load_model_and_processor
+
+    model, processor = load_model_and_processor(add_folder, "cpu")
+    layers = model.config.text_config.num_hidden_layers + 1  # the embeddings, then every layer
+    per_type = report["per_type"]["point_depth"]
+    assert per_type["questions"] == len(samples) and len(per_type["layers"]) == layers
+    # The kept state is the last prompt position's, as a forward of that question alone gives it.
+    states = answer_probe.answer_states(model, processor, samples[:1], batch_size=1)
+    inputs, _ = batch_inputs(processor, samples[:1], "", True)
+    with torch.no_grad():
+        alone = model(**inputs, output_hidden_states=True).hidden_states
+    assert states.shape == (1, layers, model.config.text_config.hidden_size)
+    np.testing.assert_allclose(states[0], torch.stack([h[0, -1] for h in alone]).numpy(), rtol=1e-5, atol=1e-6)
+    # Image tokens: one row per merged region with valid depth, its target that region's mean log-depth.
+    one_per_scene = list({s.id.rsplit("/", 1)[0]: s for s in read_benchmark("world", world_dir).samples}.values())
+    token_states, targets, images = answer_probe.image_token_states(model, processor, one_per_scene[:2])
+    expected = []
+    for sample in one_per_scene[:2]:
+        log_depth, valid = region_log_depth(batch_inputs(processor, [sample], "", True)[0]["depth_values"], 2)
+        expected.append(log_depth[valid])
+    np.testing.assert_allclose(targets, np.concatenate(expected), rtol=1e-6)
+    assert token_states.shape == (len(targets), layers, model.config.text_config.hidden_size)
+    assert sorted(set(images.tolist())) == [0, 1]
+    assert len(report["image_tokens"]["layers"]) == layers
