@@ -88,3 +88,35 @@ def test_the_probe_reads_the_states_and_regions_evaluation_asks_for(add_folder, 
     assert token_states.shape == (len(targets), layers, model.config.text_config.hidden_size)
     assert sorted(set(images.tolist())) == [0, 1]
     assert len(report["image_tokens"]["layers"]) == layers
+
+
+def test_the_marked_pixel_s_token_is_the_one_that_covers_it(add_folder, world_dir, monkeypatch):
+    """`marker_token_states` takes the image token whose region holds the marked pixel: that pixel's depth is one of
+    the depth values of that token's patches (and the state is that token's, layer by layer)."""
+    from training.benchmarks import load_depth
+    from training.data_files import load_rows
+    from training.evaluate import load_model_and_processor
+
+    model, processor = load_model_and_processor(add_folder, "cpu")
+    pairs = [(s, r) for s, r in zip(read_benchmark("world", world_dir).samples, load_rows(world_dir))]
+    points = [(s, r["marker"]) for s, r in pairs if s.question_type == "point_depth"][:4]
+    samples, markers = [s for s, _ in points], [m for _, m in points]
+    chosen = []
+    original = model.forward
+
+    def spy(**inputs):
+        outputs = original(**inputs)
+        chosen.append((inputs["depth_values"], inputs["input_ids"], outputs.hidden_states))
+        return outputs
+
+    monkeypatch.setattr(model, "forward", spy)
+    states = answer_probe.marker_token_states(model, processor, samples, markers, batch_size=4)
+    (depth_values, input_ids, hidden), merge = chosen[0], processor.image_processor.merge_size
+    tokens_per_image = depth_values.shape[0] // merge**2 // len(samples)
+    for row, (sample, (u, v)) in enumerate(zip(samples, markers)):
+        grid_w = load_depth(sample.depth).shape[1] // (14 * merge)
+        token = (v // (14 * merge)) * grid_w + u // (14 * merge)
+        group = depth_values.reshape(len(samples), tokens_per_image, -1)[row, token]
+        assert load_depth(sample.depth)[v, u] in group.numpy()
+        position = (input_ids[row] == model.config.image_token_id).nonzero()[token, 0]
+        np.testing.assert_array_equal(states[row], torch.stack([h[row, position] for h in hidden]).numpy())

@@ -12,7 +12,9 @@ state to the log of the true answer is fitted on half the scenes and scored on t
 and δ₁ of exp(prediction)). A probe far above the model's own δ₁ says the answer is in the state and lost in
 decoding it to digits; a probe at the model's level says it never reached the state. For a model with one token per
 image region (`add`, `adapter`, `rgbd`) the same probe reads each image token's region depth at every layer
-(`image_token_states`): whether depth survives the fusion into the language model's token stream at all.
+(`image_token_states`): whether depth survives the fusion into the language model's token stream at all; and on
+point depth it probes the state of the one image token that covers the marked pixel (`marker_token_states`): what
+the answer position would have if it looked there.
 """
 
 from __future__ import annotations
@@ -80,6 +82,39 @@ def image_token_states(model, processor, samples, batch_size: int = 32) -> tuple
     return np.concatenate(states), np.concatenate(targets), np.concatenate(images)
 
 
+def marker_token_states(model, processor, samples, markers, batch_size: int = 32) -> np.ndarray:
+    """(num_samples, layers + 1, hidden): every layer's state at the image token that covers each question's marked
+    pixel (`markers`: (u, v) in the image's pixels): what a model that looked in the right place would have."""
+    import torch
+
+    from training.evaluate import batch_inputs
+
+    processor.tokenizer.padding_side = "left"
+    patch, merge = processor.image_processor.patch_size, processor.image_processor.merge_size
+    states = []
+    with torch.inference_mode():
+        for start in range(0, len(samples), batch_size):
+            batch, marks = samples[start : start + batch_size], markers[start : start + batch_size]
+            inputs, _ = batch_inputs(processor, batch, "", True, device=model.device)
+            outputs = model(**inputs.to(model.device), output_hidden_states=True)
+            layered = torch.stack(outputs.hidden_states, dim=2)  # (rows, positions, layers + 1, hidden)
+            for row, ((u, v), sample, grid) in enumerate(zip(marks, batch, inputs["image_grid_thw"].tolist())):
+                width, height = load_image_size(sample)
+                _, grid_h, grid_w = grid
+                # The marked pixel in the resized image, then its merged token (row-major over merge blocks).
+                x, y = u * grid_w * patch / width, v * grid_h * patch / height
+                token = int(y // (patch * merge)) * (grid_w // merge) + int(x // (patch * merge))
+                positions = (inputs["input_ids"][row] == model.config.image_token_id).nonzero()[:, 0]
+                states.append(layered[row, positions[token]].float().cpu().numpy())
+    return np.stack(states)
+
+
+def load_image_size(sample) -> tuple[int, int]:
+    from training.benchmarks import load_image
+
+    return load_image(sample.image).size
+
+
 def probe_answers(states: np.ndarray, samples) -> list[dict]:
     """`ridge_probe` of log(true answer) per layer, split by scene."""
     targets = np.log(np.array([s.answer_value for s in samples], dtype=np.float64))
@@ -104,6 +139,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from configuration_depth import RGB_ONLY_FUSION
     from training.benchmarks import read_benchmark
+    from training.data_files import load_rows
     from training.evaluate import load_model_and_processor
 
     model, processor = load_model_and_processor(args.model, args.device)
@@ -120,6 +156,16 @@ def main(argv: list[str] | None = None) -> dict:
         print(
             f"{question_type}: {len(chosen)} questions; last layer R² {layers[-1]['r2']:.3f}, δ₁ "
             f"{layers[-1]['delta1']:.3f}; best layer {best['layer']} (R² {best['r2']:.3f}, δ₁ {best['delta1']:.3f})"
+        )
+    point_questions = [(s, row) for s, row in zip(samples, load_rows(args.data)) if s.question_type == "point_depth"]
+    if with_depth and model.config.fusion.tokens_per_image_with_depth == 1 and point_questions:
+        chosen, rows = zip(*point_questions)
+        states = marker_token_states(model, processor, list(chosen), [row["marker"] for row in rows], args.batch_size)
+        layers = probe_answers(states, list(chosen))
+        report["marker_token"] = {"questions": len(chosen), "layers": layers}
+        print(
+            "point depth from the marked pixel's image token: R² / δ₁ by layer "
+            + ", ".join(f"{row['r2']:.3f} / {row['delta1']:.3f}" for row in layers)
         )
     if with_depth and model.config.fusion.tokens_per_image_with_depth == 1:
         one_per_scene = list({s.id.rsplit("/", 1)[0]: s for s in samples}.values())[: args.image_token_scenes]
