@@ -463,3 +463,12 @@ def test_a_shipped_models_card_carries_its_evaluations_and_the_experiments_table
     none_summary = value(none, "--training-summary")
     assert "| δ₁ | constant | this arm (`none`) |" in none_summary
     assert "| point depth | 0.400 ± 0.000 | 0.300 ± 0.000 |" in none_summary
+
+
+def test_the_command_line_sets_the_image_size_in_whole_tokens():
+    from training.experiment.__main__ import parse_preset
+
+    preset, _ = parse_preset(["--preset", "cpu-fair", "--image-size", "224"])
+    assert preset.image_size == 224
+    with pytest.raises(SystemExit):
+        parse_preset(["--preset", "cpu-fair", "--image-size", "100"])

@@ -27,6 +27,12 @@ def parse_preset(argv: list[str] | None = None) -> tuple[Preset, argparse.Namesp
     parser.add_argument("--parallel-runs", type=int, default=None, help="override the preset's parallel_runs")
     parser.add_argument("--sft-steps", type=int, default=None, help="override the preset's sft_steps")
     parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="override the preset's image_size: every world is rendered and every model sized for it (a multiple of 28)",
+    )
+    parser.add_argument(
         "--train-depth-encoder", action="store_true", help="stage 2 also trains the depth encoder's blocks (H3)"
     )
     parser.add_argument("--depth-lr", type=float, default=None, help="override the preset's depth_lr")
@@ -69,6 +75,10 @@ def parse_preset(argv: list[str] | None = None) -> tuple[Preset, argparse.Namesp
         overrides["parallel_runs"] = args.parallel_runs
     if args.sft_steps:
         overrides["sft_steps"] = args.sft_steps
+    if args.image_size:
+        if args.image_size % 28:
+            parser.error(f"--image-size must be a multiple of 28 (one merged token is 28 px); got {args.image_size}")
+        overrides["image_size"] = args.image_size
     if args.train_depth_encoder:
         overrides["train_depth_encoder"] = True
     if args.depth_lr:
