@@ -39,6 +39,20 @@ def world_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def open_add_folder(tiny_base, tmp_path_factory):
+    """A tiny `add` model folder whose depth path is open (gate 0.5), so depth changes its answers and its image
+    tokens carry depth."""
+    torch.manual_seed(0)
+    model, processor = build_depth_model(tiny_base, depth_fusion="add")
+    with torch.no_grad():
+        model.model.depth_gate.gate.fill_(0.5)
+    folder = tmp_path_factory.mktemp("open_add")
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def depth_models(tiny_base):
     """One (model, processor) per fusion mode of the fusion table, built from the base folder, in eval mode."""
     built = {}

@@ -9,21 +9,7 @@ import torch
 from training import answer_probe
 from training.align.probe import region_log_depth
 from training.benchmarks import read_benchmark
-from training.build_depth_model import build_depth_model
 from training.evaluate import batch_inputs
-
-
-@pytest.fixture(scope="module")
-def add_folder(tiny_base, tmp_path_factory):
-    """A tiny `add` model with its depth path open, so its image tokens carry depth."""
-    torch.manual_seed(0)
-    model, processor = build_depth_model(tiny_base, depth_fusion="add")
-    with torch.no_grad():
-        model.model.depth_gate.gate.fill_(0.5)
-    folder = tmp_path_factory.mktemp("probe_add")
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
 
 
 def test_a_state_that_holds_the_answer_is_read_exactly():
@@ -46,12 +32,12 @@ def read_benchmark_like(count: int):
     ]
 
 
-def test_the_probe_reads_the_states_and_regions_evaluation_asks_for(add_folder, world_dir, tmp_path):
+def test_the_probe_reads_the_states_and_regions_evaluation_asks_for(open_add_folder, world_dir, tmp_path):
     out = tmp_path / "probe.json"
     report = answer_probe.main(
         [
             "--model",
-            str(add_folder),
+            str(open_add_folder),
             "--data",
             str(world_dir),
             "--out",
@@ -66,7 +52,7 @@ def test_the_probe_reads_the_states_and_regions_evaluation_asks_for(add_folder, 
     samples = [s for s in read_benchmark("world", world_dir).samples if s.question_type == "point_depth"]
     from training.evaluate import load_model_and_processor
 
-    model, processor = load_model_and_processor(add_folder, "cpu")
+    model, processor = load_model_and_processor(open_add_folder, "cpu")
     layers = model.config.text_config.num_hidden_layers + 1  # the embeddings, then every layer
     per_type = report["per_type"]["point_depth"]
     assert per_type["questions"] == len(samples) and len(per_type["layers"]) == layers
@@ -90,14 +76,14 @@ def test_the_probe_reads_the_states_and_regions_evaluation_asks_for(add_folder, 
     assert len(report["image_tokens"]["layers"]) == layers
 
 
-def test_the_marked_pixel_s_token_is_the_one_that_covers_it(add_folder, world_dir, monkeypatch):
+def test_the_marked_pixel_s_token_is_the_one_that_covers_it(open_add_folder, world_dir, monkeypatch):
     """`marker_token_states` takes the image token whose region holds the marked pixel: that pixel's depth is one of
     the depth values of that token's patches (and the state is that token's, layer by layer)."""
     from training.benchmarks import load_depth
     from training.data_files import load_rows
     from training.evaluate import load_model_and_processor
 
-    model, processor = load_model_and_processor(add_folder, "cpu")
+    model, processor = load_model_and_processor(open_add_folder, "cpu")
     pairs = [(s, r) for s, r in zip(read_benchmark("world", world_dir).samples, load_rows(world_dir))]
     points = [(s, r["marker"]) for s, r in pairs if s.question_type == "point_depth"][:4]
     samples, markers = [s for s, _ in points], [m for _, m in points]

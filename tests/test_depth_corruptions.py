@@ -272,19 +272,6 @@ def test_a_corrupted_map_always_passes_the_processors_checks(name, depth, seed):
 
 # ---- evaluation: --depth-corruption -------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def depth_model_folder(tiny_base, tmp_path_factory):
-    """A tiny `add` model whose depth path is open (gate 0.5), so depth changes its answers."""
-    torch.manual_seed(0)
-    model, processor = build_depth_model(tiny_base, depth_fusion="add")
-    with torch.no_grad():
-        model.model.depth_gate.gate.fill_(0.5)
-    folder = tmp_path_factory.mktemp("robust_add")
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def rgb_model_folder(tiny_base, tmp_path_factory):
     torch.manual_seed(0)
     model, processor = build_depth_model(tiny_base, depth_fusion="none")
@@ -297,7 +284,7 @@ def rgb_model_folder(tiny_base, tmp_path_factory):
 EVALUATE_FLAGS = ["--limit", "4", "--batch-size", "4", "--max-new-tokens", "4", "--device", "cpu", "--no-progress"]
 
 
-def test_a_depth_corruption_reaches_the_model_and_the_results(depth_model_folder, world_dir, tmp_path, monkeypatch):
+def test_a_depth_corruption_reaches_the_model_and_the_results(open_add_folder, world_dir, tmp_path, monkeypatch):
     """`--depth-corruption scale`: the model gets each question's depth times that question's own factor, its answer
     logits move, and results.json says which corruption, with which seed."""
     from transformers import Qwen2_5_VLForConditionalGeneration
@@ -310,7 +297,7 @@ def test_a_depth_corruption_reaches_the_model_and_the_results(depth_model_folder
         return original(model, **inputs)
 
     monkeypatch.setattr(Qwen2_5_VLForConditionalGeneration, "generate", spy)
-    base = ["run", "--model", str(depth_model_folder), "--data", str(world_dir), *EVALUATE_FLAGS]
+    base = ["run", "--model", str(open_add_folder), "--data", str(world_dir), *EVALUATE_FLAGS]
     clean = evaluate.main([*base, "--out", str(tmp_path / "clean")])
     evaluate.main([*base, "--out", str(tmp_path / "scale"), "--depth-corruption", "scale"])
     saved = json.loads((tmp_path / "scale" / "results.json").read_text())
@@ -329,7 +316,7 @@ def test_a_depth_corruption_reaches_the_model_and_the_results(depth_model_folder
     assert torch.allclose(scaled_inputs["depth_values"].reshape_as(patches), expected, rtol=1e-6)
     assert len(set(factors)) == 4
 
-    model, _ = evaluate.load_model_and_processor(depth_model_folder, device="cpu")
+    model, _ = evaluate.load_model_and_processor(open_add_folder, device="cpu")
     with torch.no_grad():
         logits = [model(**inputs).logits[:, -1] for inputs in (clean_inputs, scaled_inputs)]
     # The answer distribution moves with the corrupted depth. (Its greedy tokens do not: a random tiny model picks the
@@ -337,7 +324,7 @@ def test_a_depth_corruption_reaches_the_model_and_the_results(depth_model_folder
     assert (logits[0] - logits[1]).abs().max() > 1e-3
 
 
-def test_hole_filling_reaches_the_model_and_the_results(depth_model_folder, world_dir, tmp_path, monkeypatch):
+def test_hole_filling_reaches_the_model_and_the_results(open_add_folder, world_dir, tmp_path, monkeypatch):
     """`--fill-depth-holes 1` on `holes-random` depth: every random hole is filled before the model sees it (isolated
     dropouts all have valid neighbours), so the model gets no more invalid pixels than the clean map's own sky, less
     its one-pixel rim; results.json records the setting."""
@@ -351,7 +338,7 @@ def test_hole_filling_reaches_the_model_and_the_results(depth_model_folder, worl
         return original(model, **inputs)
 
     monkeypatch.setattr(Qwen2_5_VLForConditionalGeneration, "generate", spy)
-    base = ["run", "--model", str(depth_model_folder), "--data", str(world_dir), *EVALUATE_FLAGS]
+    base = ["run", "--model", str(open_add_folder), "--data", str(world_dir), *EVALUATE_FLAGS]
     evaluate.main([*base, "--out", str(tmp_path / "clean")])
     holed = evaluate.main([*base, "--out", str(tmp_path / "holes"), "--depth-corruption", "holes-random"])
     filled = evaluate.main(
@@ -377,14 +364,14 @@ def test_hole_filling_is_refused_for_a_processor_without_it():
 
 
 def test_depth_corruption_options_refuse_what_cannot_work(
-    depth_model_folder, rgb_model_folder, world_dir, tmp_path, capsys
+    open_add_folder, rgb_model_folder, world_dir, tmp_path, capsys
 ):
     base = ["run", "--data", str(world_dir), "--out", str(tmp_path), *EVALUATE_FLAGS]
     with pytest.raises(SystemExit):
-        evaluate.main([*base, "--model", str(depth_model_folder), "--depth-corruption", "blur"])
+        evaluate.main([*base, "--model", str(open_add_folder), "--depth-corruption", "blur"])
     assert "invalid choice: 'blur'" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        evaluate.main([*base, "--model", str(depth_model_folder), "--depth-corruption", "noise", "--no-depth"])
+        evaluate.main([*base, "--model", str(open_add_folder), "--depth-corruption", "noise", "--no-depth"])
     assert "not allowed with argument" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="RGB-only model.*reads no depth"):
         evaluate.main([*base, "--model", str(rgb_model_folder), "--depth-corruption", "noise"])
@@ -479,10 +466,10 @@ def test_the_robustness_table_puts_every_corruption_beside_clean_depth_and_rgb_o
 
 
 def test_the_robustness_job_runs_each_evaluation_once_and_resumes(
-    depth_model_folder, rgb_model_folder, world_dir, tmp_path, monkeypatch
+    open_add_folder, rgb_model_folder, world_dir, tmp_path, monkeypatch
 ):
     out = tmp_path / "robust"
-    argv = ["--model", str(depth_model_folder), "--rgb-only-model", str(rgb_model_folder), "--data", str(world_dir)]
+    argv = ["--model", str(open_add_folder), "--rgb-only-model", str(rgb_model_folder), "--data", str(world_dir)]
     argv += ["--out", str(out), "--corruptions", "scale", "relative", *EVALUATE_FLAGS]
     summary = robustness.main(argv)
     for label, corruption_name in (("rgb-only", None), ("clean", None), ("scale", "scale"), ("relative", "relative")):
@@ -516,8 +503,8 @@ def test_the_robustness_job_runs_each_evaluation_once_and_resumes(
     assert "--fill-depth-holes" not in rgb_argv  # the RGB-only model reads no depth to fill
 
 
-def test_the_robustness_job_refuses_a_depth_model_as_the_rgb_only_one(depth_model_folder, world_dir, tmp_path):
-    argv = ["--model", str(depth_model_folder), "--rgb-only-model", str(depth_model_folder), "--data", str(world_dir)]
+def test_the_robustness_job_refuses_a_depth_model_as_the_rgb_only_one(open_add_folder, world_dir, tmp_path):
+    argv = ["--model", str(open_add_folder), "--rgb-only-model", str(open_add_folder), "--data", str(world_dir)]
     with pytest.raises(SystemExit, match="--rgb-only-model .* reads depth"):
         robustness.main([*argv, "--out", str(tmp_path), "--corruptions", "noise", *EVALUATE_FLAGS])
 
