@@ -80,13 +80,12 @@ def test_the_marked_pixel_s_token_is_the_one_that_covers_it(open_add_folder, wor
     """`marker_token_states` takes the image token whose region holds the marked pixel: that pixel's depth is one of
     the depth values of that token's patches (and the state is that token's, layer by layer)."""
     from training.benchmarks import load_depth
-    from training.data_files import load_rows
     from training.evaluate import load_model_and_processor
 
     model, processor = load_model_and_processor(open_add_folder, "cpu")
-    pairs = [(s, r) for s, r in zip(read_benchmark("world", world_dir).samples, load_rows(world_dir))]
-    points = [(s, r["marker"]) for s, r in pairs if s.question_type == "point_depth"][:4]
-    samples, markers = [s for s, _ in points], [m for _, m in points]
+    samples = [s for s in read_benchmark("world", world_dir).samples if s.question_type == "point_depth"][:4]
+    markers = [s.marker for s in samples]
+    assert all(marker is not None for marker in markers)  # the reader keeps each row's marked pixel
     chosen = []
     original = model.forward
 
@@ -96,7 +95,7 @@ def test_the_marked_pixel_s_token_is_the_one_that_covers_it(open_add_folder, wor
         return outputs
 
     monkeypatch.setattr(model, "forward", spy)
-    states = answer_probe.marker_token_states(model, processor, samples, markers, batch_size=4)
+    states = answer_probe.marker_token_states(model, processor, samples, batch_size=4)
     (depth_values, input_ids, hidden), merge = chosen[0], processor.image_processor.merge_size
     tokens_per_image = depth_values.shape[0] // merge**2 // len(samples)
     for row, (sample, (u, v)) in enumerate(zip(samples, markers)):

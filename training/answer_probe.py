@@ -32,87 +32,75 @@ from training.dataset_files import write_atomically
 DEFAULT_TYPES = ("point_depth", "distance_to_camera")
 
 
-def answer_states(model, processor, samples, batch_size: int = 32, with_depth: bool = True) -> np.ndarray:
-    """(num_samples, num_layers + 1, hidden) float32: every language-model layer's hidden state (the embeddings
-    first) at the last prompt position of each question."""
+def forward_batches(model, processor, samples, batch_size: int = 32, with_depth: bool = True):
+    """Each batch of questions asked as `training.evaluate` asks them, left-padded (every row's last position is its
+    last prompt token): yields (index of its first sample, its inputs, every layer's hidden states stacked as
+    (rows, positions, layers + 1, hidden), the embeddings first)."""
     import torch
 
     from training.evaluate import batch_inputs
 
-    processor.tokenizer.padding_side = "left"  # the last position is every row's last prompt token
-    states = []
+    processor.tokenizer.padding_side = "left"
     with torch.inference_mode():
         for start in range(0, len(samples), batch_size):
-            batch = samples[start : start + batch_size]
-            inputs, _ = batch_inputs(processor, batch, "", with_depth, device=model.device)
+            inputs, _ = batch_inputs(
+                processor, samples[start : start + batch_size], "", with_depth, device=model.device
+            )
             outputs = model(**inputs.to(model.device), output_hidden_states=True)
-            states.append(torch.stack([h[:, -1] for h in outputs.hidden_states], dim=1).float().cpu().numpy())
-    return np.concatenate(states)
+            yield start, inputs, torch.stack(outputs.hidden_states, dim=2)
+
+
+def answer_states(model, processor, samples, batch_size: int = 32, with_depth: bool = True) -> np.ndarray:
+    """(num_samples, layers + 1, hidden) float32: every language-model layer's state at the last prompt position of
+    each question."""
+    batches = forward_batches(model, processor, samples, batch_size, with_depth)
+    return np.concatenate([layered[:, -1].float().cpu().numpy() for _, _, layered in batches])
 
 
 def image_token_states(model, processor, samples, batch_size: int = 32) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every language-model layer's hidden state at each image token with depth, its region's mean log-depth (the
     merged token's pixels, `region_log_depth`) and its image: (tokens, layers + 1, hidden), (tokens,), (tokens,).
     Asked with depth, as `answer_states`; an `add` model's image tokens are its RGB tokens plus its gated depth."""
-    import torch
-
     from training.align.probe import region_log_depth
-    from training.evaluate import batch_inputs
 
-    processor.tokenizer.padding_side = "left"
     merge_size = processor.image_processor.merge_size
     states, targets, images = [], [], []
-    with torch.inference_mode():
-        for start in range(0, len(samples), batch_size):
-            batch = samples[start : start + batch_size]
-            inputs, _ = batch_inputs(processor, batch, "", True, device=model.device)
-            outputs = model(**inputs.to(model.device), output_hidden_states=True)
-            log_depth, valid = region_log_depth(inputs["depth_values"].cpu(), merge_size)
-            image_tokens = inputs["input_ids"] == model.config.image_token_id  # one run per row, in token order
-            if int(image_tokens.sum()) != len(log_depth):
-                raise ValueError(
-                    f"{int(image_tokens.sum())} image tokens but {len(log_depth)} merged depth regions: the probe "
-                    "reads one token per region (an `add`, `adapter` or `rgbd` model)."
-                )
-            layered = torch.stack(outputs.hidden_states, dim=2)[image_tokens]  # (tokens, layers + 1, hidden)
-            rows = image_tokens.nonzero()[:, 0].cpu().numpy() + start
-            states.append(layered.float().cpu().numpy()[valid])
-            targets.append(log_depth[valid])
-            images.append(rows[valid])
+    for start, inputs, layered in forward_batches(model, processor, samples, batch_size):
+        log_depth, valid = region_log_depth(inputs["depth_values"].cpu(), merge_size)
+        image_tokens = inputs["input_ids"] == model.config.image_token_id  # one run per row, in token order
+        if int(image_tokens.sum()) != len(log_depth):
+            raise ValueError(
+                f"{int(image_tokens.sum())} image tokens but {len(log_depth)} merged depth regions: the probe reads one "
+                "token per region (an `add`, `adapter` or `rgbd` model)."
+            )
+        rows = image_tokens.nonzero()[:, 0].cpu().numpy() + start
+        states.append(layered[image_tokens].float().cpu().numpy()[valid])  # (tokens, layers + 1, hidden)
+        targets.append(log_depth[valid])
+        images.append(rows[valid])
     return np.concatenate(states), np.concatenate(targets), np.concatenate(images)
 
 
-def marker_token_states(model, processor, samples, markers, batch_size: int = 32) -> np.ndarray:
+def marker_token_states(model, processor, samples, batch_size: int = 32) -> np.ndarray:
     """(num_samples, layers + 1, hidden): every layer's state at the image token that covers each question's marked
-    pixel (`markers`: (u, v) in the image's pixels): what a model that looked in the right place would have."""
-    import torch
+    pixel (`SpatialSample.marker`, (u, v) in the image's pixels): what a model that looked in the right place would
+    have."""
+    from dataclasses import replace
 
-    from training.evaluate import batch_inputs
-
-    processor.tokenizer.padding_side = "left"
-    patch, merge = processor.image_processor.patch_size, processor.image_processor.merge_size
-    states = []
-    with torch.inference_mode():
-        for start in range(0, len(samples), batch_size):
-            batch, marks = samples[start : start + batch_size], markers[start : start + batch_size]
-            inputs, _ = batch_inputs(processor, batch, "", True, device=model.device)
-            outputs = model(**inputs.to(model.device), output_hidden_states=True)
-            layered = torch.stack(outputs.hidden_states, dim=2)  # (rows, positions, layers + 1, hidden)
-            for row, ((u, v), sample, grid) in enumerate(zip(marks, batch, inputs["image_grid_thw"].tolist())):
-                width, height = load_image_size(sample)
-                _, grid_h, grid_w = grid
-                # The marked pixel in the resized image, then its merged token (row-major over merge blocks).
-                x, y = u * grid_w * patch / width, v * grid_h * patch / height
-                token = int(y // (patch * merge)) * (grid_w // merge) + int(x // (patch * merge))
-                positions = (inputs["input_ids"][row] == model.config.image_token_id).nonzero()[:, 0]
-                states.append(layered[row, positions[token]].float().cpu().numpy())
-    return np.stack(states)
-
-
-def load_image_size(sample) -> tuple[int, int]:
     from training.benchmarks import load_image
 
-    return load_image(sample.image).size
+    patch, merge = processor.image_processor.patch_size, processor.image_processor.merge_size
+    decoded = [replace(s, image=load_image(s.image)) for s in samples]  # decoded once: for its size and the model
+    states = []
+    for start, inputs, layered in forward_batches(model, processor, decoded, batch_size):
+        for row, grid in enumerate(inputs["image_grid_thw"].tolist()):
+            sample = decoded[start + row]
+            (u, v), (width, height), (_, grid_h, grid_w) = sample.marker, sample.image.size, grid
+            # The marked pixel in the resized image, then its merged token (row-major over merge blocks).
+            x, y = u * grid_w * patch / width, v * grid_h * patch / height
+            token = int(y // (patch * merge)) * (grid_w // merge) + int(x // (patch * merge))
+            positions = (inputs["input_ids"][row] == model.config.image_token_id).nonzero()[:, 0]
+            states.append(layered[row, positions[token]].float().cpu().numpy())
+    return np.stack(states)
 
 
 def probe_answers(states: np.ndarray, samples) -> list[dict]:
@@ -139,7 +127,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     from configuration_depth import RGB_ONLY_FUSION
     from training.benchmarks import read_benchmark
-    from training.data_files import load_rows
     from training.evaluate import load_model_and_processor
 
     model, processor = load_model_and_processor(args.model, args.device)
@@ -157,11 +144,10 @@ def main(argv: list[str] | None = None) -> dict:
             f"{question_type}: {len(chosen)} questions; last layer R² {layers[-1]['r2']:.3f}, δ₁ "
             f"{layers[-1]['delta1']:.3f}; best layer {best['layer']} (R² {best['r2']:.3f}, δ₁ {best['delta1']:.3f})"
         )
-    point_questions = [(s, row) for s, row in zip(samples, load_rows(args.data)) if s.question_type == "point_depth"]
-    if with_depth and model.config.fusion.tokens_per_image_with_depth == 1 and point_questions:
-        chosen, rows = zip(*point_questions)
-        states = marker_token_states(model, processor, list(chosen), [row["marker"] for row in rows], args.batch_size)
-        layers = probe_answers(states, list(chosen))
+    marked = [s for s in samples if s.question_type == "point_depth" and s.marker is not None]
+    if with_depth and model.config.fusion.tokens_per_image_with_depth == 1 and marked:
+        chosen = marked
+        layers = probe_answers(marker_token_states(model, processor, chosen, args.batch_size), chosen)
         report["marker_token"] = {"questions": len(chosen), "layers": layers}
         print(
             "point depth from the marked pixel's image token: R² / δ₁ by layer "

@@ -61,7 +61,8 @@ class SpatialSample:
     for open questions); `options_lettered` whether the options are shown to the model as (A), (B), ... lines, as
     the benchmark's own prompt does. `image` and `depth` are as stored (bytes, path, array or PIL image; depth as
     float metres or a 16-bit millimetre PNG) and decoded by `load_image` / `load_depth`. `intrinsics` is the camera
-    of the depth, (fx, fy, cx, cy) in the image's pixels, as the processor takes it (None: unknown).
+    of the depth, (fx, fy, cx, cy) in the image's pixels, as the processor takes it (None: unknown). `marker` is the
+    (u, v) pixel a point-depth question marks on its image (None: no marker).
     """
 
     id: str
@@ -74,6 +75,7 @@ class SpatialSample:
     image: Any = None
     depth: Any = None
     intrinsics: tuple[float, float, float, float] | None = None
+    marker: tuple[int, int] | None = None
 
     def describe(self) -> dict:
         """The JSON-friendly fields (no pixels)."""
@@ -191,6 +193,7 @@ def read_world(path: str | Path) -> BenchmarkData:
                     image=images[0] if images else None,
                     depth=first_depth(row),
                     intrinsics=first_intrinsics(row),  # what training reads from the same image block
+                    marker=tuple(row["marker"]) if row.get("marker") else None,
                 )
             )
             splits[row.get("split") or "test"] += 1

@@ -68,7 +68,7 @@ def processor_settings(processor) -> dict:
         "depth_fusion": processor.depth_fusion,
         "depth_estimator": processor.depth_estimator,
         "invalid_depth": processor.invalid_depth,
-        "fill_depth_holes": getattr(processor, "fill_depth_holes", 0),  # SpatialBot's picture processor has none
+        "fill_depth_holes": processor.fill_depth_holes,
         "image_processor": processor.image_processor.to_dict(),
         "tokenizer": tokenizer_definition(tokenizer),
         "chat_template": processor.chat_template,
