@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import datasets
@@ -34,7 +35,7 @@ from training.align import (
     select_pair_rows,
     train_alignment,
 )
-from training.align.probe import region_log_depth, ridge_probe
+from training.align.probe import r_squared, region_log_depth, ridge_probe
 from training.build_depth_model import build_depth_model
 from training.data_files import load_rows
 from training.make_rgbd_pairs import RGBDPair, RGBDPairs
@@ -496,6 +497,22 @@ def test_ridge_probe_reads_a_linear_code_of_log_depth_and_not_noise():
     assert noise["r2"] < 0.1
     with pytest.raises(ValueError, match="at least 4 images"):
         ridge_probe(code[:20], log_depth[:20], image_of_token[:20])
+
+
+def test_r_squared_is_one_when_exact_zero_for_the_mean_and_undefined_on_constant_targets():
+    targets = np.array([0.0, 1.0, 2.0, 3.0])
+    assert r_squared(targets, targets) == 1.0
+    assert r_squared(np.full(4, targets.mean()), targets) == 0.0
+    assert math.isnan(r_squared(targets, np.ones(4)))
+
+
+def test_ridge_probe_on_constant_tuning_targets_picks_a_strength_without_warnings():
+    rng = np.random.default_rng(0)
+    image_of_token = np.repeat(np.arange(8), 10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no division by zero on the way
+        read = ridge_probe(rng.normal(size=(80, 4)), np.zeros(80), image_of_token)
+    assert math.isnan(read["r2"]) and read["delta1"] > 0.9  # the truth is a constant the probe nearly recovers
 
 
 def test_region_log_depth_averages_each_merge_groups_valid_pixels():

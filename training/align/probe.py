@@ -65,7 +65,11 @@ def predict_ridge(weights: np.ndarray, features: np.ndarray) -> np.ndarray:
 
 
 def r_squared(predicted: np.ndarray, targets: np.ndarray) -> float:
-    return float(1 - ((predicted - targets) ** 2).sum() / ((targets - targets.mean()) ** 2).sum())
+    """1 - residual / total sum of squares; NaN where the targets do not vary (R² is undefined there)."""
+    total = ((targets - targets.mean()) ** 2).sum()
+    if total == 0:
+        return float("nan")
+    return float(1 - ((predicted - targets) ** 2).sum() / total)
 
 
 def ridge_probe(features: np.ndarray, targets: np.ndarray, image_of_token: np.ndarray) -> dict[str, float]:
@@ -79,10 +83,12 @@ def ridge_probe(features: np.ndarray, targets: np.ndarray, image_of_token: np.nd
     if not tune.any() or not test.any():
         raise ValueError(f"The probe needs at least 4 images with valid depth; got {len(images)}.")
     features = features.astype(np.float64)
-    strength = max(
+    # The least squared error on the tuning images: the same choice as the best R² there (the total sum of squares is
+    # shared by every strength), and still defined where the tuning targets do not vary.
+    strength = min(
         RIDGE_STRENGTHS,
-        key=lambda s: r_squared(
-            predict_ridge(fit_ridge(features[inner], targets[inner], s), features[tune]), targets[tune]
+        key=lambda s: float(
+            ((predict_ridge(fit_ridge(features[inner], targets[inner], s), features[tune]) - targets[tune]) ** 2).sum()
         ),
     )
     predicted = predict_ridge(fit_ridge(features[fit], targets[fit], strength), features[test])
