@@ -16,7 +16,12 @@ Protocol (fixed, so runs are comparable):
   (CV-Bench, BLINK) list them under it as "(A) lamp" lines; then, on a new line, `ANSWER_INSTRUCTION`:
   "Answer with a number and a unit, or with one of the options."
 - Decoding: greedy (`do_sample=False`, one beam, `repetition_penalty=1.0`, whatever the checkpoint's
-  `generation_config` says), `--max-new-tokens` 16, batches of `--batch-size` left-padded prompts.
+  `generation_config` says), `--max-new-tokens` 16, batches of `--batch-size` left-padded prompts. `--decoding rank`
+  answers the questions with a closed answer set (choices; orders of up to 4 items, as all their permutations) with
+  the candidate the model gives the highest log-likelihood after the same prompt, as lm-evaluation-harness scores
+  multiple choice (`acc`): it measures which answer the model prefers when it cannot name the objects itself, and is
+  readable by construction, so it is reported beside greedy, never in place of its readable rates. Open questions
+  are still generated.
 - Depth: a model with depth (`processor.depth_fusion != "none"`) gets the depth in each row's image block (the
   world's exact metric depth); rows without depth get the processor's estimator's (`--depth-estimator` sets one), else
   they run RGB-only, which the results record (`depth_source`). `--no-depth` runs a depth model RGB-only (an
@@ -43,6 +48,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import math
 import sys
@@ -137,6 +143,36 @@ def _without_estimator(processor, active: bool):
             processor.depth_estimator = saved
 
 
+def depth_inputs_of(processor, use_depth: bool) -> tuple[bool, object]:
+    """Whether questions go to the processor with their depth (a depth model, unless `use_depth` is off), and the
+    processor's estimator for rows without depth (None when depth is off)."""
+    with_depth = use_depth and getattr(processor, "depth_fusion", RGB_ONLY_FUSION) != RGB_ONLY_FUSION
+    return with_depth, getattr(processor, "depth_estimator", None) if with_depth else None
+
+
+def question_turn(sample: SpatialSample, instruction: str) -> dict:
+    """The user turn of a question: its image, then its text (`prompt_text`)."""
+    return {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt_text(sample, instruction)}]}
+
+
+def answer_turn_suffix(processor, sample: SpatialSample, instruction: str, answer: str) -> str:
+    """What the chat template writes after the generation prompt for the assistant turn `answer` (the answer and its
+    end-of-turn marker): the generation prompt followed by it is the answered conversation as training renders it."""
+    conversation = [question_turn(sample, instruction)]
+    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
+    answered = processor.apply_chat_template(
+        [*conversation, {"role": "assistant", "content": [{"type": "text", "text": answer}]}],
+        add_generation_prompt=False,
+    )
+    if not answered.startswith(prompt):
+        raise ValueError(
+            "The chat template does not render an answered conversation as its generation prompt followed by the "
+            f"answer, so an answer cannot be scored after that prompt: the prompt ends {prompt[-40:]!r}, the "
+            f"answered conversation there reads {answered[len(prompt) - 40 : len(prompt)]!r}."
+        )
+    return answered[len(prompt) :]
+
+
 def batch_inputs(
     processor,
     batch: list[SpatialSample],
@@ -145,17 +181,20 @@ def batch_inputs(
     estimator=None,
     depth_corruption: SeededCorruption | None = None,
     device=None,
+    answer_suffixes: list[str] | None = None,
 ):
     """The processor's inputs for one batch of questions, as `answer_samples` asks them (one user turn: the image,
-    then the question; the dataset's depth and each image's camera when `with_depth`), and where each depth came from.
+    then the question; the dataset's depth and each image's camera when `with_depth`), and where each row's depth came
+    from ("dataset", "estimator" or "none", one per row).
+
+    `answer_suffixes` (one per row, from `answer_turn_suffix`) close each conversation with an assistant turn, for
+    `rank_candidates` to score; without them each text ends with the generation prompt.
     """
-    conversations = [
-        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt_text(s, instruction)}]}]
-        for s in batch
-    ]
-    texts = [processor.apply_chat_template(c, add_generation_prompt=True) for c in conversations]
+    texts = [processor.apply_chat_template([question_turn(s, instruction)], add_generation_prompt=True) for s in batch]
+    if answer_suffixes is not None:
+        texts = [text + suffix for text, suffix in zip(texts, answer_suffixes)]
     images = [[load_image(s.image)] for s in batch]
-    processor_kwargs, sources = {}, Counter()
+    processor_kwargs, sources = {}, ["none"] * len(batch)
     if with_depth:
         depths = [load_depth(s.depth) for s in batch]
         if depth_corruption is not None:
@@ -168,11 +207,99 @@ def batch_inputs(
                 processor_kwargs["intrinsics"] = [[s.intrinsics] for s in batch]
         if device is not None:
             processor_kwargs["depth_estimator_device"] = device
-        for depth in depths:
-            sources["dataset" if depth is not None else "estimator" if estimator else "none"] += 1
-    else:
-        sources["none"] += len(batch)
+        sources = ["dataset" if depth is not None else "estimator" if estimator else "none" for depth in depths]
     return processor(images=images, text=texts, return_tensors="pt", padding=True, **processor_kwargs), sources
+
+
+MAX_ORDER_ITEMS = 4  # 4! = 24 candidate orders per question; longer lists would need sampling, which we do not do
+DECODINGS = {
+    "greedy": "every question answered by greedy generation",
+    "rank": "questions with a closed answer set (choices, orders of up to 4 items) answered by the candidate the model "
+    "gives the highest log-likelihood; the others by greedy generation",
+}
+
+
+def answer_candidates(sample: SpatialSample) -> list[str] | None:
+    """The closed set of answers a question allows, written as the world writes its answers (a choice's text; an
+    order as its items joined by ", "), for `--decoding rank`; None for questions with an open answer."""
+    kind = answer_kind(sample)
+    if kind == "choice":
+        return list(sample.choices)
+    if kind == "order":
+        if len(sample.choices) > MAX_ORDER_ITEMS:
+            raise ValueError(
+                f"{sample.id}: an order of {len(sample.choices)} items has {math.factorial(len(sample.choices))} "
+                f"candidate answers; --decoding rank ranks orders of at most {MAX_ORDER_ITEMS} items."
+            )
+        return [", ".join(order) for order in itertools.permutations(sample.choices)]
+    return None
+
+
+def rank_candidates(
+    model,
+    processor,
+    samples: list[SpatialSample],
+    candidates: list[list[str]],
+    batch_size: int = 8,
+    instruction: str = ANSWER_INSTRUCTION,
+    use_depth: bool = True,
+    progress: bool = True,
+    depth_corruption: SeededCorruption | None = None,
+) -> tuple[list[list[float]], Counter]:
+    """The log-likelihood the model gives each candidate answer of each sample, and where each sample's depth came
+    from.
+
+    A candidate's log-likelihood is summed over its tokens and the end-of-turn marker, teacher-forced after exactly
+    the prompt `answer_samples` generates from; each candidate is scored on its own copy of the sample (the same
+    image, depth, corruption and camera). Sums are not length-normalised, as lm-evaluation-harness's `acc` is not.
+    """
+    import torch
+
+    if len(candidates) != len(samples):
+        raise ValueError(f"{len(samples)} samples but {len(candidates)} candidate lists.")
+    if any(not options for options in candidates):
+        raise ValueError("Every sample to rank needs at least one candidate answer.")
+    with_depth, estimator = depth_inputs_of(processor, use_depth)
+    tokenizer = processor.tokenizer
+    rows = [
+        (index, position, answer)
+        for index, options in enumerate(candidates)
+        for position, answer in enumerate(options)
+    ]
+    scores: list[list[float]] = [[] for _ in samples]
+    depth_sources: Counter = Counter()
+    saved_side, tokenizer.padding_side = tokenizer.padding_side, "right"  # each row's answer ends where its mask does
+    try:
+        with _without_estimator(processor, active=not with_depth), torch.inference_mode():
+            for start in tqdm(range(0, len(rows), batch_size), desc="rank", unit="batch", disable=not progress):
+                chunk = rows[start : start + batch_size]
+                batch = [samples[index] for index, _, _ in chunk]
+                suffixes = [
+                    answer_turn_suffix(processor, sample, instruction, answer)
+                    for sample, (_, _, answer) in zip(batch, chunk)
+                ]
+                inputs, sources = batch_inputs(
+                    processor, batch, instruction, with_depth, estimator, depth_corruption, model.device, suffixes
+                )
+                # One count per sample (at its first candidate), not one per candidate.
+                depth_sources.update(source for (_, position, _), source in zip(chunk, sources) if position == 0)
+                inputs = inputs.to(model.device)
+                log_probs = torch.log_softmax(model(**inputs).logits.float(), dim=-1)
+                for row, (index, _, answer) in enumerate(chunk):
+                    end = int(inputs["attention_mask"][row].sum())
+                    suffix_ids = tokenizer(suffixes[row], add_special_tokens=False)["input_ids"]
+                    answer_ids = inputs["input_ids"][row, end - len(suffix_ids) : end]
+                    if answer_ids.tolist() != suffix_ids:
+                        raise ValueError(
+                            f"{samples[index].id}: the answer {answer!r} tokenizes differently after the prompt than on "
+                            "its own, so its tokens cannot be told from the prompt's."
+                        )
+                    # The logits at position t predict token t + 1.
+                    predicted = log_probs[row, end - len(suffix_ids) - 1 : end - 1]
+                    scores[index].append(float(predicted.gather(1, answer_ids[:, None].to(predicted.device)).sum()))
+    finally:
+        tokenizer.padding_side = saved_side
+    return scores, depth_sources
 
 
 def answer_samples(
@@ -195,9 +322,7 @@ def answer_samples(
     import torch
     from transformers import GenerationConfig
 
-    depth_fusion = getattr(processor, "depth_fusion", RGB_ONLY_FUSION)
-    with_depth = use_depth and depth_fusion != RGB_ONLY_FUSION
-    estimator = getattr(processor, "depth_estimator", None) if with_depth else None
+    with_depth, estimator = depth_inputs_of(processor, use_depth)
     tokenizer = processor.tokenizer
     tokenizer.padding_side = "left"  # generation continues every prompt from its last token
     generation_config = GenerationConfig(
@@ -223,6 +348,57 @@ def answer_samples(
             new_tokens = generated[:, inputs["input_ids"].shape[1] :]
             answers.extend(text.strip() for text in processor.batch_decode(new_tokens, skip_special_tokens=True))
     return answers, depth_sources
+
+
+def answer_questions(
+    model,
+    processor,
+    samples: list[SpatialSample],
+    decoding: str = "greedy",
+    batch_size: int = 8,
+    max_new_tokens: int = 16,
+    **inputs_kwargs,
+) -> tuple[list[str], Counter, list[dict[str, float] | None]]:
+    """Every sample's answer under `decoding` (`DECODINGS`), where each sample's depth came from, and, per sample,
+    each candidate's log-likelihood where it was ranked (None where it was generated).
+
+    `inputs_kwargs`: `instruction`, `use_depth`, `progress`, `depth_corruption`, as `answer_samples` takes them.
+    A ranked sample's answer is its best candidate verbatim (the first of equals), so it reads as that choice.
+    """
+    if decoding not in DECODINGS:
+        raise ValueError(f"Unknown decoding {decoding!r}; choose from {sorted(DECODINGS)}.")
+    candidates = [answer_candidates(s) if decoding == "rank" else None for s in samples]
+    ranked = [i for i, options in enumerate(candidates) if options]
+    generated = [i for i, options in enumerate(candidates) if not options]
+    answers: list[str | None] = [None] * len(samples)
+    rankings: list[dict[str, float] | None] = [None] * len(samples)
+    depth_sources: Counter = Counter()
+    if generated:
+        texts, sources = answer_samples(
+            model,
+            processor,
+            [samples[i] for i in generated],
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            **inputs_kwargs,
+        )
+        depth_sources.update(sources)
+        for i, text in zip(generated, texts):
+            answers[i] = text
+    if ranked:
+        scores, sources = rank_candidates(
+            model,
+            processor,
+            [samples[i] for i in ranked],
+            [candidates[i] for i in ranked],
+            batch_size=batch_size,
+            **inputs_kwargs,
+        )
+        depth_sources.update(sources)
+        for i, sample_scores in zip(ranked, scores):
+            answers[i] = candidates[i][int(np.argmax(sample_scores))]
+            rankings[i] = dict(zip(candidates[i], sample_scores))
+    return answers, depth_sources, rankings
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -350,12 +526,20 @@ def build_results(
     samples: list[SpatialSample],
     predictions: list[str],
     bare_number_unit: str | None = "m",
+    rankings: list[dict[str, float] | None] | None = None,
     **settings,
 ) -> dict:
-    """The results document: `settings` (model, dataset, generation, ...), metrics, unparseable, predictions."""
+    """The results document: `settings` (model, dataset, generation, ...), metrics, unparseable, predictions (with
+    each ranked sample's `candidate_log_likelihoods`, from `answer_questions`)."""
     if len(samples) != len(predictions):
         raise ValueError(f"{len(samples)} samples but {len(predictions)} predictions.")
     records = [score_sample(s, p, bare_number_unit) for s, p in zip(samples, predictions)]
+    if rankings is not None:
+        if len(rankings) != len(records):
+            raise ValueError(f"{len(records)} samples but {len(rankings)} rankings.")
+        for record, ranking in zip(records, rankings):
+            if ranking is not None:
+                record["candidate_log_likelihoods"] = ranking
     return {
         "format": RESULTS_FORMAT,
         **settings,
@@ -394,6 +578,19 @@ def markdown_table(results: dict) -> str:
     return "\n".join([header, *rows])
 
 
+def decoding_line(results: dict) -> str:
+    """How the answers were made, in words (ranked answers are readable by construction, which the table must say)."""
+    decoding = results.get("decoding", "greedy")
+    generated = f"greedy, max {results.get('max_new_tokens')} new tokens"
+    if decoding != "rank":
+        return generated if decoding == "greedy" else decoding
+    ranked = sum("candidate_log_likelihoods" in record for record in results.get("predictions", []))
+    return (
+        f"{ranked} questions with a closed answer set answered by their most likely candidate (readable by "
+        f"construction), the others {generated}"
+    )
+
+
 def markdown_report(results: dict) -> str:
     dataset = results.get("dataset") or {}
     lines = [
@@ -402,7 +599,7 @@ def markdown_report(results: dict) -> str:
         f"- model: `{results.get('model')}` (depth_fusion `{results.get('depth_fusion')}`)",
         f"- data: {dataset.get('name')} (`{results.get('data_path')}`), {results['num_samples']} questions",
         f"- depth source: {results.get('depth_source')}",
-        f'- prompt suffix: "{results.get("instruction")}"; greedy, max {results.get("max_new_tokens")} new tokens',
+        f'- prompt suffix: "{results.get("instruction")}"; {decoding_line(results)}',
         "",
         markdown_table(results),
         "",
@@ -521,10 +718,11 @@ def run(args: argparse.Namespace) -> dict:
             f"--depth-corruption {args.depth_corruption}: {args.model} is an RGB-only model (depth_fusion "
             f"{RGB_ONLY_FUSION!r}), which reads no depth to corrupt."
         )
-    predictions, depth_sources = answer_samples(
+    predictions, depth_sources, rankings = answer_questions(
         model,
         processor,
         samples,
+        decoding=args.decoding,
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
         instruction=args.instruction,
@@ -542,6 +740,7 @@ def run(args: argparse.Namespace) -> dict:
         samples,
         predictions,
         bare_number_unit=None if args.bare_number_unit == "none" else args.bare_number_unit,
+        rankings=rankings,
         label=args.label or Path(args.model).name,
         model=str(args.model),
         depth_fusion=depth_fusion,
@@ -557,7 +756,7 @@ def run(args: argparse.Namespace) -> dict:
         instruction=args.instruction,
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
-        decoding="greedy",
+        decoding=args.decoding,
     )
     paths = write_outputs(results, args.out)
     print(markdown_table(results))
@@ -644,6 +843,12 @@ def build_parser() -> argparse.ArgumentParser:
     run_parser.add_argument("--out", required=True, type=Path, help="folder for results.json/.md/.png")
     run_parser.add_argument("--batch-size", type=int, default=8)
     run_parser.add_argument("--max-new-tokens", type=int, default=16)
+    run_parser.add_argument(
+        "--decoding",
+        choices=sorted(DECODINGS),
+        default="greedy",
+        help="; ".join(f"{name}: {text}" for name, text in DECODINGS.items()),
+    )
     run_parser.add_argument("--limit", type=int, default=None, help="only the first N questions")
     run_parser.add_argument("--question-types", nargs="+", default=None, help="only questions of these types")
     run_parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, or auto (device_map)")
