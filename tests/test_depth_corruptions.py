@@ -487,6 +487,9 @@ def test_the_robustness_job_runs_each_evaluation_once_and_resumes(
     assert robustness.main(argv) == summary  # every evaluation read back
     with pytest.raises(SystemExit, match=r"depth corruption \('scale', 0\), not \('scale', 1\)"):
         robustness.main([*argv, "--corruption-seed", "1"])
+    # Ranked answers are another reading of the same model: greedy runs are not read back as ranked ones.
+    with pytest.raises(SystemExit, match="decoding 'greedy', not 'rank'"):
+        robustness.main([*argv, "--decoding", "rank"])
     with pytest.raises(SystemExit, match="--depth-corruption=noise is set by training.robustness"):
         robustness.main([*argv, "--depth-corruption=noise"])
     # Hole filling is part of what a depth run is: the unfilled runs are not read back as filled ones.

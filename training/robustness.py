@@ -169,8 +169,15 @@ def evaluation_args(args: argparse.Namespace, label: str, extra: list[str]) -> l
     return flags
 
 
-def check_existing(results: dict, args: argparse.Namespace, label: str, path: Path) -> None:
-    """An evaluation read back must be the one this job would run: same model, data and corruption."""
+def requested_decoding(extra: list[str]) -> str:
+    """The `--decoding` among the flags handed to every evaluation (evaluate's default when none is)."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--decoding", default="greedy")
+    return parser.parse_known_args(extra)[0].decoding
+
+
+def check_existing(results: dict, args: argparse.Namespace, label: str, path: Path, extra: list[str]) -> None:
+    """An evaluation read back must be the one this job would run: same model, data, corruption and decoding."""
     model = args.rgb_only_model if label == RGB_ONLY_RUN else args.model
     corruption = results.get("depth_corruption")
     expected = None if label in (RGB_ONLY_RUN, CLEAN_RUN) else (label, args.corruption_seed)
@@ -182,6 +189,9 @@ def check_existing(results: dict, args: argparse.Namespace, label: str, path: Pa
         problems.append(f"data {results.get('data_path')!r}, not {str(args.data)!r}")
     if found != expected:
         problems.append(f"depth corruption {found}, not {expected}")
+    decoding = requested_decoding(extra)
+    if results.get("decoding", "greedy") != decoding:
+        problems.append(f"decoding {results.get('decoding', 'greedy')!r}, not {decoding!r}")
     wanted_fill = None if label == RGB_ONLY_RUN else args.fill_depth_holes
     if wanted_fill is not None and results.get("fill_depth_holes") != wanted_fill:
         problems.append(f"fill_depth_holes {results.get('fill_depth_holes')!r}, not {wanted_fill}")
@@ -201,7 +211,7 @@ def run(args: argparse.Namespace, extra: list[str]) -> dict:
         if path.exists():
             print(f"[robustness] {label}: done already ({path})")
             results[label] = json.loads(path.read_text(encoding="utf-8"))
-            check_existing(results[label], args, label, path)
+            check_existing(results[label], args, label, path, extra)
             continue
         print(f"[robustness] {label}: evaluating", flush=True)
         results[label] = evaluate.main(evaluation_args(args, label, extra))
