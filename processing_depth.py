@@ -12,6 +12,7 @@ This file is remote code: it imports only `torch`, `transformers` and their own 
 
 import io
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -63,11 +64,16 @@ class DepthImagesKwargs(Qwen2VLImageProcessorKwargs, total=False):
         camera), in the pixels of the image as given, pixel centres at integer coordinates (OpenCV's convention:
         `cx = (W - 1) / 2` for a centred camera). They follow the image through resizing (`depth_intrinsics`), and a
         `depth_input="points"` model uses them to place each depth pixel in 3D.
+    depth_is_relative (`bool`, *optional*, defaults to `False`):
+        The given depth maps are relative, right up to one unknown scale per map (a relative estimator's depth, e.g.
+        divided by its median): each is rescaled so that its median pixel reads the processor's
+        `relative_depth_median` metres. An error when the processor has none.
     """
 
     depth: Any
     depth_estimator_device: Any
     intrinsics: Any
+    depth_is_relative: bool
 
 
 class Qwen2_5_VLDepthProcessorKwargs(ProcessingKwargs, total=False):
@@ -128,6 +134,15 @@ def _load_depth_image(depth: Image.Image, source: str) -> None:
         depth.load()
     except (OSError, SyntaxError, ValueError, EOFError) as error:
         raise ValueError(f"The depth image {source} could not be decoded (truncated or damaged?): {error}") from error
+
+
+def scale_relative_depth(depth: np.ndarray, median: float) -> np.ndarray:
+    """A relative depth map (right up to one scale) scaled so that the median of its valid pixels reads `median`
+    metres; invalid (0) pixels stay 0, and a map without a valid pixel is returned as it is."""
+    valid = depth > 0
+    if not valid.any():
+        return depth
+    return np.where(valid, depth * (median / float(np.median(depth[valid]))), 0).astype(np.float32)
 
 
 def fill_depth_holes(depth: np.ndarray, passes: int) -> np.ndarray:
@@ -615,6 +630,11 @@ class Qwen2_5_VLDepthProcessor(Qwen2_5_VLProcessor):
         fill_depth_holes (`int`, defaults to 0): passes of `fill_depth_holes` over each depth map before it is
             resized: sensor holes take the depth of the surface beside them, so a model reads holed depth as it reads
             complete depth; regions larger than `2 * fill_depth_holes` pixels (sky) stay invalid. 0: depth as given.
+        relative_depth_median (`float`, *optional*): metres at which the median pixel of a relative depth map is read:
+            relative maps (a relative estimator's, and depth given with `depth_is_relative=True`) are scaled to it, so
+            a model trained on metric depth sees them at a typical scene's scale, right in every ratio (which is
+            nearer, the order of depths) and wrong only by the scene's own scale. Set it to the median of the training
+            set's per-image median depths. `None`: a relative estimate reaches the model with its median at 1 m.
 
     Outputs, besides Qwen2.5-VL's, when at least one image has depth: `depth_values` `(num_patches, patch_size**2)` in
     metres (0 = invalid), rows only for the images with depth, each on its image's `image_grid_thw`; and
@@ -634,6 +654,7 @@ class Qwen2_5_VLDepthProcessor(Qwen2_5_VLProcessor):
         depth_estimator: str | None = None,
         invalid_depth: str = "mask",
         fill_depth_holes: int = 0,
+        relative_depth_median: float | None = None,
         **kwargs,
     ):
         if depth_fusion not in DEPTH_FUSION_MODES:
@@ -651,6 +672,16 @@ class Qwen2_5_VLDepthProcessor(Qwen2_5_VLProcessor):
             raise ValueError(f"fill_depth_holes must be a number of passes >= 0; got {fill_depth_holes!r}.")
         self.invalid_depth = invalid_depth
         self.fill_depth_holes = fill_depth_holes
+        if relative_depth_median is not None and (
+            isinstance(relative_depth_median, bool)
+            or not isinstance(relative_depth_median, (int, float))
+            or not math.isfinite(relative_depth_median)
+            or relative_depth_median <= 0
+        ):
+            raise ValueError(
+                f"relative_depth_median must be a positive number of metres (or None); got {relative_depth_median!r}."
+            )
+        self.relative_depth_median = None if relative_depth_median is None else float(relative_depth_median)
         self._estimator = None
         self.image_token = getattr(tokenizer, "image_token", None) or "<|image_pad|>"
         self.image_token_id = tokenizer.convert_tokens_to_ids(self.image_token) if tokenizer is not None else None
@@ -710,7 +741,12 @@ class Qwen2_5_VLDepthProcessor(Qwen2_5_VLProcessor):
             raise ValueError(f"This processor has depth_fusion={self.depth_fusion!r} (RGB only): do not pass depth.")
 
     def _process_images(self, images, **kwargs):
-        depth_maps = self.depth_maps(images, kwargs.pop("depth", None), kwargs.pop("depth_estimator_device", None))
+        depth_maps = self.depth_maps(
+            images,
+            kwargs.pop("depth", None),
+            kwargs.pop("depth_estimator_device", None),
+            depth_is_relative=bool(kwargs.pop("depth_is_relative", False)),
+        )
         intrinsics = kwargs.pop("intrinsics", None)
         if intrinsics is not None:
             intrinsics = intrinsics_per_image(intrinsics, images, len(depth_maps))
@@ -768,11 +804,21 @@ class Qwen2_5_VLDepthProcessor(Qwen2_5_VLProcessor):
         ]
         return vision_data
 
-    def depth_maps(self, images, depth=None, estimator_device=None) -> list[np.ndarray | None]:
-        """Depth in metres per image, checked against its image: given, else estimated, else None (no depth)."""
+    def depth_maps(
+        self, images, depth=None, estimator_device=None, depth_is_relative: bool = False
+    ) -> list[np.ndarray | None]:
+        """Depth in metres per image, checked against its image: given, else estimated, else None (no depth).
+
+        Relative maps (given with `depth_is_relative`, or a relative estimator's) are read at `relative_depth_median`
+        when the processor has one (`scale_relative_depth`)."""
         flat_images = make_flat_list_of_images(images)
         if not self.fusion.has_depth:
             return [None] * len(flat_images)
+        if depth_is_relative and depth is not None and self.relative_depth_median is None:
+            raise ValueError(
+                "depth_is_relative=True, but this processor has no relative_depth_median: set it (the median depth, "
+                "in metres, of the images the model was trained on) to read relative depth at a metric scale."
+            )
         maps = []
         for index, (item, image) in enumerate(
             zip(self._depth_per_image(depth, images, len(flat_images)), flat_images)
@@ -783,12 +829,18 @@ class Qwen2_5_VLDepthProcessor(Qwen2_5_VLProcessor):
                 except (ValueError, TypeError, FileNotFoundError, IsADirectoryError) as error:
                     raise type(error)(f"Depth map {index}: {error}") from error
                 self._check_covers_image(item, image, index)
+                if depth_is_relative:
+                    item = scale_relative_depth(item, self.relative_depth_median)
             maps.append(item)
         missing = [index for index, item in enumerate(maps) if item is None]
         if missing and self.depth_estimator is not None:
-            estimated = self.estimator(estimator_device)([self._to_pil(flat_images[i]) for i in missing])
+            estimator = self.estimator(estimator_device)
+            estimated = estimator([self._to_pil(flat_images[i]) for i in missing])
             for index, estimate in zip(missing, estimated):
-                maps[index] = depth_to_meters(estimate, "mask")
+                estimate = depth_to_meters(estimate, "mask")
+                if not estimator.is_metric and self.relative_depth_median is not None:
+                    estimate = scale_relative_depth(estimate, self.relative_depth_median)
+                maps[index] = estimate
         return maps
 
     @staticmethod
@@ -934,5 +986,6 @@ __all__ = [
     "intrinsics_per_image",
     "parse_intrinsics",
     "resized_intrinsics",
+    "scale_relative_depth",
     "to_rgb_image",
 ]

@@ -112,6 +112,7 @@ def reconfigured(processor, **settings):
         "depth_estimator": processor.depth_estimator,
         "invalid_depth": processor.invalid_depth,
         "fill_depth_holes": processor.fill_depth_holes,
+        "relative_depth_median": processor.relative_depth_median,
     }
     return type(processor)(
         processor.image_processor,

@@ -324,6 +324,59 @@ def test_a_depth_corruption_reaches_the_model_and_the_results(open_add_folder, w
     assert (logits[0] - logits[1]).abs().max() > 1e-3
 
 
+def test_relative_depth_is_read_at_the_relative_depth_median_when_one_is_set(
+    open_add_folder, world_dir, tmp_path, monkeypatch
+):
+    """`--depth-corruption relative`: without `--relative-depth-median` the model gets each map divided by its median;
+    with it (metres, or a world folder's median depth), each map read with its median at that depth."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from training.controls import median_depth
+
+    received = []
+    original = Qwen2_5_VLForConditionalGeneration.generate
+
+    def spy(model, **inputs):
+        received.append(inputs["depth_values"].clone())
+        return original(model, **inputs)
+
+    monkeypatch.setattr(Qwen2_5_VLForConditionalGeneration, "generate", spy)
+    base = ["run", "--model", str(open_add_folder), "--data", str(world_dir), *EVALUATE_FLAGS]
+    evaluate.main([*base, "--out", str(tmp_path / "clean")])
+    plain = evaluate.main([*base, "--out", str(tmp_path / "relative"), "--depth-corruption", "relative"])
+    at_3 = evaluate.main(
+        [*base, "--out", str(tmp_path / "at3"), "--depth-corruption", "relative", "--relative-depth-median", "3"]
+    )
+    at_folder = evaluate.main(
+        [*base, "--out", str(tmp_path / "atw"), "--depth-corruption", "relative"]
+        + ["--relative-depth-median", str(world_dir)]
+    )
+    samples = read_benchmark("world", world_dir).samples
+    folder_median = median_depth(samples)
+    assert (plain["relative_depth_median"], at_3["relative_depth_median"]) == (None, 3.0)
+    assert at_folder["relative_depth_median"] == folder_median
+    medians = torch.tensor([float(np.median(load_depth(s.depth)[load_depth(s.depth) > 0])) for s in samples[:4]])
+    clean = received[0].reshape(4, -1, received[0].shape[-1])
+    for values, metres in zip(received[1:], (1.0, 3.0, folder_median)):
+        expected = clean * (metres / medians)[:, None, None]
+        assert torch.allclose(values.reshape_as(clean), expected, rtol=1e-5)
+    with pytest.raises(SystemExit, match="neither metres nor a world folder"):
+        evaluate.main([*base, "--out", str(tmp_path / "x"), "--relative-depth-median", "nowhere"])
+    with pytest.raises(SystemExit, match="positive number of metres"):
+        evaluate.main([*base, "--out", str(tmp_path / "x"), "--relative-depth-median", "-2"])
+
+
+def test_median_depth_is_the_median_over_scenes_of_each_scenes_median(world_dir):
+    from training.controls import median_depth, scene_of
+
+    samples = read_benchmark("world", world_dir).samples
+    first = {}
+    for sample in samples:
+        first.setdefault(scene_of(sample), sample)
+    per_scene = [np.median(load_depth(s.depth)[load_depth(s.depth) > 0]) for s in first.values()]
+    assert len(per_scene) > 1 and median_depth(samples) == pytest.approx(float(np.median(per_scene)), rel=1e-6)
+
+
 def test_hole_filling_reaches_the_model_and_the_results(open_add_folder, world_dir, tmp_path, monkeypatch):
     """`--fill-depth-holes 1` on `holes-random` depth: every random hole is filled before the model sees it (isolated
     dropouts all have valid neighbours), so the model gets no more invalid pixels than the clean map's own sky, less

@@ -159,6 +159,30 @@ class TestDepthInputs:
         with pytest.raises(ValueError, match="fill_depth_holes must be a number of passes >= 0"):
             reconfigured(add_processor, fill_depth_holes=passes)
 
+    def test_relative_depth_is_read_at_the_processors_median_whatever_its_scale(self, add_processor):
+        scaling = reconfigured(add_processor, relative_depth_median=3.5)
+        depth = DEPTH.copy()
+        depth[:5] = 0  # a hole stays a hole
+        at_median = depth * (3.5 / np.median(depth[depth > 0]))
+        expected = depth_values(add_processor, at_median)
+        for scale in (1 / np.median(depth[depth > 0]), 0.37, 12.0):  # divided by its median, or any other scale
+            relative = depth_values(scaling, depth * scale, depth_is_relative=True)
+            torch.testing.assert_close(relative, expected, rtol=1e-6, atol=0)
+        assert torch.equal(relative == 0, expected == 0) and (expected == 0).any()
+        # Metric depth is read as it is, with or without the setting.
+        assert torch.equal(depth_values(scaling, depth), depth_values(add_processor, depth))
+
+    def test_relative_depth_without_a_median_to_read_it_at_is_refused(self, add_processor):
+        with pytest.raises(
+            ValueError, match="depth_is_relative=True, but this processor has no relative_depth_median"
+        ):
+            depth_values(add_processor, DEPTH, depth_is_relative=True)
+
+    @pytest.mark.parametrize("median", [0, -1.0, float("nan"), float("inf"), True, "3"])
+    def test_relative_depth_median_must_be_a_positive_number_of_metres(self, add_processor, median):
+        with pytest.raises(ValueError, match="relative_depth_median must be a positive number of metres"):
+            reconfigured(add_processor, relative_depth_median=median)
+
     def test_a_npy_path_is_read_like_its_array(self, add_processor, tmp_path):
         millimetres = np.round(DEPTH * 1000).astype(np.uint16)
         np.save(tmp_path / "metres.npy", DEPTH)
@@ -357,6 +381,9 @@ class TestSaving:
             2,
         )
         assert Qwen2_5_VLDepthProcessor.from_pretrained(tmp_path).fill_depth_holes == 2
+        assert saved["relative_depth_median"] is None
+        reconfigured(processor, relative_depth_median=3.25).save_pretrained(tmp_path)
+        assert Qwen2_5_VLDepthProcessor.from_pretrained(tmp_path).relative_depth_median == 3.25
         assert saved["auto_map"] == {"AutoProcessor": "processing_depth.Qwen2_5_VLDepthProcessor"}
         # No config.json: the constructor's default.
         reloaded = Qwen2_5_VLDepthProcessor.from_pretrained(tmp_path)
@@ -638,6 +665,17 @@ class TestEstimator:
         assert not estimator.is_metric
         depth = estimator([IMAGE])[0]
         assert np.median(depth[depth > 0]) == pytest.approx(1.0, rel=1e-3)
+
+    def test_relative_estimates_are_read_at_the_relative_depth_median_metric_ones_as_they_are(
+        self, add_processor, estimator_folders
+    ):
+        for kind in ("relative", "metric"):
+            plain = reconfigured(add_processor, depth_estimator=str(estimator_folders[kind]))
+            scaling = reconfigured(plain, relative_depth_median=4.0)
+            estimate = plain.estimator("cpu")([IMAGE])[0]
+            read = make_inputs(scaling, [[IMAGE]])["depth_values"]
+            expected = estimate * (4.0 / np.median(estimate[estimate > 0])) if kind == "relative" else estimate
+            torch.testing.assert_close(read, depth_values(add_processor, expected), rtol=1e-6, atol=0)
 
     def test_16_bit_images_are_not_estimated_as_white(self, add_processor, estimator_folders):
         estimator = reconfigured(add_processor, depth_estimator=str(estimator_folders["metric"])).estimator()

@@ -136,6 +136,25 @@ def override_depth(samples: list, mode: str, seed: int = 0) -> list:
     return [replace(s, depth=donors[scene_of(s)].depth, intrinsics=donors[scene_of(s)].intrinsics) for s in samples]
 
 
+def median_depth(samples) -> float:
+    """The median, over scenes, of each scene's median valid depth (its first sample's map): the metres at which a
+    processor reads relative depth (`relative_depth_median`), fitted on training samples like the constants."""
+    from training.benchmarks import load_depth
+
+    first_sample = {}
+    for s in samples:
+        if s.depth is not None:
+            first_sample.setdefault(scene_of(s), s)
+    medians = []
+    for s in first_sample.values():
+        depth = load_depth(s.depth)
+        if (depth > 0).any():
+            medians.append(float(np.median(depth[depth > 0])))
+    if not medians:
+        raise ValueError("No sample with valid depth to take a median depth from.")
+    return float(np.median(medians))
+
+
 def _constant_depth_png(shape: tuple[int, int], cache: dict) -> bytes:
     if shape not in cache:
         from training.depth_png import encode_depth_png

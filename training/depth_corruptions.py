@@ -192,6 +192,9 @@ class DepthCorruption:
     function: Callable[..., np.ndarray]
     parameters: tuple[tuple[str, Any], ...]
     description: str
+    # Its maps are right only up to a scale, as a relative estimator's are: evaluation tells a processor that has a
+    # `relative_depth_median` so (`depth_is_relative=True`), as a user of such an estimator would.
+    relative: bool = False
 
     def __call__(self, depth: Any, rng: np.random.Generator) -> np.ndarray:
         """The corrupted map of `depth` (anything `processing_depth.depth_to_meters` reads; float metres with 0/NaN for
@@ -209,7 +212,8 @@ class DepthCorruption:
 
     def describe(self) -> dict:
         """The JSON form results record."""
-        return {"name": self.name, "parameters": dict(self.parameters), "description": self.description}
+        described = {"name": self.name, "parameters": dict(self.parameters), "description": self.description}
+        return {**described, "relative": True} if self.relative else described
 
 
 CORRUPTIONS: dict[str, DepthCorruption] = {
@@ -257,6 +261,7 @@ CORRUPTIONS: dict[str, DepthCorruption] = {
             relative_to_median,
             (),
             "divided by its median (1 = the median), as relative depth estimators give it",
+            relative=True,
         ),
         DepthCorruption(
             "realistic",

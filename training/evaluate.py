@@ -205,6 +205,13 @@ def batch_inputs(
             # pixels with it; without one it would assume its default field of view).
             if any(s.intrinsics is not None for s in batch):
                 processor_kwargs["intrinsics"] = [[s.intrinsics] for s in batch]
+            # Relative maps are said to be relative where the processor can read them so (at its median depth).
+            if (
+                depth_corruption is not None
+                and depth_corruption.corruption.relative
+                and getattr(processor, "relative_depth_median", None) is not None
+            ):
+                processor_kwargs["depth_is_relative"] = True
         if device is not None:
             processor_kwargs["depth_estimator_device"] = device
         sources = ["dataset" if depth is not None else "estimator" if estimator else "none" for depth in depths]
@@ -712,6 +719,8 @@ def run(args: argparse.Namespace) -> dict:
         processor.depth_estimator = args.depth_estimator
     if args.fill_depth_holes is not None:
         set_hole_filling(processor, args.fill_depth_holes, args.model)
+    if args.relative_depth_median is not None:
+        set_relative_depth_median(processor, args.relative_depth_median, args.model)
     depth_fusion = getattr(processor, "depth_fusion", RGB_ONLY_FUSION)
     if corruption is not None and depth_fusion == RGB_ONLY_FUSION:
         raise SystemExit(
@@ -749,6 +758,7 @@ def run(args: argparse.Namespace) -> dict:
         depth_override=args.depth_override,
         depth_corruption=corruption.describe() if corruption else None,
         fill_depth_holes=getattr(processor, "fill_depth_holes", None),  # None: a processor without the option
+        relative_depth_median=getattr(processor, "relative_depth_median", None),
         benchmark=benchmark,
         data_path=data_path,
         dataset=data.info.as_dict(),
@@ -778,6 +788,30 @@ def set_hole_filling(processor, passes: int, model_path) -> None:
     if passes < 0:
         raise SystemExit(f"--fill-depth-holes must be >= 0; got {passes}.")
     processor.fill_depth_holes = passes
+
+
+def set_relative_depth_median(processor, value: str, model_path) -> None:
+    """`--relative-depth-median`: metres, or a world folder whose per-image median depths give it
+    (`controls.median_depth`). A folder whose processor code predates the option is refused."""
+    import inspect
+
+    from training.controls import median_depth
+
+    if "relative_depth_median" not in inspect.signature(type(processor).__init__).parameters:
+        raise SystemExit(
+            f"--relative-depth-median: the processor of {model_path} ({type(processor).__name__}, from the folder's "
+            "own code) has no relative_depth_median; copy this checkout's processing_depth.py into the folder first."
+        )
+    try:
+        metres = float(value)
+    except ValueError:
+        if not Path(value).exists():
+            raise SystemExit(f"--relative-depth-median {value!r} is neither metres nor a world folder.") from None
+        metres = median_depth(read_benchmark("world", value).samples)
+        print(f"relative depth is read at {metres:.3f} m, the median of {value}'s per-image median depths")
+    if not (math.isfinite(metres) and metres > 0):
+        raise SystemExit(f"--relative-depth-median must be a positive number of metres; got {value!r}.")
+    processor.relative_depth_median = metres
 
 
 def samples_of(args: argparse.Namespace) -> tuple[str, str, BenchmarkData, list[SpatialSample]]:
@@ -861,6 +895,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="PASSES",
         help="fill depth holes from their neighbours, PASSES rings deep, before the model sees them (default: as the "
         "folder's processor saved it; see processing_depth.fill_depth_holes)",
+    )
+    run_parser.add_argument(
+        "--relative-depth-median",
+        default=None,
+        metavar="METRES_OR_FOLDER",
+        help="read relative depth (the `relative` corruption's, a relative estimator's) with its median at this many "
+        "metres, or at the median of a world folder's per-image median depths (the training set's); see "
+        "processing_depth's relative_depth_median",
     )
     # One change to the depth at a time: removed, replaced by a control, or corrupted.
     depth_changes = run_parser.add_mutually_exclusive_group()

@@ -69,6 +69,7 @@ def processor_settings(processor) -> dict:
         "depth_estimator": processor.depth_estimator,
         "invalid_depth": processor.invalid_depth,
         "fill_depth_holes": processor.fill_depth_holes,
+        "relative_depth_median": getattr(processor, "relative_depth_median", None),  # scales relative estimates
         "image_processor": processor.image_processor.to_dict(),
         "tokenizer": tokenizer_definition(tokenizer),
         "chat_template": processor.chat_template,
