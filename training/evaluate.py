@@ -30,6 +30,9 @@ Protocol (fixed, so runs are comparable):
   `--depth-corruption NAME` (`training.depth_corruptions`: noise, holes, quantisation, low resolution, scale error,
   relative depth, ...) corrupts each question's depth before the processor, seeded per question by
   `--corruption-seed` and its id, so every arm sees the same corrupted map of the same question.
+  `--relative-depth-median M` (metres, or a world folder: the median of its per-image median depths) has the
+  processor read relative depth (the `relative` corruption's maps, a relative estimator's) with its median at M, as a
+  user of a relative estimator would set it; without it relative maps reach the model with their median at 1 m.
 - The constant baseline: `python -m training.evaluate constant --train TRAIN_DIR --data TEST_DIR --out DIR` answers
   every question with one answer per type fitted on the training answers, scored exactly like a model.
 - Reading answers: `training.answers` (lengths with units to metres; a bare number is metres; choices by exact

@@ -6,7 +6,8 @@
 Each `--arm LABEL=GLOB` names the `training.evaluate` result folders of one arm (one per seed; a glob or a folder).
 The headline metric of a type is δ₁ for metric types and accuracy otherwise, as in `training.evaluate`'s tables; mean
 and spread are the experiment report's (`training.experiment.report.aggregate`: the sample std over the arm's seeds,
-none shown for one seed). Writes `OUT.md` (the table) and `OUT.json` (every
+none shown for one seed). `--paired-against LABEL` adds each arm minus that one seed by seed (folders named
+`...-seedN`), which is the comparison whole-pipeline seeds support: a seed's arms share its stage 0. Writes `OUT.md` (the table) and `OUT.json` (every
 value, the folders each mean is over, and the decoding each run used).
 """
 
@@ -15,7 +16,10 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import re
 from pathlib import Path
+
+import numpy as np
 
 from training.dataset_files import write_atomically
 from training.evaluate import METRIC_NAMES, question_type_order
@@ -34,10 +38,39 @@ def arm_summary(label: str, folders: list[Path], types: list[str] | None) -> dic
     per_type = aggregate(runs)[label]
     return {
         "folders": [str(f) for f in folders],
+        "seeds": [seed_of(folder) for folder in folders],
         "decoding": sorted({result.get("decoding", "greedy") for result in results}),
         "per_type": {t: per_type[t] for t in wanted},
+        "values": {t: [run["per_type"][t][headline_metric(per_type[t])] for run in runs] for t in wanted},
         "readable": {t: [run["per_type"][t]["readable"] for run in runs] for t in wanted},
     }
+
+
+def seed_of(folder: Path) -> int | None:
+    """The seed a result folder is named for (`...-seed2` -> 2), None without one."""
+    match = re.search(r"seed(\d+)$", folder.name)
+    return int(match.group(1)) if match else None
+
+
+def paired_differences(arm: dict, reference: dict) -> dict[str, dict] | None:
+    """Per type: mean and sample std of `arm` minus `reference`, seed by seed (the experiment's whole-pipeline seeds
+    share a seed's stage 0 between arms, so a seed's two runs differ by the arm); None unless both ran the same
+    seeds."""
+    if None in arm["seeds"] or sorted(arm["seeds"]) != sorted(reference["seeds"]) or len(arm["seeds"]) < 2:
+        return None
+    differences = {}
+    for question_type, values in arm["values"].items():
+        if question_type not in reference["values"]:
+            continue
+        by_seed = dict(zip(reference["seeds"], reference["values"][question_type]))
+        deltas = np.array([value - by_seed[seed] for seed, value in zip(arm["seeds"], values)])
+        differences[question_type] = {
+            "mean": float(deltas.mean()),
+            "std": float(deltas.std(ddof=1)),
+            "n": len(deltas),
+            "values": deltas.tolist(),
+        }
+    return differences
 
 
 def headline_metric(values: dict) -> str:
@@ -66,6 +99,29 @@ def markdown(arms: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def paired_markdown(arms: dict[str, dict], reference: str) -> str:
+    """Each arm minus `reference`, seed by seed, as mean ± std of the differences (arms without the same seeds
+    left out)."""
+    pairs = {label: paired_differences(arm, arms[reference]) for label, arm in arms.items() if label != reference}
+    pairs = {label: pair for label, pair in pairs.items() if pair}
+    if not pairs:
+        return ""
+    types = list(next(iter(pairs.values())))
+    lines = [
+        "| type | " + " | ".join(f"{label} − {reference} (per seed)" for label in pairs) + " |",
+        "|---|" + "---:|" * len(pairs),
+    ]
+    for question_type in types:
+        cells = [
+            f"{pair[question_type]['mean']:+.3f} ± {pair[question_type]['std']:.3f} ("
+            + ", ".join(f"{value:+.3f}" for value in pair[question_type]["values"])
+            + ")"
+            for pair in pairs.values()
+        ]
+        lines.append(f"| {question_type} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def parse_arm(text: str) -> tuple[str, list[Path]]:
     label, separator, pattern = text.partition("=")
     if not separator or not label or not pattern:
@@ -81,6 +137,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--arm", action="append", required=True, help="LABEL=GLOB of its result folders")
     parser.add_argument("--types", nargs="+", default=None, help="question types (default: those every run has)")
     parser.add_argument("--out", required=True, type=Path, help="path stem: writes OUT.md and OUT.json")
+    parser.add_argument(
+        "--paired-against", default=None, metavar="LABEL", help="also each arm minus this one, seed by seed"
+    )
     args = parser.parse_args(argv)
     arms = {}
     for text in args.arm:
@@ -89,11 +148,23 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit(f"--arm {label} given twice.")
         arms[label] = arm_summary(label, folders, args.types)
     table = markdown(arms)
+    document = {"arms": arms}
+    if args.paired_against is not None:
+        if args.paired_against not in arms:
+            raise SystemExit(f"--paired-against {args.paired_against}: no such --arm.")
+        document["paired_against"] = args.paired_against
+        document["paired"] = {
+            label: paired_differences(arm, arms[args.paired_against])
+            for label, arm in arms.items()
+            if label != args.paired_against
+        }
+        paired = paired_markdown(arms, args.paired_against)
+        table = f"{table}\n\n{paired}" if paired else table
     args.out.parent.mkdir(parents=True, exist_ok=True)
     write_atomically(args.out.with_suffix(".md"), table + "\n")
-    write_atomically(args.out.with_suffix(".json"), json.dumps(arms, indent=2, ensure_ascii=False) + "\n")
+    write_atomically(args.out.with_suffix(".json"), json.dumps(document, indent=2, ensure_ascii=False) + "\n")
     print(table)
-    return arms
+    return document
 
 
 if __name__ == "__main__":
