@@ -122,7 +122,7 @@ def test_rank_decoding_picks_the_best_candidate_and_leaves_open_questions_greedy
     model, processor = add_model
     samples = read_benchmark("world", world_12).samples
     processor.tokenizer.padding_side = "left"
-    answers, sources, rankings = evaluate.answer_questions(
+    answers, sources, records = evaluate.answer_questions(
         model, processor, samples, decoding="rank", batch_size=4, max_new_tokens=4, progress=False
     )
     assert processor.tokenizer.padding_side == "left"  # ranking restores the side it found
@@ -130,14 +130,15 @@ def test_rank_decoding_picks_the_best_candidate_and_leaves_open_questions_greedy
         model, processor, samples, batch_size=4, max_new_tokens=4, progress=False
     )
     assert dict(sources) == dict(greedy_sources) == {"dataset": len(samples)}
-    for sample, answer, ranking, generated in zip(samples, answers, rankings, greedy):
+    for sample, answer, record, generated in zip(samples, answers, records, greedy):
         options = evaluate.answer_candidates(sample)
         if options is None:
-            assert ranking is None and answer == generated  # the same prompt, the same greedy answer
+            assert record is None and answer == generated  # the same prompt, the same greedy answer
         else:
+            ranking = record["candidate_log_likelihoods"]
             assert list(ranking) == options
             assert answer == max(options, key=ranking.get)
-    results = evaluate.build_results(samples, answers, rankings=rankings, decoding="rank", max_new_tokens=4)
+    results = evaluate.build_results(samples, answers, decoding_records=records, decoding="rank", max_new_tokens=4)
     # Choices (closer, left/right, above/below) and orders are ranked; metric, count, colour and shape are generated.
     ranked = [r for r in results["predictions"] if r["kind"] in ("choice", "order")]
     assert {r["question_type"] for r in ranked} == {"closer", "left_right", "above_below", "depth_order"}

@@ -226,6 +226,8 @@ DECODINGS = {
     "greedy": "every question answered by greedy generation",
     "rank": "questions with a closed answer set (choices, orders of up to 4 items) answered by the candidate the model "
     "gives the highest log-likelihood; the others by greedy generation",
+    "bayes": "as rank, and metric questions answered with the length of highest expected δ₁ under the model's own "
+    "distribution over lengths (training.length_decoding); counts, colours and shapes by greedy generation",
 }
 
 
@@ -367,34 +369,28 @@ def answer_questions(
     decoding: str = "greedy",
     batch_size: int = 8,
     max_new_tokens: int = 16,
+    length_options: dict | None = None,
     **inputs_kwargs,
-) -> tuple[list[str], Counter, list[dict[str, float] | None]]:
-    """Every sample's answer under `decoding` (`DECODINGS`), where each sample's depth came from, and, per sample,
-    each candidate's log-likelihood where it was ranked (None where it was generated).
+) -> tuple[list[str], Counter, list[dict | None]]:
+    """Every sample's answer under `decoding` (`DECODINGS`), where each sample's depth came from, and, per sample, how
+    a decoding other than greedy made the answer (None where it was generated), which the results keep:
+    `{"candidate_log_likelihoods": {candidate: log p}}` for a ranked sample, `{"length_distribution": ...}` for a
+    metric sample under `bayes` (`length_decoding.bayes_answers`).
 
-    `inputs_kwargs`: `instruction`, `use_depth`, `progress`, `depth_corruption`, as `answer_samples` takes them.
+    `inputs_kwargs`: `instruction`, `use_depth`, `progress`, `depth_corruption`, as `answer_samples` takes them;
+    `length_options`: `beam`, `min_probability` of `length_decoding.length_distributions`.
     A ranked sample's answer is its best candidate verbatim (the first of equals), so it reads as that choice.
     """
+    from training.length_decoding import bayes_answers, length_distributions
+
     if decoding not in DECODINGS:
         raise ValueError(f"Unknown decoding {decoding!r}; choose from {sorted(DECODINGS)}.")
-    candidates = [answer_candidates(s) if decoding == "rank" else None for s in samples]
+    candidates = [answer_candidates(s) if decoding in ("rank", "bayes") else None for s in samples]
     ranked = [i for i, options in enumerate(candidates) if options]
-    generated = [i for i, options in enumerate(candidates) if not options]
+    lengths = [i for i, s in enumerate(samples) if decoding == "bayes" and answer_kind(s) == "metric"]
     answers: list[str | None] = [None] * len(samples)
-    rankings: list[dict[str, float] | None] = [None] * len(samples)
+    records: list[dict | None] = [None] * len(samples)
     depth_sources: Counter = Counter()
-    if generated:
-        texts, sources = answer_samples(
-            model,
-            processor,
-            [samples[i] for i in generated],
-            batch_size=batch_size,
-            max_new_tokens=max_new_tokens,
-            **inputs_kwargs,
-        )
-        depth_sources.update(sources)
-        for i, text in zip(generated, texts):
-            answers[i] = text
     if ranked:
         scores, sources = rank_candidates(
             model,
@@ -407,8 +403,40 @@ def answer_questions(
         depth_sources.update(sources)
         for i, sample_scores in zip(ranked, scores):
             answers[i] = candidates[i][int(np.argmax(sample_scores))]
-            rankings[i] = dict(zip(candidates[i], sample_scores))
-    return answers, depth_sources, rankings
+            records[i] = {"candidate_log_likelihoods": dict(zip(candidates[i], sample_scores))}
+    if lengths:
+        distributions, sources = length_distributions(
+            model,
+            processor,
+            [samples[i] for i in lengths],
+            batch_size=batch_size,
+            **(length_options or {}),
+            **inputs_kwargs,
+        )
+        depth_sources.update(sources)
+        for i, (answer, record) in zip(lengths, bayes_answers(distributions)):
+            # Nothing positive found (the model writes no length first): generated as greedy below, and said so.
+            answers[i] = answer
+            records[i] = {"length_distribution": record if record is not None else {"mass": 0.0}}
+    generated = [i for i, answer in enumerate(answers) if answer is None and records[i] is None]
+    # Metric samples whose beam found no positive length: generated greedily, their depth counted once already.
+    fallback = [i for i, answer in enumerate(answers) if answer is None and records[i] is not None]
+    for group, counted in ((generated, True), (fallback, False)):
+        if not group:
+            continue
+        texts, sources = answer_samples(
+            model,
+            processor,
+            [samples[i] for i in group],
+            batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+            **inputs_kwargs,
+        )
+        if counted:
+            depth_sources.update(sources)
+        for i, text in zip(group, texts):
+            answers[i] = text
+    return answers, depth_sources, records
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -536,20 +564,19 @@ def build_results(
     samples: list[SpatialSample],
     predictions: list[str],
     bare_number_unit: str | None = "m",
-    rankings: list[dict[str, float] | None] | None = None,
+    decoding_records: list[dict | None] | None = None,
     **settings,
 ) -> dict:
-    """The results document: `settings` (model, dataset, generation, ...), metrics, unparseable, predictions (with
-    each ranked sample's `candidate_log_likelihoods`, from `answer_questions`)."""
+    """The results document: `settings` (model, dataset, generation, ...), metrics, unparseable, predictions (each
+    with how a decoding other than greedy made it: `decoding_records` from `answer_questions`)."""
     if len(samples) != len(predictions):
         raise ValueError(f"{len(samples)} samples but {len(predictions)} predictions.")
     records = [score_sample(s, p, bare_number_unit) for s, p in zip(samples, predictions)]
-    if rankings is not None:
-        if len(rankings) != len(records):
-            raise ValueError(f"{len(records)} samples but {len(rankings)} rankings.")
-        for record, ranking in zip(records, rankings):
-            if ranking is not None:
-                record["candidate_log_likelihoods"] = ranking
+    if decoding_records is not None:
+        if len(decoding_records) != len(records):
+            raise ValueError(f"{len(records)} samples but {len(decoding_records)} decoding records.")
+        for record, extra in zip(records, decoding_records):
+            record.update(extra or {})
     return {
         "format": RESULTS_FORMAT,
         **settings,
@@ -592,13 +619,20 @@ def decoding_line(results: dict) -> str:
     """How the answers were made, in words (ranked answers are readable by construction, which the table must say)."""
     decoding = results.get("decoding", "greedy")
     generated = f"greedy, max {results.get('max_new_tokens')} new tokens"
-    if decoding != "rank":
+    if decoding not in ("rank", "bayes"):
         return generated if decoding == "greedy" else decoding
-    ranked = sum("candidate_log_likelihoods" in record for record in results.get("predictions", []))
-    return (
-        f"{ranked} questions with a closed answer set answered by their most likely candidate (readable by "
-        f"construction), the others {generated}"
-    )
+    predictions = results.get("predictions", [])
+    ranked = sum("candidate_log_likelihoods" in record for record in predictions)
+    line = f"{ranked} questions with a closed answer set answered by their most likely candidate (readable by construction)"
+    if decoding == "bayes":
+        lengths = [r["length_distribution"] for r in predictions if "length_distribution" in r]
+        found = [d for d in lengths if d.get("mass")]
+        mass = float(np.mean([d["mass"] for d in found])) if found else 0.0
+        line += (
+            f", {len(found)} metric questions with the length of highest expected δ₁ under the model's distribution "
+            f"(mean probability covered {mass:.2f}; {len(lengths) - len(found)} without one, generated)"
+        )
+    return f"{line}, the others {generated}"
 
 
 def markdown_report(results: dict) -> str:
@@ -730,7 +764,7 @@ def run(args: argparse.Namespace) -> dict:
             f"--depth-corruption {args.depth_corruption}: {args.model} is an RGB-only model (depth_fusion "
             f"{RGB_ONLY_FUSION!r}), which reads no depth to corrupt."
         )
-    predictions, depth_sources, rankings = answer_questions(
+    predictions, depth_sources, decoding_records = answer_questions(
         model,
         processor,
         samples,
@@ -752,7 +786,7 @@ def run(args: argparse.Namespace) -> dict:
         samples,
         predictions,
         bare_number_unit=None if args.bare_number_unit == "none" else args.bare_number_unit,
-        rankings=rankings,
+        decoding_records=decoding_records,
         label=args.label or Path(args.model).name,
         model=str(args.model),
         depth_fusion=depth_fusion,
