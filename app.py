@@ -155,8 +155,16 @@ def describe_depth(answer: Answer, processor) -> str:
     span = f", {valid.min():.2f}–{valid.max():.2f} m" if valid.size and answer.depth_is_metric else ""
     if answer.depth_source == "uploaded":
         return f"Depth: the uploaded map ({answer.depth.shape[1]}×{answer.depth.shape[0]}, {coverage}{span})."
-    kind = "metric" if answer.depth_is_metric else "relative: depth ÷ image median, not metres"
+    kind = "metric" if answer.depth_is_metric else relative_depth_note(processor)
     return f"Depth: estimated by `{processor.depth_estimator}` ({kind}; {coverage}{span})."
+
+
+def relative_depth_note(processor) -> str:
+    """What a relative estimate is, as the processor reads it: median 1, or scaled to its `relative_depth_median`."""
+    median = getattr(processor, "relative_depth_median", None)
+    if median is None:
+        return "relative: depth ÷ image median, not metres"
+    return f"relative, read with its median at {median:.2f} m: which object is nearer is right, metres only roughly"
 
 
 def depth_colour_map(depth: np.ndarray, is_metric: bool = True) -> Image.Image:
@@ -234,7 +242,9 @@ def build_demo(model, processor, model_id: str, examples: list[list[str]]) -> gr
             "# Qwen2.5-VL-Depth\n"
             "Ask a spatial question about an image. Add its metric depth map (16-bit PNG in millimetres, or `.npy` in "
             "metres) and the model reads distances from it. Give the camera's field of view for a `points` model "
-            "(it places depth in 3D). Relative depth costs the most accuracy, and holes in the depth map do unless "
+            "(it places depth in 3D). Relative depth costs the most accuracy unless the processor reads it at the "
+            "training scenes' median depth (`relative_depth_median`: then which object is nearer survives, metres "
+            "do not), and holes in the depth map do unless "
             "the model's processor fills them (`fill_depth_holes=1`: within 0.002 δ₁ of complete depth with sensor "
             "noise and 10% holes); noise and a low-resolution map cost little (the project's `results/robustness`)."
             "\n\n"

@@ -185,6 +185,12 @@ def test_missing_depth_is_estimated_by_the_processors_estimator(loaded, examples
     assert answer.text == reference_answer(model, processor, image, QUESTION)
     note = app.describe_depth(answer, processor)
     assert note.startswith(f"Depth: estimated by `{estimator_dir}` ({'metric' if metric else 'relative'}")
+    if not metric:
+        # Read at a median depth, the relative estimate the page shows (and the model reads) has that median.
+        scaling = reconfigured(processor, relative_depth_median=4.0)
+        scaled = app.answer_question(model, scaling, image, QUESTION)
+        assert np.median(scaled.depth[scaled.depth > 0]) == pytest.approx(4.0, rel=1e-5)
+        assert "read with its median at 4.00 m" in app.describe_depth(scaled, scaling)
 
 
 def test_bad_input_is_a_gradio_error_with_the_processors_message(loaded, examples, tmp_path):
