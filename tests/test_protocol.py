@@ -425,6 +425,8 @@ def test_the_command_line_overrides_the_chosen_recipe_back_to_the_default_tokeni
     assert (chosen.evaluate_val, chosen.evaluate_test) == (False, True)
     overridden, _ = parse_preset(["--preset", "cpu-fair", "--tokenizer-corpus", "default", "--depth-input", "depth"])
     assert (overridden.tokenizer_corpus, overridden.depth_input) == (None, "depth")
+    assert chosen.tokenizer_digits == "merged"
+    assert parse_preset(["--preset", "cpu-fair", "--tokenizer-digits", "single"])[0].tokenizer_digits == "single"
 
 
 def test_the_extras_reuse_the_main_comparisons_runs_only_under_the_same_recipe(tmp_path, monkeypatch):

@@ -572,3 +572,20 @@ def test_the_world_tokenizer_has_a_token_per_word_of_every_question_and_answer()
     default = build_tiny_tokenizer()
     ratio = sum(len(tokenizer.tokenize(q)) for q in questions) / sum(len(default.tokenize(q)) for q in questions)
     assert ratio < 0.5
+
+
+def test_single_digits_write_every_number_a_digit_at_a_time_and_keep_the_words_whole():
+    """`single_digits=True` (`tokenizer_digits="single"`): no token holds two digits, as in Qwen2's own tokenizer, so a
+    length's first decimal is one of ten tokens; the world's words are still one token each."""
+    from training.length_decoding import number_pieces
+    from training.tiny import WORLD_VOCAB_SIZE, build_tiny_tokenizer
+
+    merged = build_tiny_tokenizer(WORLD_VOCAB_SIZE, world.question_corpus())
+    single = build_tiny_tokenizer(WORLD_VOCAB_SIZE, world.question_corpus(), single_digits=True)
+    assert merged.tokenize("5.31 m") == ["5", ".", "31", "Ġm"]
+    assert single.tokenize("5.31 m") == ["5", ".", "3", "1", "Ġm"]
+    assert single.tokenize("12.05 m") == ["1", "2", ".", "0", "5", "Ġm"]
+    assert sorted(number_pieces(single).values()) == [".", *"0123456789"]
+    for word in [*world.COLORS, *world.SHAPES]:
+        assert len(single.tokenize(f" {word}")) == 1, word
+    assert single.decode(single("0.77 m")["input_ids"]) == "0.77 m"

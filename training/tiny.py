@@ -56,11 +56,22 @@ TINY_VOCAB_SIZE = 512
 WORLD_VOCAB_SIZE = 768
 
 
-def build_tiny_tokenizer(vocab_size: int = 384, corpus: str = TOKENIZER_CORPUS) -> PreTrainedTokenizerFast:
+def build_tiny_tokenizer(
+    vocab_size: int = 384, corpus: str = TOKENIZER_CORPUS, single_digits: bool = False
+) -> PreTrainedTokenizerFast:
     """A byte-level BPE tokenizer (any text encodes) with Qwen2.5-VL's special tokens and chat template, its merges
-    learned from `corpus` (`training.world.question_corpus()` makes every word of the world one token)."""
+    learned from `corpus` (`training.world.question_corpus()` makes every word of the world one token).
+
+    `single_digits`: every digit is a token of its own, as Qwen2's pre-tokenizer splits numbers ("5.31" is 5 . 3 1),
+    so a length's first decimal is one of 10 classes; otherwise merges may join digits ("5.31" is 5 . 31, its
+    decimals one of 100 classes)."""
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.pre_tokenizer = (
+        pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), byte_level])
+        if single_digits
+        else byte_level
+    )
     tokenizer.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -142,19 +153,21 @@ def save_tiny_base(
     size: str = "tiny",
     max_pixels: int = 112 * 112,
     tokenizer_corpus: str | None = None,
+    single_digits: bool = False,
 ) -> Path:
     """Write a plain, small Qwen2.5-VL folder (random weights) with its tokenizer, image processor and template.
 
     `max_pixels` caps the image processor (112² = 64 patches, 16 tokens; 224² = 256 patches, 64 tokens);
     `tokenizer_corpus`: the text the tokenizer's merges are learned from (default `TOKENIZER_CORPUS`), with
-    `WORLD_VOCAB_SIZE` tokens (the model's vocabulary grows to fit)."""
+    `WORLD_VOCAB_SIZE` tokens (the model's vocabulary grows to fit); `single_digits`: digits are never merged
+    (`build_tiny_tokenizer`)."""
     import torch
 
     folder = Path(folder)
     tokenizer = (
-        build_tiny_tokenizer()
+        build_tiny_tokenizer(single_digits=single_digits)
         if tokenizer_corpus is None
-        else build_tiny_tokenizer(WORLD_VOCAB_SIZE, tokenizer_corpus)
+        else build_tiny_tokenizer(WORLD_VOCAB_SIZE, tokenizer_corpus, single_digits=single_digits)
     )
     torch.manual_seed(seed)
     model = Qwen2_5_VLForConditionalGeneration(tiny_base_config(tokenizer, size))

@@ -46,6 +46,12 @@ def parse_preset(argv: list[str] | None = None) -> tuple[Preset, argparse.Namesp
         help="override the preset's tokenizer_corpus (default: the byte-level tokenizer of training.tiny)",
     )
     parser.add_argument(
+        "--tokenizer-digits",
+        choices=["merged", "single"],
+        default=None,
+        help="override the preset's tokenizer_digits (single: every digit its own token, as Qwen2's tokenizer)",
+    )
+    parser.add_argument(
         "--scene-conversations", choices=["true", "false"], default=None, help="override scene_conversations"
     )
     parser.add_argument(
@@ -87,6 +93,8 @@ def parse_preset(argv: list[str] | None = None) -> tuple[Preset, argparse.Namesp
         overrides["depth_warmup_steps"] = args.depth_warmup_steps
     if args.tokenizer_corpus:
         overrides["tokenizer_corpus"] = None if args.tokenizer_corpus == "default" else args.tokenizer_corpus
+    if args.tokenizer_digits:
+        overrides["tokenizer_digits"] = args.tokenizer_digits
     if args.depth_input:
         overrides["depth_input"] = args.depth_input
     if args.stage0_question_types:

@@ -99,6 +99,10 @@ class Preset:
     # "world": merges from the world's own questions and answers (`training.world.question_corpus`), a token per
     # word as in a real model's vocabulary, and questions under half as long (tests/test_world.py).
     tokenizer_corpus: str | None = None
+    # How that tokenizer writes numbers: "merged", as its merges fall ("5.31" is 5 . 31: a length's decimals are one
+    # of 100 tokens, which the world tokenizer's stand-in never learned: its decimals after "0." are uniform); "single",
+    # every digit its own token as in Qwen2's own tokenizer ("5.31" is 5 . 3 1).
+    tokenizer_digits: str = "merged"
     # Stages 0 and 2 train on each scene's unmarked questions as the turns of one conversation (the image encoded
     # once per scene: training.experiment.conversations); evaluation still asks each question alone.
     scene_conversations: bool = False

@@ -260,6 +260,10 @@ class Experiment:
         folder = self.seed_folder("stage0", seed)
         raw_base = folder / "init"
         if not (raw_base / "config.json").exists():
+            if self.preset.tokenizer_digits not in ("merged", "single"):
+                raise ValueError(
+                    f"tokenizer_digits must be 'merged' or 'single'; got {self.preset.tokenizer_digits!r}."
+                )
             corpus = world.question_corpus() if self.preset.tokenizer_corpus == "world" else None
             save_tiny_base(
                 raw_base,
@@ -267,6 +271,7 @@ class Experiment:
                 size=self.preset.base_size,
                 max_pixels=self.preset.image_size**2,
                 tokenizer_corpus=corpus,
+                single_digits=self.preset.tokenizer_digits == "single",
             )
         if self.preset.vision_pretrain_steps:
             raw_base = self.pretrain_vision(raw_base, train_world, val_world, folder, seed, shared)
