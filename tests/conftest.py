@@ -120,3 +120,21 @@ def reconfigured(processor, **settings):
         chat_template=processor.chat_template,
         **{**current, **settings},
     )
+
+
+@pytest.fixture(scope="session")
+def world_12(tmp_path_factory) -> Path:
+    """12 rendered test questions (2 scenes x 6) at 112x112, with exact metric depth and cameras."""
+    folder = tmp_path_factory.mktemp("world_12")
+    make_world.write_dataset(make_world.WorldConfig("test", 2, 0, 112, 6, 2), folder, progress=False)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def random_add_model(tiny_base):
+    """A tiny `add` model in eval mode with its processor, the depth gate at 0.5 so depth moves every output."""
+    torch.manual_seed(0)
+    model, processor = build_depth_model(tiny_base, depth_fusion="add")
+    with torch.no_grad():
+        model.model.depth_gate.gate.fill_(0.5)
+    return model.eval(), processor

@@ -284,6 +284,21 @@ def rgb_model_folder(tiny_base, tmp_path_factory):
 EVALUATE_FLAGS = ["--limit", "4", "--batch-size", "4", "--max-new-tokens", "4", "--device", "cpu", "--no-progress"]
 
 
+def depth_values_reaching_generate(monkeypatch) -> list:
+    """The `depth_values` of every `generate` call from now on, in order (a list that fills as the test runs)."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    received = []
+    original = Qwen2_5_VLForConditionalGeneration.generate
+
+    def spy(model, **inputs):
+        received.append(inputs["depth_values"].clone())
+        return original(model, **inputs)
+
+    monkeypatch.setattr(Qwen2_5_VLForConditionalGeneration, "generate", spy)
+    return received
+
+
 def test_a_depth_corruption_reaches_the_model_and_the_results(open_add_folder, world_dir, tmp_path, monkeypatch):
     """`--depth-corruption scale`: the model gets each question's depth times that question's own factor, its answer
     logits move, and results.json says which corruption, with which seed."""
@@ -329,18 +344,9 @@ def test_relative_depth_is_read_at_the_relative_depth_median_when_one_is_set(
 ):
     """`--depth-corruption relative`: without `--relative-depth-median` the model gets each map divided by its median;
     with it (metres, or a world folder's median depth), each map read with its median at that depth."""
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
     from training.controls import median_depth
 
-    received = []
-    original = Qwen2_5_VLForConditionalGeneration.generate
-
-    def spy(model, **inputs):
-        received.append(inputs["depth_values"].clone())
-        return original(model, **inputs)
-
-    monkeypatch.setattr(Qwen2_5_VLForConditionalGeneration, "generate", spy)
+    received = depth_values_reaching_generate(monkeypatch)
     base = ["run", "--model", str(open_add_folder), "--data", str(world_dir), *EVALUATE_FLAGS]
     evaluate.main([*base, "--out", str(tmp_path / "clean")])
     plain = evaluate.main([*base, "--out", str(tmp_path / "relative"), "--depth-corruption", "relative"])
@@ -381,16 +387,7 @@ def test_hole_filling_reaches_the_model_and_the_results(open_add_folder, world_d
     """`--fill-depth-holes 1` on `holes-random` depth: every random hole is filled before the model sees it (isolated
     dropouts all have valid neighbours), so the model gets no more invalid pixels than the clean map's own sky, less
     its one-pixel rim; results.json records the setting."""
-    from transformers import Qwen2_5_VLForConditionalGeneration
-
-    received = []
-    original = Qwen2_5_VLForConditionalGeneration.generate
-
-    def spy(model, **inputs):
-        received.append(inputs["depth_values"].clone())
-        return original(model, **inputs)
-
-    monkeypatch.setattr(Qwen2_5_VLForConditionalGeneration, "generate", spy)
+    received = depth_values_reaching_generate(monkeypatch)
     base = ["run", "--model", str(open_add_folder), "--data", str(world_dir), *EVALUATE_FLAGS]
     evaluate.main([*base, "--out", str(tmp_path / "clean")])
     holed = evaluate.main([*base, "--out", str(tmp_path / "holes"), "--depth-corruption", "holes-random"])

@@ -14,30 +14,12 @@ import torch
 
 from training import evaluate
 from training.benchmarks import read_benchmark
-from training.build_depth_model import build_depth_model
 from training.length_decoding import (
     bayes_answers,
     delta1_bayes_length,
     length_distributions,
     number_pieces,
 )
-from training.make_world import WorldConfig, write_dataset
-
-
-@pytest.fixture(scope="module")
-def world_12(tmp_path_factory):
-    out = tmp_path_factory.mktemp("world_12_lengths")
-    write_dataset(WorldConfig("test", 2, 0, 112, 6, 2), out, progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
-def add_model(tiny_base):
-    torch.manual_seed(0)
-    model, processor = build_depth_model(tiny_base, depth_fusion="add")
-    with torch.no_grad():
-        model.model.depth_gate.gate.fill_(0.5)
-    return model.eval(), processor
 
 
 def test_the_best_window_holds_the_most_probability_and_ties_go_to_the_shortest():
@@ -77,8 +59,8 @@ def reference_probability(model, processor, sample, text: str) -> float:
     return math.exp(float(log_probs[positions - 1, ids[positions]].sum()))
 
 
-def test_each_lengths_probability_is_the_product_along_its_tokens(add_model, world_12):
-    model, processor = add_model
+def test_each_lengths_probability_is_the_product_along_its_tokens(random_add_model, world_12):
+    model, processor = random_add_model
     samples = [s for s in read_benchmark("world", world_12).samples if s.answer_value is not None][:2]
     for batch_size in (1, 7):  # 7: prefixes of different lengths and samples share a right-padded batch
         distributions, sources = length_distributions(
@@ -98,8 +80,10 @@ def test_each_lengths_probability_is_the_product_along_its_tokens(add_model, wor
     assert {"0", "9", "."} <= pieces and all(set(p) <= set("0123456789.") for p in pieces)
 
 
-def test_bayes_decoding_answers_metric_questions_from_the_distribution_and_the_rest_as_rank(add_model, world_12):
-    model, processor = add_model
+def test_bayes_decoding_answers_metric_questions_from_the_distribution_and_the_rest_as_rank(
+    random_add_model, world_12
+):
+    model, processor = random_add_model
     samples = read_benchmark("world", world_12).samples
     ranked, ranked_sources, ranked_records = evaluate.answer_questions(
         model, processor, samples, decoding="rank", batch_size=8, max_new_tokens=4, instruction="", progress=False
@@ -122,10 +106,10 @@ def test_bayes_decoding_answers_metric_questions_from_the_distribution_and_the_r
     assert "metric questions with the length of highest expected δ₁" in evaluate.markdown_report(results)
 
 
-def test_metric_questions_without_a_likely_length_are_generated_and_said_so(add_model, world_12):
+def test_metric_questions_without_a_likely_length_are_generated_and_said_so(random_add_model, world_12):
     """At the default floor a random model's lengths are all too unlikely to expand: greedy answers them, the records
     say nothing was found, and each question's depth is counted once."""
-    model, processor = add_model
+    model, processor = random_add_model
     samples = [s for s in read_benchmark("world", world_12).samples if s.answer_value is not None]
     greedy, _ = evaluate.answer_samples(model, processor, samples, batch_size=8, max_new_tokens=4, instruction="",
                                         progress=False)  # fmt: skip

@@ -13,30 +13,11 @@ import torch
 
 from training import evaluate
 from training.benchmarks import SpatialSample, read_benchmark
-from training.build_depth_model import build_depth_model
-from training.make_world import WorldConfig, write_dataset
 
 
 @pytest.fixture(scope="module")
-def world_12(tmp_path_factory):
-    """12 rendered questions (2 test scenes x 6) with exact metric depth and cameras."""
-    out = tmp_path_factory.mktemp("world_12")
-    write_dataset(WorldConfig("test", 2, 0, 112, 6, 2), out, progress=False)
-    return out
-
-
-@pytest.fixture(scope="module")
-def add_model(tiny_base):
-    torch.manual_seed(0)
-    model, processor = build_depth_model(tiny_base, depth_fusion="add")
-    with torch.no_grad():
-        model.model.depth_gate.gate.fill_(0.5)  # depth changes every log-likelihood
-    return model.eval(), processor
-
-
-@pytest.fixture(scope="module")
-def add_folder(add_model, tmp_path_factory):
-    model, processor = add_model
+def add_folder(random_add_model, tmp_path_factory):
+    model, processor = random_add_model
     folder = tmp_path_factory.mktemp("rank_add")
     model.save_pretrained(folder)
     processor.save_pretrained(folder)
@@ -66,8 +47,8 @@ def test_candidates_are_the_choices_or_every_order_and_none_for_open_answers():
         evaluate.answer_candidates(long_order)
 
 
-def test_unknown_decoding_is_refused(add_model):
-    model, processor = add_model
+def test_unknown_decoding_is_refused(random_add_model):
+    model, processor = random_add_model
     with pytest.raises(ValueError, match="Unknown decoding 'beam'"):
         evaluate.answer_questions(model, processor, [closed_set_sample("choice")], decoding="beam")
 
@@ -92,8 +73,8 @@ def reference_log_likelihood(model, processor, sample, answer, with_depth=True) 
     return float(log_probs[positions - 1, ids[positions]].sum())
 
 
-def test_log_likelihoods_match_one_unpadded_forward_whatever_the_batching(add_model, world_12):
-    model, processor = add_model
+def test_log_likelihoods_match_one_unpadded_forward_whatever_the_batching(random_add_model, world_12):
+    model, processor = random_add_model
     samples = [s for s in read_benchmark("world", world_12).samples if s.question_type in ("closer", "depth_order")]
     assert {s.question_type for s in samples} == {"closer", "depth_order"}
     candidates = [evaluate.answer_candidates(s) for s in samples]
@@ -118,8 +99,8 @@ def test_log_likelihoods_match_one_unpadded_forward_whatever_the_batching(add_mo
     assert max(abs(a - b) for a, b in zip(without[0], expected[0])) > 1e-3
 
 
-def test_rank_decoding_picks_the_best_candidate_and_leaves_open_questions_greedy(add_model, world_12):
-    model, processor = add_model
+def test_rank_decoding_picks_the_best_candidate_and_leaves_open_questions_greedy(random_add_model, world_12):
+    model, processor = random_add_model
     samples = read_benchmark("world", world_12).samples
     processor.tokenizer.padding_side = "left"
     answers, sources, records = evaluate.answer_questions(
