@@ -17,6 +17,7 @@ from training.benchmarks import read_benchmark
 from training.length_decoding import (
     bayes_answers,
     delta1_bayes_length,
+    interval_midpoint,
     length_distributions,
     number_pieces,
 )
@@ -123,3 +124,32 @@ def test_metric_questions_without_a_likely_length_are_generated_and_said_so(rand
         f"0 metric questions with the length of highest expected δ₁ under the model's distribution (mean probability covered 0.00; {len(samples)} without one, generated)"
         in evaluate.markdown_report(results)
     )
+
+
+def test_interval_midpoints_are_the_middle_of_what_a_prefix_can_become():
+    assert [interval_midpoint(p) for p in ("5.3", "5.", "12.0", "5", "53", "5.31")] == [
+        "5.35",
+        "5.50",
+        "12.05",
+        None,
+        None,
+        None,
+    ]
+
+
+def test_midpoint_remainder_keeps_the_cut_prefixes_mass_and_changes_nothing_the_beam_kept(random_add_model, world_12):
+    """With "midpoint" every length "drop" found keeps its probability exactly; what is added sits at the midpoints
+    of prefixes past the point, and the mass never exceeds 1."""
+    model, processor = random_add_model
+    samples = [s for s in read_benchmark("world", world_12).samples if s.answer_value is not None][:2]
+    options = {"batch_size": 8, "instruction": "", "progress": False, "beam": 2, "min_probability": 0.0}
+    dropped, _ = length_distributions(model, processor, samples, **options)
+    kept, _ = length_distributions(model, processor, samples, remainder="midpoint", **options)
+    for exact, with_midpoints in zip(dropped, kept):
+        extra = {t: p for t, p in with_midpoints.items() if t not in exact}
+        assert extra and all(t.endswith("5") or t.endswith(".50") for t in extra)
+        for text, p in exact.items():
+            assert with_midpoints[text] >= p - 1e-12  # a midpoint may land on a found length, never take from it
+        assert sum(exact.values()) < sum(with_midpoints.values()) <= 1 + 1e-6
+    with pytest.raises(ValueError, match="remainder must be one of"):
+        length_distributions(model, processor, samples, remainder="guess", **options)

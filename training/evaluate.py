@@ -771,6 +771,7 @@ def run(args: argparse.Namespace) -> dict:
         decoding=args.decoding,
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
+        length_options={"remainder": args.length_remainder},
         instruction=args.instruction,
         use_depth=not args.no_depth,
         progress=not args.no_progress,
@@ -804,6 +805,7 @@ def run(args: argparse.Namespace) -> dict:
         max_new_tokens=args.max_new_tokens,
         batch_size=args.batch_size,
         decoding=args.decoding,
+        length_remainder=args.length_remainder if args.decoding == "bayes" else None,
     )
     paths = write_outputs(results, args.out)
     print(markdown_table(results))
@@ -919,6 +921,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=sorted(DECODINGS),
         default="greedy",
         help="; ".join(f"{name}: {text}" for name, text in DECODINGS.items()),
+    )
+    run_parser.add_argument(
+        "--length-remainder",
+        choices=["drop", "midpoint"],
+        default="drop",
+        help="--decoding bayes: a number prefix the beam cuts is dropped, or kept at the middle of the lengths it "
+        "could still become (for tokenizers of single digits; training.length_decoding)",
     )
     run_parser.add_argument("--limit", type=int, default=None, help="only the first N questions")
     run_parser.add_argument("--question-types", nargs="+", default=None, help="only questions of these types")

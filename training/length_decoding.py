@@ -34,6 +34,18 @@ MAX_LENGTH_TOKENS = 6  # "123.45" in single characters
 TOP_RECORDED = 5
 
 
+REMAINDERS = ("drop", "midpoint")
+
+
+def interval_midpoint(prefix: str) -> str | None:
+    """The middle of the lengths a prefix past the point can still become, written like a length: "5.3" -> "5.35"
+    (5.30–5.39), "5." -> "5.50" (5.00–5.99); None before the point ("5" may still become "53")."""
+    whole, point, decimals = prefix.partition(".")
+    if not point or len(decimals) >= 2:
+        return None
+    return f"{whole}.{decimals}5" if decimals else f"{whole}.50"
+
+
 def number_pieces(tokenizer) -> dict[int, str]:
     """Every token whose text is only digits and ".", the pieces a written length is made of, with that text."""
     pieces = {}
@@ -103,9 +115,17 @@ def length_distributions(
     depth_corruption=None,
     beam: int = DEFAULT_BEAM,
     min_probability: float = DEFAULT_MIN_PROBABILITY,
+    remainder: str = "drop",
 ) -> tuple[list[dict[str, float]], Counter]:
     """Per sample, the probability of each complete length the beam reached (`{"5.31": p, ...}`, unnormalised: the
-    sum is the mass covered), and where each sample's depth came from."""
+    sum is the mass covered), and where each sample's depth came from.
+
+    `remainder`: what becomes of a prefix the beam cuts. "drop" (exact for what it keeps): its mass is lost.
+    "midpoint": a prefix past the point ("5.3", "5.") keeps its whole mass at the middle of the lengths it could still
+    become ("5.35", "5.50"), which matters for a tokenizer of single digits: its beam has one more level to fill
+    (5 . 3 1), and at 8 prefixes it reaches only about 0.14 of a distance's probability."""
+    if remainder not in REMAINDERS:
+        raise ValueError(f"remainder must be one of {REMAINDERS}; got {remainder!r}.")
     import torch
 
     from training.evaluate import ANSWER_INSTRUCTION, _without_estimator, batch_inputs, depth_inputs_of
@@ -161,11 +181,15 @@ def length_distributions(
                             elif child_log_p >= log_floor:
                                 child = (index, [*prefix, int(piece_ids[column])], child_text, child_log_p)
                                 children.setdefault(index, []).append(child)
-                active = [
-                    child
-                    for index in sorted(children)
-                    for child in sorted(children[index], key=lambda c: -c[3])[:beam]
-                ]
+                active = []
+                for index in sorted(children):
+                    ranked = sorted(children[index], key=lambda c: -c[3])
+                    active.extend(ranked[:beam])
+                    if remainder == "midpoint":
+                        for _, _, text, log_p in ranked[beam:]:
+                            midpoint = interval_midpoint(text)
+                            if midpoint is not None:
+                                found[index][midpoint] += math.exp(log_p)
     finally:
         bar.close()
         tokenizer.padding_side = saved_side
