@@ -18,7 +18,6 @@ from training.length_decoding import (
     bayes_answers,
     delta1_bayes_length,
     interval_midpoint,
-    length_distributions,
     number_pieces,
 )
 
@@ -64,7 +63,7 @@ def test_each_lengths_probability_is_the_product_along_its_tokens(random_add_mod
     model, processor = random_add_model
     samples = [s for s in read_benchmark("world", world_12).samples if s.answer_value is not None][:2]
     for batch_size in (1, 7):  # 7: prefixes of different lengths and samples share a right-padded batch
-        distributions, sources = length_distributions(
+        distributions, sources = evaluate.length_distributions_of(
             model, processor, samples, batch_size=batch_size, instruction="", progress=False, beam=3, min_probability=0
         )
         assert dict(sources) == {"dataset": len(samples)}
@@ -95,7 +94,7 @@ def test_bayes_decoding_answers_metric_questions_from_the_distribution_and_the_r
     )
     assert dict(sources) == dict(ranked_sources) == {"dataset": len(samples)}  # each question counted once
     metric = [i for i, s in enumerate(samples) if s.answer_value is not None]
-    distributions, _ = length_distributions(model, processor, [samples[i] for i in metric], batch_size=8,
+    distributions, _ = evaluate.length_distributions_of(model, processor, [samples[i] for i in metric], batch_size=8,
                                             instruction="", progress=False, **options)  # fmt: skip
     for i, (answer, record) in zip(metric, bayes_answers(distributions)):
         assert answers[i] == answer and records[i]["length_distribution"] == record
@@ -143,8 +142,8 @@ def test_midpoint_remainder_keeps_the_cut_prefixes_mass_and_changes_nothing_the_
     model, processor = random_add_model
     samples = [s for s in read_benchmark("world", world_12).samples if s.answer_value is not None][:2]
     options = {"batch_size": 8, "instruction": "", "progress": False, "beam": 2, "min_probability": 0.0}
-    dropped, _ = length_distributions(model, processor, samples, **options)
-    kept, _ = length_distributions(model, processor, samples, remainder="midpoint", **options)
+    dropped, _ = evaluate.length_distributions_of(model, processor, samples, **options)
+    kept, _ = evaluate.length_distributions_of(model, processor, samples, remainder="midpoint", **options)
     for exact, with_midpoints in zip(dropped, kept):
         extra = {t: p for t, p in with_midpoints.items() if t not in exact}
         assert extra and all(t.endswith("5") or t.endswith(".50") for t in extra)
@@ -152,4 +151,4 @@ def test_midpoint_remainder_keeps_the_cut_prefixes_mass_and_changes_nothing_the_
             assert with_midpoints[text] >= p - 1e-12  # a midpoint may land on a found length, never take from it
         assert sum(exact.values()) < sum(with_midpoints.values()) <= 1 + 1e-6
     with pytest.raises(ValueError, match="remainder must be one of"):
-        length_distributions(model, processor, samples, remainder="guess", **options)
+        evaluate.length_distributions_of(model, processor, samples, remainder="guess", **options)

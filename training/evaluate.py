@@ -362,6 +362,32 @@ def answer_samples(
     return answers, depth_sources
 
 
+def length_distributions_of(
+    model,
+    processor,
+    samples: list[SpatialSample],
+    batch_size: int = 8,
+    instruction: str = ANSWER_INSTRUCTION,
+    use_depth: bool = True,
+    progress: bool = True,
+    depth_corruption: SeededCorruption | None = None,
+    **options,
+) -> tuple[list[dict[str, float]], Counter]:
+    """`length_decoding.length_distributions` of each sample, asked exactly as `answer_samples` asks it (`options`:
+    `beam`, `min_probability`, `remainder`)."""
+    from training.length_decoding import length_distributions
+
+    with_depth, estimator = depth_inputs_of(processor, use_depth)
+
+    def inputs_of(batch):
+        return batch_inputs(processor, batch, instruction, with_depth, estimator, depth_corruption, model.device)
+
+    with _without_estimator(processor, active=not with_depth):
+        return length_distributions(
+            model, processor.tokenizer, samples, inputs_of, batch_size=batch_size, progress=progress, **options
+        )
+
+
 def answer_questions(
     model,
     processor,
@@ -381,7 +407,7 @@ def answer_questions(
     `length_options`: `beam`, `min_probability` of `length_decoding.length_distributions`.
     A ranked sample's answer is its best candidate verbatim (the first of equals), so it reads as that choice.
     """
-    from training.length_decoding import bayes_answers, length_distributions
+    from training.length_decoding import bayes_answers
 
     if decoding not in DECODINGS:
         raise ValueError(f"Unknown decoding {decoding!r}; choose from {sorted(DECODINGS)}.")
@@ -405,7 +431,7 @@ def answer_questions(
             answers[i] = candidates[i][int(np.argmax(sample_scores))]
             records[i] = {"candidate_log_likelihoods": dict(zip(candidates[i], sample_scores))}
     if lengths:
-        distributions, sources = length_distributions(
+        distributions, sources = length_distributions_of(
             model,
             processor,
             [samples[i] for i in lengths],

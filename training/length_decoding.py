@@ -106,13 +106,11 @@ def extended_inputs(inputs, suffixes: list[list[int]], pad_token_id: int):
 
 def length_distributions(
     model,
-    processor,
+    tokenizer,
     samples: list,
+    inputs_of,
     batch_size: int = 8,
-    instruction: str | None = None,
-    use_depth: bool = True,
     progress: bool = True,
-    depth_corruption=None,
     beam: int = DEFAULT_BEAM,
     min_probability: float = DEFAULT_MIN_PROBABILITY,
     remainder: str = "drop",
@@ -120,6 +118,8 @@ def length_distributions(
     """Per sample, the probability of each complete length the beam reached (`{"5.31": p, ...}`, unnormalised: the
     sum is the mass covered), and where each sample's depth came from.
 
+    `inputs_of(batch)` gives the right-padded processor inputs of a batch of samples, each ending with the generation
+    prompt, and each row's depth source (`training.evaluate.length_distributions_of` asks as evaluation does).
     `remainder`: what becomes of a prefix the beam cuts. "drop" (exact for what it keeps): its mass is lost.
     "midpoint": a prefix past the point ("5.3", "5.") keeps its whole mass at the middle of the lengths it could still
     become ("5.35", "5.50"), which matters for a tokenizer of single digits: its beam has one more level to fill
@@ -128,13 +128,8 @@ def length_distributions(
         raise ValueError(f"remainder must be one of {REMAINDERS}; got {remainder!r}.")
     import torch
 
-    from training.evaluate import ANSWER_INSTRUCTION, _without_estimator, batch_inputs, depth_inputs_of
-
-    instruction = ANSWER_INSTRUCTION if instruction is None else instruction
     if beam < 1 or not 0 <= min_probability < 1:
         raise ValueError(f"beam must be >= 1 and min_probability in [0, 1); got {beam}, {min_probability}.")
-    with_depth, estimator = depth_inputs_of(processor, use_depth)
-    tokenizer = processor.tokenizer
     pieces = number_pieces(tokenizer)
     piece_ids = torch.tensor(list(pieces))
     piece_texts = list(pieces.values())
@@ -147,7 +142,7 @@ def length_distributions(
     saved_side, tokenizer.padding_side = tokenizer.padding_side, "right"
     bar = tqdm(desc="lengths", unit="forward", disable=not progress)
     try:
-        with _without_estimator(processor, active=not with_depth), torch.inference_mode():
+        with torch.inference_mode():
             for level in range(MAX_LENGTH_TOKENS):
                 if not active:
                     break
@@ -155,9 +150,7 @@ def length_distributions(
                 for start in range(0, len(active), batch_size):
                     chunk = active[start : start + batch_size]
                     batch = [samples[index] for index, *_ in chunk]
-                    inputs, sources = batch_inputs(
-                        processor, batch, instruction, with_depth, estimator, depth_corruption, model.device
-                    )
+                    inputs, sources = inputs_of(batch)
                     if level == 0:
                         depth_sources.update(sources)  # the first level has one row per sample
                     inputs, ends = extended_inputs(inputs, [prefix for _, prefix, *_ in chunk], tokenizer.pad_token_id)
