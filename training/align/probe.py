@@ -10,12 +10,19 @@ With the pairs' camera intrinsics (rendered-world rows carry them), a second pro
 position in metres, `X = z (u - cx) / fx` over its region (`lateral_r2`): what metric size needs and what depth alone
 cannot give, since `fx` varies with the camera. A `depth_input="points"` encoder sees X; a `"depth"` one sees z and
 the token's place in the image only.
+
+A third probe reads each object's metric width and height (`object_size_probe`, `--objects`): from the merged token
+that covers the object's centre and the mean of its 3 x 3 neighbourhood, fitted and scored per object over scenes of a
+rendered world (their `scene` column names each object's size and centre pixel). Size is what intrinsics are for: the
+same depth and pixel extent are up to 2x more metres under one camera than another, so a `points` encoder should
+carry it where a `depth` one cannot. It bounds what a language model could read from one object's tokens.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -142,6 +149,105 @@ def metric_depth_probe(
     return report
 
 
+# The object sizes the size probe reads, in the order of its report.
+OBJECT_SIZE_TARGETS = ("width", "height")
+
+
+def object_token_features(tokens: np.ndarray, grid_hw: tuple[int, int], centre_token: tuple[int, int]) -> np.ndarray:
+    """One object's features from one image's merged tokens (row-major over the merged grid, as the processor lays
+    them out): the token at `centre_token` (row, column) and the mean of its 3 x 3 neighbourhood inside the grid."""
+    rows, cols = grid_hw
+    if tokens.shape[0] != rows * cols:
+        raise ValueError(f"{tokens.shape[0]} tokens do not fill a merged grid of {rows} x {cols}.")
+    row, col = centre_token
+    if not (0 <= row < rows and 0 <= col < cols):
+        raise ValueError(f"Token ({row}, {col}) is outside the merged grid of {rows} x {cols}.")
+    grid = tokens.reshape(rows, cols, -1)
+    around = grid[max(0, row - 1) : row + 2, max(0, col - 1) : col + 2].reshape(-1, tokens.shape[-1])
+    return np.concatenate([grid[row, col], around.mean(0)])
+
+
+def centre_token_of(centre_pixel: Sequence[float], scene_size: Sequence[int], image_size: int, token_pixels: int):
+    """The merged token (row, column) covering an object's centre pixel `(u, v)` of its `scene_size` (width, height)
+    rendering, once the image is the collator's `image_size` square (the world renders squares: a plain resize)."""
+    width, height = scene_size
+    if width != height:
+        raise ValueError(f"The size probe expects square renderings; got {width} x {height}.")
+    u, v = (float(c) * image_size / width for c in centre_pixel)
+    last = image_size // token_pixels - 1
+    return min(last, max(0, math.floor(v / token_pixels))), min(last, max(0, math.floor(u / token_pixels)))
+
+
+def constant_probe(targets: np.ndarray, image_of_sample: np.ndarray) -> dict[str, float]:
+    """The best constant guess under the ridge probe's split: the log value with the highest δ₁ on the fitting half
+    (as `training.evaluate constant` fits its guess for δ₁, not for squared error), scored on the other half."""
+    images = np.unique(image_of_sample)
+    fit = np.isin(image_of_sample, images[: len(images) // 2])
+    window = math.log(1.25)
+    guess = max(targets[fit], key=lambda value: int((np.abs(targets[fit] - value) < window).sum()))
+    return {
+        "r2": r_squared(np.full(int((~fit).sum()), guess), targets[~fit]),
+        "delta1": float((np.abs(guess - targets[~fit]) < window).mean()),
+    }
+
+
+@torch.no_grad()
+def object_size_probe(
+    model: DepthAlignmentModel,
+    pairs: Sequence,
+    scenes: Sequence[dict],
+    collator: RGBDPairCollator,
+    batch_size: int = 32,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """The ridge probe of each object's log width and log height from its tokens (`object_token_features`) of the
+    depth encoder, the RGB tower, and both side by side (what an `add` or `concat` model's image tokens hold), over
+    `pairs` (one image per scene) with `scenes[i]` the scene of `pairs[i]`; with the constant guess beside them:
+    `{"width": {"depth": {"r2", "delta1", ...}, "rgb": ..., "depth+rgb": ..., "constant": ...}, "height": ...}`."""
+    if len(scenes) != len(pairs):
+        raise ValueError(f"{len(pairs)} pairs but {len(scenes)} scenes: give each pair its scene.")
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    vision = model.depth_model_config.vision_config
+    token_pixels = vision.patch_size * vision.spatial_merge_size
+    features: dict[str, list[np.ndarray]] = {"depth": [], "rgb": []}
+    targets: dict[str, list[float]] = {name: [] for name in OBJECT_SIZE_TARGETS}
+    image_of_sample = []
+    for start in range(0, len(pairs), batch_size):
+        batch = collator([pairs[index] for index in range(start, min(start + batch_size, len(pairs)))])
+        grid = batch["image_grid_thw"].to(device)
+        tokens = {
+            "depth": model.depth_tokens(batch["depth_values"].to(device), grid, batch.get("depth_intrinsics")),
+            "rgb": model.rgb_tokens(batch["pixel_values"].to(device), grid),
+        }
+        counts = model.tokens_per_image(batch["image_grid_thw"])
+        per_image = {name: torch.split(value.float().cpu(), counts) for name, value in tokens.items()}
+        merge = vision.spatial_merge_size
+        for offset, (_, rows, cols) in enumerate(batch["image_grid_thw"].tolist()):
+            scene, image_size = scenes[start + offset], rows * vision.patch_size
+            if cols != rows:
+                raise ValueError(f"The size probe expects square images; got a grid of {rows} x {cols} patches.")
+            for obj in scene["objects"]:
+                centre = centre_token_of(obj["center_pixel"], scene["image_size"], image_size, token_pixels)
+                for name in features:
+                    features[name].append(
+                        object_token_features(per_image[name][offset].numpy(), (rows // merge, cols // merge), centre)
+                    )
+                for name in OBJECT_SIZE_TARGETS:
+                    targets[name].append(math.log(obj["size"][name]))
+                image_of_sample.append(start + offset)
+    model.train(was_training)
+    images = np.asarray(image_of_sample)
+    stacked = {name: np.stack(parts) for name, parts in features.items()}
+    stacked["depth+rgb"] = np.concatenate([stacked["depth"], stacked["rgb"]], axis=1)
+    report = {}
+    for name, values in targets.items():
+        target = np.asarray(values)
+        report[name] = {source: ridge_probe(parts, target, images) for source, parts in stacked.items()}
+        report[name]["constant"] = constant_probe(target, images)
+    return report
+
+
 def main(argv: list[str] | None = None) -> dict:
     """`python -m training.align.probe MODEL [MODEL ...] --data PAIRS`: the probe of saved depth models' tokens."""
     parser = argparse.ArgumentParser(prog="python -m training.align.probe", description=main.__doc__)
@@ -149,14 +255,29 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--data", required=True, help="held-out RGB-D pairs or rendered-world rows")
     parser.add_argument("--pairs", type=int, default=300, help="use the first this many distinct pairs")
     parser.add_argument("--image_size", type=int, default=224, help="square side of the images (as in alignment)")
+    parser.add_argument(
+        "--objects",
+        action="store_true",
+        help="also probe each object's width and height (rendered-world rows with a `scene` column)",
+    )
     args = parser.parse_args(argv)
     table = load_rows(args.data)
-    pairs = RGBDPairs(table, select_pair_rows(table)[: args.pairs])
+    rows = select_pair_rows(table)[: args.pairs]
+    pairs = RGBDPairs(table, rows)
+    scenes = None
+    if args.objects:
+        if "scene" not in table.column_names:
+            raise ValueError(f"--objects needs rendered-world rows with a `scene` column; {args.data} has none.")
+        scene_column = table.select_columns(["scene"])
+        scenes = [json.loads(scene_column[index]["scene"]) for index in rows]
     report = {}
     for folder in args.models:
         depth_model, processor = load_depth_model(folder, depth_fusion=DEFAULT_DEPTH_FUSION)
         model = DepthAlignmentModel.from_depth_model(depth_model)
-        report[folder] = metric_depth_probe(model, pairs, RGBDPairCollator(processor, args.image_size))
+        collator = RGBDPairCollator(processor, args.image_size)
+        report[folder] = metric_depth_probe(model, pairs, collator)
+        if scenes is not None:
+            report[folder]["objects"] = object_size_probe(model, pairs, scenes, collator)
         print(json.dumps({folder: report[folder]}), flush=True)
     return report
 

@@ -1,0 +1,81 @@
+"""`training.align.probe`'s object-size probe: which tokens it reads for an object, and what it reports."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from training.align.probe import (
+    OBJECT_SIZE_TARGETS,
+    centre_token_of,
+    constant_probe,
+    object_token_features,
+)
+from training.align.probe import main as probe_main
+from training.data_files import load_rows
+
+
+def test_object_token_features_are_the_centre_token_and_its_clipped_neighbourhood_mean():
+    tokens = np.arange(4 * 4 * 2, dtype=float).reshape(16, 2)  # token (r, c) holds (2(4r + c), 2(4r + c) + 1)
+    inside = object_token_features(tokens, (4, 4), (1, 2))
+    neighbours = [4 * r + c for r in (0, 1, 2) for c in (1, 2, 3)]
+    np.testing.assert_array_equal(inside, np.concatenate([tokens[6], tokens[neighbours].mean(0)]))
+    corner = object_token_features(tokens, (4, 4), (3, 3))  # only the 2 x 2 inside the grid
+    np.testing.assert_array_equal(corner, np.concatenate([tokens[15], tokens[[10, 11, 14, 15]].mean(0)]))
+    with pytest.raises(ValueError, match="do not fill a merged grid of 4 x 3"):
+        object_token_features(tokens, (4, 3), (0, 0))
+    with pytest.raises(ValueError, match=r"Token \(4, 0\) is outside"):
+        object_token_features(tokens, (4, 4), (4, 0))
+
+
+def test_centre_token_scales_the_pixel_to_the_collated_image_and_stays_in_the_grid():
+    # A 224 px rendering read at 112 px: pixel (100, 60) is (50, 30), token row 30 // 28 = 1, column 50 // 28 = 1.
+    assert centre_token_of((100.0, 60.0), (224, 224), 112, 28) == (1, 1)
+    assert centre_token_of((111.9, 0.0), (112, 112), 112, 28) == (0, 3)
+    assert centre_token_of((112.0, -0.5), (112, 112), 112, 28) == (0, 3)  # an edge pixel stays on the grid
+    with pytest.raises(ValueError, match="square renderings"):
+        centre_token_of((1.0, 1.0), (112, 84), 112, 28)
+
+
+def test_constant_probe_scores_the_fitting_halfs_best_guess_on_the_other_half():
+    # Fitting half (images 0, 1): log sizes 0, 0, 0.1, 2 -> the best guess is 0 or 0.1 (3 within log 1.25 each);
+    # max keeps the first, 0. Scored half (images 2, 3): 0.05 is within, 1.0 is not.
+    targets = np.array([0.0, 0.0, 0.1, 2.0, 0.05, 1.0])
+    images = np.array([0, 0, 1, 1, 2, 3])
+    read = constant_probe(targets, images)
+    assert read["delta1"] == 0.5
+    assert read["r2"] == pytest.approx(1 - (0.05**2 + 1.0) / (2 * 0.475**2))
+
+
+def test_probe_command_reads_every_objects_size_from_the_world(tiny_base, world_dir):
+    report = probe_main([str(tiny_base), "--data", str(world_dir), "--pairs", "8", "--image_size", "112", "--objects"])
+    objects = report[str(tiny_base)]["objects"]
+    # The probe scores the second half of the scenes: exactly their objects, once each.
+    table = load_rows(world_dir)
+    scene_of = {}
+    for row in table.select_columns(["scene_id", "scene"]):
+        scene_of.setdefault(row["scene_id"], json.loads(row["scene"]))
+    scenes = [scene_of[key] for key in sorted(scene_of)]
+    assert len(scenes) == 8
+    scored_objects = sum(len(scene["objects"]) for scene in scenes[4:])
+    assert set(objects) == set(OBJECT_SIZE_TARGETS)
+    for name in OBJECT_SIZE_TARGETS:
+        assert set(objects[name]) == {"depth", "rgb", "depth+rgb", "constant"}
+        for source in ("depth", "rgb", "depth+rgb"):
+            assert objects[name][source]["tokens"] == scored_objects
+            assert 0.0 <= objects[name][source]["delta1"] <= 1.0 and math.isfinite(objects[name][source]["r2"])
+        # The constant is the one the report's own split gives.
+        sizes = np.array([math.log(obj["size"][name]) for scene in scenes for obj in scene["objects"]])
+        images = np.repeat(np.arange(8), [len(scene["objects"]) for scene in scenes])
+        assert objects[name]["constant"] == constant_probe(sizes, images)
+
+
+def test_probe_command_refuses_objects_without_scenes(tiny_base, tmp_path):
+    from tests.test_align import write_pairs
+
+    pairs = write_pairs(tmp_path / "pairs", "val", 4)  # `make_rgbd_pairs`' layout: no `scene` column
+    with pytest.raises(ValueError, match="needs rendered-world rows with a `scene` column"):
+        probe_main([str(tiny_base), "--data", str(pairs), "--pairs", "4", "--image_size", "112", "--objects"])
