@@ -12,6 +12,7 @@ from training.align.probe import (
     OBJECT_SIZE_TARGETS,
     centre_token_of,
     constant_probe,
+    object_log_targets,
     object_token_features,
 )
 from training.align.probe import main as probe_main
@@ -50,6 +51,19 @@ def test_constant_probe_scores_the_fitting_halfs_best_guess_on_the_other_half():
     assert read["r2"] == pytest.approx(1 - (0.05**2 + 1.0) / (2 * 0.475**2))
 
 
+def test_object_log_targets_factor_the_width():
+    scene = {"intrinsics": {"fx": 100.0}}
+    obj = {"size": {"width": 0.5, "height": 1.5}, "center_camera": [0.3, -0.2, 4.0]}
+    logs = object_log_targets(obj, scene)
+    assert logs["pixel_width"] == pytest.approx(math.log(0.5 * 100.0 / 4.0))  # 12.5 px
+    assert logs["width"] == pytest.approx(logs["pixel_width"] + logs["centre_depth"] - logs["focal_length"])
+    assert (logs["height"], logs["centre_depth"], logs["focal_length"]) == (
+        math.log(1.5),
+        math.log(4.0),
+        math.log(100),
+    )
+
+
 def test_probe_command_reads_every_objects_size_from_the_world(tiny_base, world_dir):
     report = probe_main([str(tiny_base), "--data", str(world_dir), "--pairs", "8", "--image_size", "112", "--objects"])
     objects = report[str(tiny_base)]["objects"]
@@ -68,7 +82,7 @@ def test_probe_command_reads_every_objects_size_from_the_world(tiny_base, world_
             assert objects[name][source]["tokens"] == scored_objects
             assert 0.0 <= objects[name][source]["delta1"] <= 1.0 and math.isfinite(objects[name][source]["r2"])
         # The constant is the one the report's own split gives.
-        sizes = np.array([math.log(obj["size"][name]) for scene in scenes for obj in scene["objects"]])
+        sizes = np.array([object_log_targets(obj, scene)[name] for scene in scenes for obj in scene["objects"]])
         images = np.repeat(np.arange(8), [len(scene["objects"]) for scene in scenes])
         assert objects[name]["constant"] == constant_probe(sizes, images)
 

@@ -11,7 +11,8 @@ position in metres, `X = z (u - cx) / fx` over its region (`lateral_r2`): what m
 cannot give, since `fx` varies with the camera. A `depth_input="points"` encoder sees X; a `"depth"` one sees z and
 the token's place in the image only.
 
-A third probe reads each object's metric width and height (`object_size_probe`, `--objects`): from the merged token
+A third probe reads each object's metric width and height (`object_size_probe`, `--objects`), and the three factors
+of its width (pixel width, depth, focal length), from the merged token
 that covers the object's centre and the mean of its 3 x 3 neighbourhood, fitted and scored per object over scenes of a
 rendered world (their `scene` column names each object's size and centre pixel). Size is what intrinsics are for: the
 same depth and pixel extent are up to 2x more metres under one camera than another, so a `points` encoder should
@@ -149,8 +150,25 @@ def metric_depth_probe(
     return report
 
 
-# The object sizes the size probe reads, in the order of its report.
-OBJECT_SIZE_TARGETS = ("width", "height")
+# What the size probe reads per object, each as a log, in the order of its report: the metric width and height, and
+# the three factors of width (`width = pixel_width * centre_depth / focal_length` for an object facing the camera),
+# to tell which one the tokens miss.
+OBJECT_SIZE_TARGETS = ("width", "height", "pixel_width", "centre_depth", "focal_length")
+
+
+def object_log_targets(obj: dict, scene: dict) -> dict[str, float]:
+    """`OBJECT_SIZE_TARGETS` of one object of a rendered scene (its `size`, `center_camera` and the scene's
+    `intrinsics`, in the pixels of the rendering)."""
+    focal, depth = float(scene["intrinsics"]["fx"]), float(obj["center_camera"][2])
+    width, height = float(obj["size"]["width"]), float(obj["size"]["height"])
+    values = {
+        "width": width,
+        "height": height,
+        "pixel_width": width * focal / depth,
+        "centre_depth": depth,
+        "focal_length": focal,
+    }
+    return {name: math.log(values[name]) for name in OBJECT_SIZE_TARGETS}
 
 
 def object_token_features(tokens: np.ndarray, grid_hw: tuple[int, int], centre_token: tuple[int, int]) -> np.ndarray:
@@ -192,24 +210,24 @@ def constant_probe(targets: np.ndarray, image_of_sample: np.ndarray) -> dict[str
 
 
 @torch.no_grad()
-def object_size_probe(
+def object_features(
     model: DepthAlignmentModel,
     pairs: Sequence,
     scenes: Sequence[dict],
     collator: RGBDPairCollator,
     batch_size: int = 32,
-) -> dict[str, dict[str, dict[str, float]]]:
-    """The ridge probe of each object's log width and log height from its tokens (`object_token_features`) of the
-    depth encoder, the RGB tower, and both side by side (what an `add` or `concat` model's image tokens hold), over
-    `pairs` (one image per scene) with `scenes[i]` the scene of `pairs[i]`; with the constant guess beside them:
-    `{"width": {"depth": {"r2", "delta1", ...}, "rgb": ..., "depth+rgb": ..., "constant": ...}, "height": ...}`."""
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
+    """Per object of `scenes[i]` (the scene of `pairs[i]`, one image per scene): its features
+    (`object_token_features`) from the depth encoder (`"depth"`), the RGB tower (`"rgb"`) and both side by side
+    (`"depth+rgb"`, what an `add` or `concat` model's image tokens hold); its log size and size factors (`OBJECT_SIZE_TARGETS`); and
+    the index of its image."""
     if len(scenes) != len(pairs):
         raise ValueError(f"{len(pairs)} pairs but {len(scenes)} scenes: give each pair its scene.")
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     vision = model.depth_model_config.vision_config
-    token_pixels = vision.patch_size * vision.spatial_merge_size
+    merge = vision.spatial_merge_size
     features: dict[str, list[np.ndarray]] = {"depth": [], "rgb": []}
     targets: dict[str, list[float]] = {name: [] for name in OBJECT_SIZE_TARGETS}
     image_of_sample = []
@@ -222,28 +240,40 @@ def object_size_probe(
         }
         counts = model.tokens_per_image(batch["image_grid_thw"])
         per_image = {name: torch.split(value.float().cpu(), counts) for name, value in tokens.items()}
-        merge = vision.spatial_merge_size
         for offset, (_, rows, cols) in enumerate(batch["image_grid_thw"].tolist()):
-            scene, image_size = scenes[start + offset], rows * vision.patch_size
             if cols != rows:
                 raise ValueError(f"The size probe expects square images; got a grid of {rows} x {cols} patches.")
+            scene = scenes[start + offset]
             for obj in scene["objects"]:
-                centre = centre_token_of(obj["center_pixel"], scene["image_size"], image_size, token_pixels)
+                centre = centre_token_of(
+                    obj["center_pixel"], scene["image_size"], rows * vision.patch_size, vision.patch_size * merge
+                )
                 for name in features:
                     features[name].append(
                         object_token_features(per_image[name][offset].numpy(), (rows // merge, cols // merge), centre)
                     )
-                for name in OBJECT_SIZE_TARGETS:
-                    targets[name].append(math.log(obj["size"][name]))
+                for name, value in object_log_targets(obj, scene).items():
+                    targets[name].append(value)
                 image_of_sample.append(start + offset)
     model.train(was_training)
-    images = np.asarray(image_of_sample)
     stacked = {name: np.stack(parts) for name, parts in features.items()}
     stacked["depth+rgb"] = np.concatenate([stacked["depth"], stacked["rgb"]], axis=1)
+    return stacked, {name: np.asarray(values) for name, values in targets.items()}, np.asarray(image_of_sample)
+
+
+def object_size_probe(
+    model: DepthAlignmentModel,
+    pairs: Sequence,
+    scenes: Sequence[dict],
+    collator: RGBDPairCollator,
+    batch_size: int = 32,
+) -> dict[str, dict[str, dict[str, float]]]:
+    """The ridge probe of each object's log width and log height from `object_features`, with the best constant
+    beside it: `{"width": {"depth": {"r2", "delta1", ...}, "rgb": ..., "depth+rgb": ..., "constant": ...}, ...}`."""
+    features, targets, images = object_features(model, pairs, scenes, collator, batch_size)
     report = {}
-    for name, values in targets.items():
-        target = np.asarray(values)
-        report[name] = {source: ridge_probe(parts, target, images) for source, parts in stacked.items()}
+    for name, target in targets.items():
+        report[name] = {source: ridge_probe(parts, target, images) for source, parts in features.items()}
         report[name]["constant"] = constant_probe(target, images)
     return report
 
