@@ -75,7 +75,14 @@ def test_probe_command_reads_every_objects_size_from_the_world(tiny_base, world_
     scenes = [scene_of[key] for key in sorted(scene_of)]
     assert len(scenes) == 8
     scored_objects = sum(len(scene["objects"]) for scene in scenes[4:])
-    assert set(objects) == set(OBJECT_SIZE_TARGETS)
+    assert set(objects) == {*OBJECT_SIZE_TARGETS, "width_given_pixel_width"}
+    given = objects["width_given_pixel_width"]
+    assert set(given) == {"depth", "rgb", "depth+rgb", "pixel width alone", "exact extent and depth, constant focal"}
+    # The world renders every scene at one size here, so its focal lengths vary only with the field of view; with the
+    # exact extent and depth, only the focal guess errs.
+    focal = np.array([math.log(scene["intrinsics"]["fx"]) for scene in scenes for _ in scene["objects"]])
+    best = max((np.abs(focal - value) < math.log(1.25)).mean() for value in focal)
+    assert given["exact extent and depth, constant focal"]["delta1"] == best
     for name in OBJECT_SIZE_TARGETS:
         assert set(objects[name]) == {"depth", "rgb", "depth+rgb", "constant"}
         for source in ("depth", "rgb", "depth+rgb"):

@@ -156,6 +156,10 @@ def metric_depth_probe(
 OBJECT_SIZE_TARGETS = ("width", "height", "pixel_width", "centre_depth", "focal_length")
 
 
+# The true log pixel width joins the token features at this scale, so that the ridge's shrinkage hardly touches it.
+ORACLE_COLUMN_SCALE = 10.0
+
+
 def object_log_targets(obj: dict, scene: dict) -> dict[str, float]:
     """`OBJECT_SIZE_TARGETS` of one object of a rendered scene (its `size`, `center_camera` and the scene's
     `intrinsics`, in the pixels of the rendering)."""
@@ -275,6 +279,20 @@ def object_size_probe(
     for name, target in targets.items():
         report[name] = {source: ridge_probe(parts, target, images) for source, parts in features.items()}
         report[name]["constant"] = constant_probe(target, images)
+    # What the tokens' depth and camera are worth once the extent is known: width read from the features plus the
+    # true log pixel width (scaled up so the ridge hardly shrinks it), against the pixel width alone, and the
+    # ceiling of an input without the camera: the exact pixel width and depth over the best constant focal length.
+    oracle = targets["pixel_width"][:, None] * ORACLE_COLUMN_SCALE
+    report["width_given_pixel_width"] = {
+        source: ridge_probe(np.concatenate([parts, oracle], axis=1), targets["width"], images)
+        for source, parts in features.items()
+    }
+    report["width_given_pixel_width"]["pixel width alone"] = ridge_probe(oracle, targets["width"], images)
+    focal = targets["focal_length"]
+    guess = max(focal, key=lambda value: int((np.abs(focal - value) < math.log(1.25)).sum()))
+    report["width_given_pixel_width"]["exact extent and depth, constant focal"] = {
+        "delta1": float((np.abs(focal - guess) < math.log(1.25)).mean())
+    }
     return report
 
 
