@@ -170,6 +170,15 @@ def test_seeds_vary_the_whole_pipeline_and_depth_arms_get_their_controls(tmp_pat
     )
 
 
+def test_a_run_of_some_arms_ships_only_the_arms_it_trains(tmp_path, monkeypatch):
+    # `--arms add` (e.g. a depth-input variant beside a finished run) trains no `none`, so there is none to ship.
+    calls = RecordedExperiment(monkeypatch, small_fair_preset(arms=("add",), capacity_controls=()), tmp_path)()
+    exports = [value(args, "--model") for _, module, args in calls if module == "training.export"]
+    assert exports == [str(tmp_path / "sft" / "add-seed0" / "model")]
+    calls = RecordedExperiment(monkeypatch, small_fair_preset(seeds=(1,)), tmp_path / "seed1")()
+    assert not [args for _, module, args in calls if module == "training.export"]  # no seed-0 model to ship
+
+
 # ---- the constant baseline --------------------------------------------------------------------------------------
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.floats(min_value=0.05, max_value=50.0), min_size=1, max_size=40))

@@ -551,8 +551,10 @@ class Experiment:
             except BaseException:
                 pool.shutdown(cancel_futures=True)  # jobs not yet started never start; those running finish
                 raise
-        card_runs = self.evaluated_runs(self.card_folder()) if preset.shipped_arms else []
-        for arm in preset.shipped_arms:
+        # Only the arms this invocation trains: a run of `--arms add` has no `none` model to ship.
+        shipped = [arm for arm in preset.shipped_arms if arm in preset.arms and 0 in preset.seeds]
+        card_runs = self.evaluated_runs(self.card_folder()) if shipped else []
+        for arm in shipped:
             self.ship(arm, runs=card_runs)
         self.report(results, wall_s=time.perf_counter() - started)
         return results
