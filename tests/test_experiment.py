@@ -362,3 +362,13 @@ def test_the_demo_reads_its_finding_from_a_written_report(tmp_path):
         "on the val set, bar not met"
     )
     assert measured_finding(tmp_path / "missing").startswith("not in this checkout")
+
+
+def test_the_demo_prints_the_committed_final_comparison():
+    from training.demo import MEASURED_RESULT, measured_finding
+
+    committed = json.loads((MEASURED_RESULT / "results.json").read_text())
+    point_depth = next(row for row in committed["against_baselines"] if row["question_type"] == "point_depth")
+    finding = measured_finding()
+    assert f"point_depth δ₁ {point_depth['delta1']:.2f} (add) against {point_depth['rgb_only']:.2f}" in finding
+    assert f"{point_depth['seeds']} seed(s) on the test set" in finding

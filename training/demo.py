@@ -14,7 +14,8 @@
 
 It is the `demo` preset of `training.experiment` (one seed, two arms, small): a smoke-scale version of the real
 comparison, too small for depth to show. The measured comparison is `python -m training.experiment --preset
-cpu-depth` (three seeds, every arm), committed in `MEASURED_RESULT`; the demo ends by printing it.
+cpu-fair-final --tokenizer-digits single` (issue 21's protocol, three whole-pipeline seeds), committed in
+`MEASURED_RESULT`; the demo ends by printing it.
 """
 
 import argparse
@@ -37,7 +38,7 @@ from training.world import make_sample  # noqa: E402
 
 
 # The committed depth-vs-RGB comparison (the demo's own run is smoke scale), read rather than restated.
-MEASURED_RESULT = Path(__file__).resolve().parents[1] / "results" / "fair_final"
+MEASURED_RESULT = Path(__file__).resolve().parents[1] / "results" / "fair_final_digits"
 
 
 def measured_finding(folder: Path = MEASURED_RESULT) -> str:
