@@ -66,7 +66,8 @@ Layout, in pipeline order:
 * `loss.py`: the contrastive loss (`ClipLoss`).
 * `model.py`: the towers, heads and loss together (`DepthAlignmentModel`).
 * `retrieval.py`: the retrieval evaluation (`retrieval_metrics`, `recall_at_k`).
-* `probe.py`: how much metric depth the tokens carry, before and after (`metric_depth_probe`).
+* `probe.py`: how much metric depth the tokens carry, before and after (`metric_depth_probe`), and what an object's
+  tokens hold of its size (`object_size_probe`, `python -m training.align.probe ... --objects`).
 * `trainer.py`: the `Trainer` subclass (`DepthAlignmentTrainer`).
 * `job.py`: the whole job, from loading to export (`train_alignment`).
 * `cli.py`: the command line (`main`).
