@@ -33,7 +33,9 @@ from configuration_depth import DEFAULT_DEPTH_FUSION
 from modeling_qwen2_5_vl_depth import pixel_rays
 from training.align.data import RGBDPairCollator, select_pair_rows
 from training.align.model import DepthAlignmentModel
+from training.controls import delta1_maximising_constant
 from training.data_files import load_rows
+from training.evaluate import DELTA1_THRESHOLD
 from training.make_rgbd_pairs import RGBDPairs
 from training.model_loading import load_depth_model
 
@@ -103,7 +105,7 @@ def ridge_probe(features: np.ndarray, targets: np.ndarray, image_of_token: np.nd
     ratio = np.exp(np.abs(predicted - targets[test]))
     return {
         "r2": r_squared(predicted, targets[test]),
-        "delta1": float((ratio < 1.25).mean()),
+        "delta1": float((ratio < DELTA1_THRESHOLD).mean()),
         "ridge_strength": strength,
         "tokens": int(test.sum()),
     }
@@ -201,15 +203,15 @@ def centre_token_of(centre_pixel: Sequence[float], scene_size: Sequence[int], im
 
 
 def constant_probe(targets: np.ndarray, image_of_sample: np.ndarray) -> dict[str, float]:
-    """The best constant guess under the ridge probe's split: the log value with the highest δ₁ on the fitting half
-    (as `training.evaluate constant` fits its guess for δ₁, not for squared error), scored on the other half."""
+    """The best constant guess under the ridge probe's split: `training.controls.delta1_maximising_constant` of the
+    fitting half (how `training.evaluate constant` fits its guess, for δ₁ rather than squared error), scored on the
+    other half. `targets` are logs."""
     images = np.unique(image_of_sample)
     fit = np.isin(image_of_sample, images[: len(images) // 2])
-    window = math.log(1.25)
-    guess = max(targets[fit], key=lambda value: int((np.abs(targets[fit] - value) < window).sum()))
+    guess = math.log(delta1_maximising_constant(np.exp(targets[fit]), DELTA1_THRESHOLD))
     return {
         "r2": r_squared(np.full(int((~fit).sum()), guess), targets[~fit]),
-        "delta1": float((np.abs(guess - targets[~fit]) < window).mean()),
+        "delta1": float((np.exp(np.abs(guess - targets[~fit])) < DELTA1_THRESHOLD).mean()),
     }
 
 
@@ -223,8 +225,8 @@ def object_features(
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
     """Per object of `scenes[i]` (the scene of `pairs[i]`, one image per scene): its features
     (`object_token_features`) from the depth encoder (`"depth"`), the RGB tower (`"rgb"`) and both side by side
-    (`"depth+rgb"`, what an `add` or `concat` model's image tokens hold); its log size and size factors (`OBJECT_SIZE_TARGETS`); and
-    the index of its image."""
+    (`"depth+rgb"`, what an `add` or `concat` model's image tokens hold); its log size and size factors
+    (`OBJECT_SIZE_TARGETS`); and the index of its image."""
     if len(scenes) != len(pairs):
         raise ValueError(f"{len(pairs)} pairs but {len(scenes)} scenes: give each pair its scene.")
     was_training = model.training
@@ -272,8 +274,9 @@ def object_size_probe(
     collator: RGBDPairCollator,
     batch_size: int = 32,
 ) -> dict[str, dict[str, dict[str, float]]]:
-    """The ridge probe of each object's log width and log height from `object_features`, with the best constant
-    beside it: `{"width": {"depth": {"r2", "delta1", ...}, "rgb": ..., "depth+rgb": ..., "constant": ...}, ...}`."""
+    """The ridge probe of each of `OBJECT_SIZE_TARGETS` from `object_features`, with the best constant beside it
+    (`{"width": {"depth": {"r2", "delta1", ...}, "rgb": ..., "depth+rgb": ..., "constant": ...}, ...}`), and under
+    `"width_given_pixel_width"` what the tokens add to the true pixel width, with the ceiling of no camera."""
     features, targets, images = object_features(model, pairs, scenes, collator, batch_size)
     report = {}
     for name, target in targets.items():
@@ -288,10 +291,11 @@ def object_size_probe(
         for source, parts in features.items()
     }
     report["width_given_pixel_width"]["pixel width alone"] = ridge_probe(oracle, targets["width"], images)
-    focal = targets["focal_length"]
-    guess = max(focal, key=lambda value: int((np.abs(focal - value) < math.log(1.25)).sum()))
+    # An exact extent and depth over a constant focal length f0 err by exactly f / f0: the best f0 is the δ₁ constant.
+    focal = np.exp(targets["focal_length"])
+    guess = delta1_maximising_constant(focal, DELTA1_THRESHOLD)
     report["width_given_pixel_width"]["exact extent and depth, constant focal"] = {
-        "delta1": float((np.abs(focal - guess) < math.log(1.25)).mean())
+        "delta1": float((np.maximum(focal / guess, guess / focal) < DELTA1_THRESHOLD).mean())
     }
     return report
 
