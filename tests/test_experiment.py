@@ -126,6 +126,18 @@ def test_report_existing_puts_the_stage0_base_first(tmp_path):
     table = (tmp_path / "results.md").read_text()
     assert "| question type | metric | stage0 | none | add |" in table
     assert "| distance_to_camera | delta1 | 0.100 ± 0.000 | 0.500 ± 0.000 | 0.900 ± 0.000 |" in table
+    assert results["partial"] and "wall_s" not in results  # no finished report to take the timings from
+
+
+def test_report_existing_keeps_a_finished_runs_timings(tmp_path):
+    folder = tmp_path / "eval" / "add-seed0"
+    folder.mkdir(parents=True)
+    (folder / "results.json").write_text(json.dumps(evaluation(0.9, 0.5, ["1 m"])))
+    (tmp_path / "results.json").write_text(json.dumps({"wall_s": 123.0, "timings_s": {"sft-add-seed0": 5.0}}))
+    Experiment(PRESETS["tiny"], tmp_path).report_existing()
+    rebuilt = json.loads((tmp_path / "results.json").read_text())
+    assert (rebuilt["wall_s"], rebuilt["timings_s"], rebuilt["partial"]) == (123.0, {"sft-add-seed0": 5.0}, False)
+    assert [run["arm"] for run in rebuilt["runs"]] == ["add"]
 
 
 def test_stage0a_runs_first_and_stage0_starts_from_its_tower(tmp_path, monkeypatch):

@@ -582,9 +582,19 @@ class Experiment:
         return folders.get("test") or next(iter(folders.values()), self.eval_folder)
 
     def report_existing(self) -> dict:
-        """Rebuild the report from the evaluations already on disk (for an interrupted experiment)."""
+        """Rebuild the report from the evaluations already on disk: for an interrupted experiment (`partial`), or a
+        finished one with runs added since. A finished report's stage timings and wall time are kept: this call
+        trains nothing, so they are still the run's."""
         results = {"preset": asdict(self.preset), "runs": [], "alignment": {}, "partial": True}
-        self.report(results)
+        previous = self.out / "results.json"
+        wall_s = None
+        if previous.exists():
+            earlier = json.loads(previous.read_text())
+            if earlier.get("wall_s") is not None:  # the run finished
+                results["partial"] = False
+                wall_s = earlier["wall_s"]
+                self.timings = {**earlier.get("timings_s", {}), **self.timings}
+        self.report(results, wall_s=wall_s)
         return results
 
     def evaluated_runs(self, folder: Path | None = None) -> list[dict]:
