@@ -103,3 +103,27 @@ def test_probe_command_refuses_objects_without_scenes(tiny_base, tmp_path):
     pairs = write_pairs(tmp_path / "pairs", "val", 4)  # `make_rgbd_pairs`' layout: no `scene` column
     with pytest.raises(ValueError, match="needs rendered-world rows with a `scene` column"):
         probe_main([str(tiny_base), "--data", str(pairs), "--pairs", "4", "--image_size", "112", "--objects"])
+
+
+def test_both_probes_read_the_same_from_one_encoding_as_from_their_own(tiny_base, world_dir):
+    # The command encodes the pairs once for both probes; each probe alone encodes them itself.
+    from configuration_depth import DEFAULT_DEPTH_FUSION
+    from training.align.data import RGBDPairCollator, select_pair_rows
+    from training.align.model import DepthAlignmentModel
+    from training.align.probe import encode_pairs, metric_depth_probe, object_size_probe
+    from training.make_rgbd_pairs import RGBDPairs
+    from training.model_loading import load_depth_model
+
+    table = load_rows(world_dir)
+    rows = select_pair_rows(table)
+    pairs = RGBDPairs(table, rows)
+    scenes = [json.loads(table.select_columns(["scene"])[index]["scene"]) for index in rows]
+    depth_model, processor = load_depth_model(str(tiny_base), depth_fusion=DEFAULT_DEPTH_FUSION)
+    model = DepthAlignmentModel.from_depth_model(depth_model)
+    collator = RGBDPairCollator(processor, 112)
+    encoded = encode_pairs(model, pairs, collator, batch_size=3)  # batches of 3, 3, 2: offsets matter
+    assert [batch.start for batch in encoded] == [0, 3, 6]
+    assert metric_depth_probe(model, pairs, collator, encoded=encoded) == metric_depth_probe(model, pairs, collator)
+    assert object_size_probe(model, pairs, scenes, collator, encoded=encoded) == object_size_probe(
+        model, pairs, scenes, collator
+    )

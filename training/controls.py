@@ -55,6 +55,11 @@ class ConstantAnswer:
         return ", ".join(choices[i] for i in self.position)
 
 
+# δ₁'s ratio: a length is right when max(pred/gt, gt/pred) is below it (`training.evaluate` scores by it). Here,
+# beside the constant fitted for it, so that light modules (the token probes) read it without the evaluator.
+DELTA1_THRESHOLD = 1.25
+
+
 def delta1_maximising_constant(values: np.ndarray, threshold: float) -> float:
     """The length c that the most `values` are within δ₁ of (max(v/c, c/v) < threshold): exact, by a sliding window
     of width 2·log(threshold) over the sorted log values (the window's geometric centre is the constant)."""

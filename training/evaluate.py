@@ -86,7 +86,13 @@ from training.benchmarks import (  # noqa: E402
     load_image,
     read_benchmark,
 )
-from training.controls import DEPTH_OVERRIDES, constant_predictions, fit_constant_answers, override_depth  # noqa: E402
+from training.controls import (  # noqa: E402
+    DELTA1_THRESHOLD,
+    DEPTH_OVERRIDES,
+    constant_predictions,
+    fit_constant_answers,
+    override_depth,
+)
 from training.data_files import load_rows  # noqa: E402
 from training.dataset_files import write_atomically  # noqa: E402
 from training.depth_corruptions import CORRUPTION_NAMES, CORRUPTIONS, SeededCorruption  # noqa: E402
@@ -94,7 +100,6 @@ from training.depth_corruptions import CORRUPTION_NAMES, CORRUPTIONS, SeededCorr
 
 ANSWER_INSTRUCTION = "Answer with a number and a unit, or with one of the options."
 RESULTS_FORMAT = "qwen2_5_vl_depth-eval/1"
-DELTA1_THRESHOLD = 1.25
 WITHIN_FACTOR = 2.0
 MAX_EXAMPLES = 20
 # Open questions of the world whose answer comes from a closed vocabulary: read like choices over that vocabulary,

@@ -25,6 +25,7 @@ import argparse
 import json
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -33,9 +34,8 @@ from configuration_depth import DEFAULT_DEPTH_FUSION
 from modeling_qwen2_5_vl_depth import pixel_rays
 from training.align.data import RGBDPairCollator, select_pair_rows
 from training.align.model import DepthAlignmentModel
-from training.controls import delta1_maximising_constant
+from training.controls import DELTA1_THRESHOLD, delta1_maximising_constant
 from training.data_files import load_rows
-from training.evaluate import DELTA1_THRESHOLD
 from training.make_rgbd_pairs import RGBDPairs
 from training.model_loading import load_depth_model
 
@@ -111,38 +111,73 @@ def ridge_probe(features: np.ndarray, targets: np.ndarray, image_of_token: np.nd
     }
 
 
+@dataclass
+class EncodedBatch:
+    """One collated batch of pairs and both towers' merged tokens (CPU, float32), what every probe reads."""
+
+    start: int  # index of the batch's first pair
+    image_grid_thw: torch.Tensor
+    depth_values: torch.Tensor
+    depth_intrinsics: torch.Tensor | None
+    depth: np.ndarray
+    rgb: np.ndarray
+
+
 @torch.no_grad()
-def metric_depth_probe(
+def encode_pairs(
     model: DepthAlignmentModel, pairs: Sequence, collator: RGBDPairCollator, batch_size: int = 32
-) -> dict[str, dict[str, float]]:
-    """The ridge probe of the depth encoder's and the RGB tower's merged tokens over `pairs` (held-out RGB-D pairs):
-    `{"depth": {"r2", "delta1", ...}, "rgb": {...}}`."""
+) -> list[EncodedBatch]:
+    """Both towers over `pairs`, once, for every probe of them (`metric_depth_probe`, `object_features`)."""
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    features: dict[str, list[np.ndarray]] = {"depth": [], "rgb": []}
-    targets, lateral_targets, image_of_token = [], [], []
-    merge_size = model.depth_encoder.spatial_merge_size
+    encoded = []
     for start in range(0, len(pairs), batch_size):
         batch = collator([pairs[index] for index in range(start, min(start + batch_size, len(pairs)))])
         grid = batch["image_grid_thw"].to(device)
-        depth_values = batch["depth_values"].to(device)
         cameras = batch.get("depth_intrinsics")
-        depth = model.depth_tokens(depth_values, grid, cameras).float().cpu().numpy()
-        rgb = model.rgb_tokens(batch["pixel_values"].to(device), grid).float().cpu().numpy()
-        target, valid = region_log_depth(batch["depth_values"], merge_size)
-        tokens_per_image = model.tokens_per_image(batch["image_grid_thw"])
-        image_index = np.repeat(np.arange(start, start + len(tokens_per_image)), tokens_per_image)
-        features["depth"].append(depth[valid])
-        features["rgb"].append(rgb[valid])
+        depth = model.depth_tokens(batch["depth_values"].to(device), grid, cameras)
+        rgb = model.rgb_tokens(batch["pixel_values"].to(device), grid)
+        encoded.append(
+            EncodedBatch(
+                start,
+                batch["image_grid_thw"],
+                batch["depth_values"],
+                cameras,
+                depth.float().cpu().numpy(),
+                rgb.float().cpu().numpy(),
+            )  # fmt: skip
+        )
+    model.train(was_training)
+    return encoded
+
+
+def metric_depth_probe(
+    model: DepthAlignmentModel,
+    pairs: Sequence,
+    collator: RGBDPairCollator,
+    batch_size: int = 32,
+    encoded: list[EncodedBatch] | None = None,
+) -> dict[str, dict[str, float]]:
+    """The ridge probe of the depth encoder's and the RGB tower's merged tokens over `pairs` (held-out RGB-D pairs):
+    `{"depth": {"r2", "delta1", ...}, "rgb": {...}}`. `encoded`: `encode_pairs` of them, if already run."""
+    encoded = encode_pairs(model, pairs, collator, batch_size) if encoded is None else encoded
+    features: dict[str, list[np.ndarray]] = {"depth": [], "rgb": []}
+    targets, lateral_targets, image_of_token = [], [], []
+    merge_size = model.depth_encoder.spatial_merge_size
+    for batch in encoded:
+        target, valid = region_log_depth(batch.depth_values, merge_size)
+        tokens_per_image = model.tokens_per_image(batch.image_grid_thw)
+        image_index = np.repeat(np.arange(batch.start, batch.start + len(tokens_per_image)), tokens_per_image)
+        features["depth"].append(batch.depth[valid])
+        features["rgb"].append(batch.rgb[valid])
         targets.append(target[valid])
         image_of_token.append(image_index[valid])
-        if cameras is not None:
+        if batch.depth_intrinsics is not None:
             vision = model.depth_model_config.vision_config
             fov = model.depth_model_config.default_horizontal_fov_degrees  # for rows without a camera, as the model
-            rays = pixel_rays(batch["image_grid_thw"], cameras, vision.patch_size, merge_size, fov)
-            lateral_targets.append(region_lateral_metres(batch["depth_values"], rays, merge_size)[valid])
-    model.train(was_training)
+            rays = pixel_rays(batch.image_grid_thw, batch.depth_intrinsics, vision.patch_size, merge_size, fov)
+            lateral_targets.append(region_lateral_metres(batch.depth_values, rays, merge_size)[valid])
     targets_, images_ = np.concatenate(targets), np.concatenate(image_of_token)
     report = {name: ridge_probe(np.concatenate(parts), targets_, images_) for name, parts in features.items()}
     if lateral_targets and len(lateral_targets) == len(targets):  # every batch had its cameras
@@ -215,53 +250,44 @@ def constant_probe(targets: np.ndarray, image_of_sample: np.ndarray) -> dict[str
     }
 
 
-@torch.no_grad()
 def object_features(
     model: DepthAlignmentModel,
     pairs: Sequence,
     scenes: Sequence[dict],
     collator: RGBDPairCollator,
     batch_size: int = 32,
+    encoded: list[EncodedBatch] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], np.ndarray]:
     """Per object of `scenes[i]` (the scene of `pairs[i]`, one image per scene): its features
     (`object_token_features`) from the depth encoder (`"depth"`), the RGB tower (`"rgb"`) and both side by side
     (`"depth+rgb"`, what an `add` or `concat` model's image tokens hold); its log size and size factors
-    (`OBJECT_SIZE_TARGETS`); and the index of its image."""
+    (`OBJECT_SIZE_TARGETS`); and the index of its image. `encoded`: `encode_pairs` of the pairs, if already run."""
     if len(scenes) != len(pairs):
         raise ValueError(f"{len(pairs)} pairs but {len(scenes)} scenes: give each pair its scene.")
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
+    encoded = encode_pairs(model, pairs, collator, batch_size) if encoded is None else encoded
     vision = model.depth_model_config.vision_config
     merge = vision.spatial_merge_size
     features: dict[str, list[np.ndarray]] = {"depth": [], "rgb": []}
     targets: dict[str, list[float]] = {name: [] for name in OBJECT_SIZE_TARGETS}
     image_of_sample = []
-    for start in range(0, len(pairs), batch_size):
-        batch = collator([pairs[index] for index in range(start, min(start + batch_size, len(pairs)))])
-        grid = batch["image_grid_thw"].to(device)
-        tokens = {
-            "depth": model.depth_tokens(batch["depth_values"].to(device), grid, batch.get("depth_intrinsics")),
-            "rgb": model.rgb_tokens(batch["pixel_values"].to(device), grid),
-        }
-        counts = model.tokens_per_image(batch["image_grid_thw"])
-        per_image = {name: torch.split(value.float().cpu(), counts) for name, value in tokens.items()}
-        for offset, (_, rows, cols) in enumerate(batch["image_grid_thw"].tolist()):
+    for batch in encoded:
+        counts = np.cumsum(model.tokens_per_image(batch.image_grid_thw))[:-1]
+        per_image = {"depth": np.split(batch.depth, counts), "rgb": np.split(batch.rgb, counts)}
+        for offset, (_, rows, cols) in enumerate(batch.image_grid_thw.tolist()):
             if cols != rows:
                 raise ValueError(f"The size probe expects square images; got a grid of {rows} x {cols} patches.")
-            scene = scenes[start + offset]
+            scene = scenes[batch.start + offset]
             for obj in scene["objects"]:
                 centre = centre_token_of(
                     obj["center_pixel"], scene["image_size"], rows * vision.patch_size, vision.patch_size * merge
                 )
                 for name in features:
                     features[name].append(
-                        object_token_features(per_image[name][offset].numpy(), (rows // merge, cols // merge), centre)
+                        object_token_features(per_image[name][offset], (rows // merge, cols // merge), centre)
                     )
                 for name, value in object_log_targets(obj, scene).items():
                     targets[name].append(value)
-                image_of_sample.append(start + offset)
-    model.train(was_training)
+                image_of_sample.append(batch.start + offset)
     stacked = {name: np.stack(parts) for name, parts in features.items()}
     stacked["depth+rgb"] = np.concatenate([stacked["depth"], stacked["rgb"]], axis=1)
     return stacked, {name: np.asarray(values) for name, values in targets.items()}, np.asarray(image_of_sample)
@@ -273,11 +299,12 @@ def object_size_probe(
     scenes: Sequence[dict],
     collator: RGBDPairCollator,
     batch_size: int = 32,
+    encoded: list[EncodedBatch] | None = None,
 ) -> dict[str, dict[str, dict[str, float]]]:
     """The ridge probe of each of `OBJECT_SIZE_TARGETS` from `object_features`, with the best constant beside it
     (`{"width": {"depth": {"r2", "delta1", ...}, "rgb": ..., "depth+rgb": ..., "constant": ...}, ...}`), and under
     `"width_given_pixel_width"` what the tokens add to the true pixel width, with the ceiling of no camera."""
-    features, targets, images = object_features(model, pairs, scenes, collator, batch_size)
+    features, targets, images = object_features(model, pairs, scenes, collator, batch_size, encoded)
     report = {}
     for name, target in targets.items():
         report[name] = {source: ridge_probe(parts, target, images) for source, parts in features.items()}
@@ -327,9 +354,10 @@ def main(argv: list[str] | None = None) -> dict:
         depth_model, processor = load_depth_model(folder, depth_fusion=DEFAULT_DEPTH_FUSION)
         model = DepthAlignmentModel.from_depth_model(depth_model)
         collator = RGBDPairCollator(processor, args.image_size)
-        report[folder] = metric_depth_probe(model, pairs, collator)
+        encoded = encode_pairs(model, pairs, collator)  # once, for both probes
+        report[folder] = metric_depth_probe(model, pairs, collator, encoded=encoded)
         if scenes is not None:
-            report[folder]["objects"] = object_size_probe(model, pairs, scenes, collator)
+            report[folder]["objects"] = object_size_probe(model, pairs, scenes, collator, encoded=encoded)
         print(json.dumps({folder: report[folder]}), flush=True)
     return report
 
