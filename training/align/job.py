@@ -49,7 +49,7 @@ def export_aligned_model(
     heads = {
         name: tensor.contiguous()
         for name, tensor in trainable_state.items()
-        if name.startswith(("depth_head.", "rgb_head.", "loss_fn."))
+        if name.startswith(("depth_head.", "rgb_head.", "loss_fn.", "reconstruction_head."))
     }
     save_file(heads, str(out / HEADS_FILE), metadata={"format": "pt"})
     logit_scale = float(heads["loss_fn.logit_scale"].float().exp())
@@ -71,6 +71,13 @@ class AlignmentArguments:
     alignment: str = field(default="dense", metadata={"help": "global or dense", "choices": list(ALIGNMENT_LEVELS)})
     projection_dim: int = field(default=256, metadata={"help": "output width of the projection heads"})
     dense_tokens_per_image: int = field(default=64, metadata={"help": "tokens sampled per image (dense)"})
+    reconstruction_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "weight of a term that reconstructs each depth token's own encoder input, pooled to 7 x 7 cells, "
+            "from the token (linear head; 0 = contrastive only): keeps what the RGB tower has no use for"
+        },
+    )
     image_size: int = field(default=224, metadata={"help": "square side images are cropped and resized to"})
     flip_augment: bool = field(default=True, metadata={"help": "random horizontal flip of image and depth"})
     metric_depth_only: bool = field(default=False, metadata={"help": "skip rows whose depth_is_metric is false"})
@@ -173,6 +180,7 @@ def train_alignment(
         projection_dim=script_args.projection_dim,
         dense_tokens_per_image=script_args.dense_tokens_per_image,
         sampling_seed=training_args.seed,
+        reconstruction_weight=script_args.reconstruction_weight,
     )
     depth_model_config = depth_model.config
     del depth_model  # the language model is not needed to align: let it be freed
@@ -228,6 +236,7 @@ def train_alignment(
             "projection_dim": script_args.projection_dim,
             "input_dim": model.depth_head.in_features,
             "dense_tokens_per_image": script_args.dense_tokens_per_image,
+            "reconstruction_weight": script_args.reconstruction_weight,
             "image_size": script_args.image_size,
             "base": str(script_args.base),
             "depth_fusion": depth_model_config.depth_fusion,

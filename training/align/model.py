@@ -2,6 +2,11 @@
 
 `DepthAlignmentModel` embeds a batch of pairs on both sides, per image (`"global"`) or per co-located token
 (`"dense"`), and scores them with `ClipLoss`; only the depth encoder, the heads and the temperature train.
+
+With `reconstruction_weight > 0` a linear head also reconstructs each depth token's own encoder input (its 28 x 28 px,
+average-pooled to `RECONSTRUCTION_GRID` cells per side and channel) from the token: a self-supervised term that keeps
+in the tokens what the camera-blind RGB tower cannot ask for (where inside the token an object's depth layer ends,
+and for `points` the lateral x, y that carry the focal length).
 """
 
 from __future__ import annotations
@@ -21,6 +26,9 @@ from training.model_loading import keep_in_float32
 
 
 ALIGNMENT_LEVELS = ("global", "dense")
+# Cells per side that a token's input is pooled to for the reconstruction term: 7 cells of 4 px over a 28 px token
+# resolve objects a few pixels across (the world's median object is 13 px wide), at 49 targets per channel.
+RECONSTRUCTION_GRID = 7
 # Prefix of the frozen RGB tower's entries in DepthAlignmentModel's state dict: never checkpointed (never changes).
 RGB_TOWER_PREFIX = "rgb_tower."
 
@@ -30,6 +38,8 @@ class DepthAlignmentOutput(ModelOutput):
     """`depth_embeds[i]` / `rgb_embeds[i]`: projected, L2-normalised pair `i` (an image, or a sampled token)."""
 
     loss: torch.Tensor | None = None
+    contrastive_loss: torch.Tensor | None = None
+    reconstruction_loss: torch.Tensor | None = None
     depth_embeds: torch.Tensor | None = None
     rgb_embeds: torch.Tensor | None = None
     logit_scale: torch.Tensor | None = None
@@ -62,12 +72,15 @@ class DepthAlignmentModel(nn.Module):
         projection_dim: int = 256,
         dense_tokens_per_image: int = 64,
         sampling_seed: int = 0,
+        reconstruction_weight: float = 0.0,
     ):
         super().__init__()
         if alignment not in ALIGNMENT_LEVELS:
             raise ValueError(f"Unknown alignment {alignment!r}: expected one of {ALIGNMENT_LEVELS}.")
         if dense_tokens_per_image < 1:
             raise ValueError(f"dense_tokens_per_image must be at least 1; got {dense_tokens_per_image}.")
+        if not reconstruction_weight >= 0:
+            raise ValueError(f"reconstruction_weight must be a non-negative number; got {reconstruction_weight}.")
         self.alignment = alignment
         self.dense_tokens_per_image = dense_tokens_per_image
         self.sampling_seed = sampling_seed
@@ -82,6 +95,10 @@ class DepthAlignmentModel(nn.Module):
         self.rgb_head = nn.Linear(rgb_width, projection_dim)
         self.depth_head = nn.Linear(depth_width, projection_dim)
         self.loss_fn = ClipLoss()
+        self.reconstruction_weight = reconstruction_weight
+        if reconstruction_weight > 0:
+            channels = depth_model_config.input.channels
+            self.reconstruction_head = nn.Linear(depth_width, channels * RECONSTRUCTION_GRID**2)
         # Counts training forwards: the dense token sample of a step is a function of (seed, step, rank), and being a
         # buffer it is checkpointed, so a resumed run draws exactly the samples an uninterrupted one would.
         self.register_buffer("dense_sampling_step", torch.zeros((), dtype=torch.long))
@@ -133,13 +150,51 @@ class DepthAlignmentModel(nn.Module):
             rgb_dtype = next(self.rgb_tower.parameters()).dtype
             return self.rgb_tower(pixel_values.to(rgb_dtype), grid_thw=image_grid_thw).pooler_output
 
-    def depth_tokens(
+    def encoder_input(
         self, depth_values: torch.Tensor, image_grid_thw: torch.Tensor, depth_intrinsics: torch.Tensor | None = None
     ) -> torch.Tensor:
+        """What the depth encoder sees: `(num_patches, channels * patch_size**2)`, the VLM's own encoding."""
+        return encode_depth_input(depth_values, self.depth_model_config, image_grid_thw, depth_intrinsics)
+
+    def depth_tokens(
+        self,
+        depth_values: torch.Tensor,
+        image_grid_thw: torch.Tensor,
+        depth_intrinsics: torch.Tensor | None = None,
+        encoder_input: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Merged depth tokens of all images, concatenated: token `i` covers the same patch as RGB token `i`."""
-        encoder_input = encode_depth_input(depth_values, self.depth_model_config, image_grid_thw, depth_intrinsics)
+        if encoder_input is None:
+            encoder_input = self.encoder_input(depth_values, image_grid_thw, depth_intrinsics)
         encoder_input = encoder_input.to(next(self.depth_encoder.parameters()).dtype)
         return self.depth_encoder(encoder_input, grid_thw=image_grid_thw).pooler_output
+
+    def reconstruction_targets(self, encoder_input: torch.Tensor) -> torch.Tensor:
+        """Each merged token's encoder input, average-pooled: `(num_tokens, channels * RECONSTRUCTION_GRID**2)`.
+
+        A token's rows are its `merge_size**2` patches in the processor's order (row-major inside the merge window),
+        each row `channels` planes of `patch_size**2` pixels: they are laid back into the token's square first.
+        """
+        merge, patch = self.depth_encoder.spatial_merge_size, self.depth_model_config.vision_config.patch_size
+        channels = self.depth_model_config.input.channels
+        side = merge * patch
+        if side % RECONSTRUCTION_GRID:
+            raise ValueError(f"A {side} px token does not split into {RECONSTRUCTION_GRID} cells per side.")
+        squares = (
+            encoder_input.float()
+            .reshape(-1, merge, merge, channels, patch, patch)
+            .permute(0, 3, 1, 4, 2, 5)  # (tokens, channels, merge row, pixel row, merge column, pixel column)
+            .reshape(-1, channels, side, side)
+        )
+        return F.avg_pool2d(squares, side // RECONSTRUCTION_GRID).flatten(1)
+
+    def reconstruction_loss(self, depth_tokens: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean squared error of the linear reconstruction over the targets' variance in the batch (the fraction of
+        variance left unexplained: 1 for predicting the batch mean), so its weight does not depend on the encoding's
+        units. In fp32, like the contrastive loss."""
+        with torch.autocast(device_type=depth_tokens.device.type, enabled=False):
+            predicted = self.reconstruction_head(depth_tokens.float())
+            return F.mse_loss(predicted, targets) / targets.var(dim=0, unbiased=False).mean().clamp_min(1e-6)
 
     def project(self, depth_tokens: torch.Tensor, rgb_tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Both heads, then L2 normalisation (in fp32: normalising bf16 vectors loses most of their precision)."""
@@ -211,7 +266,8 @@ class DepthAlignmentModel(nn.Module):
         depth_intrinsics: torch.Tensor | None = None,
     ) -> DepthAlignmentOutput:
         counts = self.tokens_per_image(image_grid_thw)
-        depth_tokens = self.depth_tokens(depth_values, image_grid_thw, depth_intrinsics)
+        encoder_input = self.encoder_input(depth_values, image_grid_thw, depth_intrinsics)
+        depth_tokens = self.depth_tokens(depth_values, image_grid_thw, encoder_input=encoder_input)
         rgb_tokens = self.rgb_tokens(pixel_values, image_grid_thw)
         if self.alignment == "global":
             depth, rgb = self.project(mean_per_image(depth_tokens, counts), mean_per_image(rgb_tokens, counts))
@@ -220,7 +276,17 @@ class DepthAlignmentModel(nn.Module):
             if self.training:
                 self.dense_sampling_step += 1
             depth, rgb = self.project(depth_tokens[indices], rgb_tokens[indices])
-        loss = self.loss_fn(depth, rgb)
+        contrastive = self.loss_fn(depth, rgb)
+        loss, reconstruction = contrastive, None
+        if self.reconstruction_weight > 0:
+            # Every token is reconstructed (not only the sampled ones): the term is cheap next to the encoder.
+            reconstruction = self.reconstruction_loss(depth_tokens, self.reconstruction_targets(encoder_input))
+            loss = contrastive + self.reconstruction_weight * reconstruction
         return DepthAlignmentOutput(
-            loss=loss, depth_embeds=depth, rgb_embeds=rgb, logit_scale=self.loss_fn.logit_scale.detach().exp()
+            loss=loss,
+            contrastive_loss=contrastive,
+            reconstruction_loss=reconstruction,
+            depth_embeds=depth,
+            rgb_embeds=rgb,
+            logit_scale=self.loss_fn.logit_scale.detach().exp(),
         )

@@ -58,6 +58,12 @@ def parse_preset(argv: list[str] | None = None) -> tuple[Preset, argparse.Namesp
         "--depth-input", choices=["depth", "points"], default=None, help="override the preset's depth_input"
     )
     parser.add_argument(
+        "--align-reconstruction-weight",
+        type=float,
+        default=None,
+        help="override the preset's align_reconstruction_weight (stage 1's reconstruction term; 0: contrastive only)",
+    )
+    parser.add_argument(
         "--stage0-question-types", choices=["rgb", "all"], default=None, help="override stage0_question_types"
     )
     parser.add_argument("--no-capacity-control", action="store_true", help="skip the capacity-matched control arm")
@@ -97,6 +103,8 @@ def parse_preset(argv: list[str] | None = None) -> tuple[Preset, argparse.Namesp
         overrides["tokenizer_digits"] = args.tokenizer_digits
     if args.depth_input:
         overrides["depth_input"] = args.depth_input
+    if args.align_reconstruction_weight is not None:
+        overrides["align_reconstruction_weight"] = args.align_reconstruction_weight
     if args.stage0_question_types:
         overrides["stage0_question_types"] = args.stage0_question_types
     if args.scene_conversations:

@@ -118,6 +118,10 @@ class Preset:
     # pretrained VLM can already answer "how far is the car" in metres (from RGB priors) and pick one of two named
     # objects. Stage 2 then has only to learn to read depth, not the tasks themselves.
     stage0_question_types: str = "rgb"
+    # Stage 1's reconstruction term (`training.align --reconstruction_weight`): 0, contrastive only; above 0, each
+    # depth token also reconstructs its own pooled encoder input, which keeps the camera in `points` tokens (issue
+    # 22, `results/size_probe/`). Its alignments have their own folders (`align/<name>-recon<w>-...`).
+    align_reconstruction_weight: float = 0.0
 
 
 # The preset fields that do not decide how a main arm's stage-2 run of a given seed trains or is read (which runs

@@ -311,6 +311,9 @@ class Experiment:
     def align(
         self, base: Path, pairs: Path, val: Path, level: str, name: str, shared: bool = False, seed: int = 0
     ) -> Path:
+        reconstruction_weight = self.preset.align_reconstruction_weight
+        if reconstruction_weight:
+            name = f"{name}-recon{reconstruction_weight:g}"
         if self.preset.depth_input != DEFAULT_DEPTH_INPUT:
             name = f"{name}-{self.preset.depth_input}"
         if self.preset.whole_pipeline_seeds:
@@ -324,6 +327,7 @@ class Experiment:
             "--lr_scheduler_type", "cosine", "--logging_steps", str(max(1, self.preset.align_steps // 10)),
             "--save_strategy", "no", "--report_to", "none", "--seed", str(seed),
             "--dataloader_num_workers", str(self.dataloader_workers(shared)), "--depth_input", self.preset.depth_input,
+            *(["--reconstruction_weight", str(reconstruction_weight)] if reconstruction_weight else []),
             *self.preset.extra_train_args,
         ]  # fmt: skip
         self.run(
