@@ -99,7 +99,7 @@ def test_the_term_is_one_for_the_batch_mean_and_zero_for_an_exact_reconstruction
     _, batch = pair_batch(processor)
     encoder_input = model.encoder_input(batch["depth_values"], batch["image_grid_thw"])
     with torch.no_grad():
-        tokens = model.depth_tokens(batch["depth_values"], batch["image_grid_thw"], encoder_input=encoder_input)
+        tokens = model.encode(encoder_input, batch["image_grid_thw"])
     targets = model.reconstruction_targets(encoder_input)
     with torch.no_grad():
         model.reconstruction_head.weight.zero_()

@@ -21,10 +21,11 @@ negatives gathered from every rank with gradient, so the negatives are the globa
 * `--reconstruction_weight W` (default 0: contrastive only) adds `W` times a self-supervised term: a linear head
   reconstructs each depth token's own encoder input, average-pooled to 7 x 7 cells of 4 px per channel, as a
   fraction of the batch's variance left unexplained (1 for predicting the mean). The RGB tower has no camera, so
-  InfoNCE alone lets a `points` encoder drop the x and y that carry the focal length; this term keeps them
-  (`results/size_probe/`). The head is saved with the projection heads.
+  InfoNCE alone lets a `points` encoder drop the x and y that carry the focal length; this term keeps them. It is
+  off by default because it cost depth reading end to end (`results/reconstruction_alignment/`). The head is saved
+  with the projection heads.
 
-Only the depth encoder, the two projection heads (and the reconstruction head) and the logit scale train; the RGB tower and the language model are
+Only the depth encoder, the heads and the logit scale train; the RGB tower and the language model are
 bit-identical afterwards (the language model is not even kept in memory while aligning).
 
 `--base` is a plain Qwen2.5-VL (folder or hub id; the depth encoder is then created as `build_depth_model` does,

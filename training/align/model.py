@@ -157,15 +157,13 @@ class DepthAlignmentModel(nn.Module):
         return encode_depth_input(depth_values, self.depth_model_config, image_grid_thw, depth_intrinsics)
 
     def depth_tokens(
-        self,
-        depth_values: torch.Tensor,
-        image_grid_thw: torch.Tensor,
-        depth_intrinsics: torch.Tensor | None = None,
-        encoder_input: torch.Tensor | None = None,
+        self, depth_values: torch.Tensor, image_grid_thw: torch.Tensor, depth_intrinsics: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Merged depth tokens of all images, concatenated: token `i` covers the same patch as RGB token `i`."""
-        if encoder_input is None:
-            encoder_input = self.encoder_input(depth_values, image_grid_thw, depth_intrinsics)
+        return self.encode(self.encoder_input(depth_values, image_grid_thw, depth_intrinsics), image_grid_thw)
+
+    def encode(self, encoder_input: torch.Tensor, image_grid_thw: torch.Tensor) -> torch.Tensor:
+        """The depth encoder's merged tokens of an `encoder_input` (for a caller that also needs the input itself)."""
         encoder_input = encoder_input.to(next(self.depth_encoder.parameters()).dtype)
         return self.depth_encoder(encoder_input, grid_thw=image_grid_thw).pooler_output
 
@@ -267,7 +265,7 @@ class DepthAlignmentModel(nn.Module):
     ) -> DepthAlignmentOutput:
         counts = self.tokens_per_image(image_grid_thw)
         encoder_input = self.encoder_input(depth_values, image_grid_thw, depth_intrinsics)
-        depth_tokens = self.depth_tokens(depth_values, image_grid_thw, encoder_input=encoder_input)
+        depth_tokens = self.encode(encoder_input, image_grid_thw)
         rgb_tokens = self.rgb_tokens(pixel_values, image_grid_thw)
         if self.alignment == "global":
             depth, rgb = self.project(mean_per_image(depth_tokens, counts), mean_per_image(rgb_tokens, counts))

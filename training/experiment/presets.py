@@ -119,8 +119,9 @@ class Preset:
     # objects. Stage 2 then has only to learn to read depth, not the tasks themselves.
     stage0_question_types: str = "rgb"
     # Stage 1's reconstruction term (`training.align --reconstruction_weight`): 0, contrastive only; above 0, each
-    # depth token also reconstructs its own pooled encoder input, which keeps the camera in `points` tokens (issue
-    # 22, `results/size_probe/`). Its alignments have their own folders (`align/<name>-recon<w>-...`).
+    # depth token also reconstructs its own pooled encoder input, which keeps the camera in `points` tokens but cost
+    # depth reading end to end (issue 22, `results/reconstruction_alignment/`). Its alignments have their own folders
+    # (`align/<name>-recon<w>-...`).
     align_reconstruction_weight: float = 0.0
 
 
